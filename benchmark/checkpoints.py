@@ -1,0 +1,49 @@
+"""Checkpoint writing that never leaves a half-written file, and reading with a clear error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from benchmark.errors import BenchError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to a temporary file beside the target, fsync, then rename over it.
+
+    A run killed while saving keeps the previous checkpoint intact instead of a truncated one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail early, naming the file, if a checkpoint to resume from is missing or unreadable."""
+    if not path.is_file():
+        raise BenchError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a damaged zip/pickle
+        raise BenchError(
+            f"{path}: corrupt or unreadable checkpoint ({type(err).__name__}: {err}); "
+            f"delete it to resume from an older one in that folder, or start a new run"
+        ) from err
+    missing = {"state_dict", "loops", "epoch"} - set(ckpt)
+    if missing:
+        raise BenchError(f"{path}: not a Lightning training checkpoint (no {sorted(missing)})")

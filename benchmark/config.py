@@ -1,0 +1,143 @@
+"""Named, reproducible presets: `configs/<task>/<preset>.yaml`.
+
+A preset names its LightningModule and DataModule by import path and gives their constructor
+arguments, so adding a task means adding a module, a DataModule and a config folder; nothing here
+changes. Sections:
+
+    module / datamodule   import paths of the classes
+    default_dropout       on | off: what `bench run` does without --dropout (the paper's setting)
+    model                 LightningModule kwargs; every `dropout`/`*_dropout` key is the rate for `on`
+    data                  DataModule kwargs (data_root comes from the CLI)
+    trainer               lightning.Trainer kwargs
+    paper                 the paper's reported numbers for this setting, keyed like our metrics
+    extends               optional: another preset of the same task to start from
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SECTIONS = {"module", "datamodule", "default_dropout", "model", "data", "trainer", "paper", "extends", "notes"}
+
+
+@dataclass
+class Preset:
+    task: str
+    name: str
+    path: Path
+    module: str
+    datamodule: str
+    default_dropout: str
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    paper: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+
+def tasks(config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.name for p in config_dir.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+
+
+def presets(task: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in (config_dir / task).glob("*.yaml"))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"{path}: `extends` loops back on itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = set(raw) - SECTIONS
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    if "extends" in raw:
+        base = _read(path.parent / f"{raw['extends']}.yaml", seen + (path,))
+        raw = _merge(base, {k: v for k, v in raw.items() if k != "extends"})
+    return raw
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars: 0.5 -> float, 3 -> int, null -> None, fused -> 'fused'."""
+    return yaml.safe_load(text)
+
+
+def load_preset(task: str, preset: str, overrides: list[str] = (), config_dir: Path = CONFIG_DIR) -> Preset:
+    """Load `configs/<task>/<preset>.yaml` (or a YAML path given as `preset`) and apply
+    `section.key=value` overrides."""
+    path = Path(preset) if preset.endswith((".yaml", ".yml")) else config_dir / task / f"{preset}.yaml"
+    if not path.is_file():
+        if not (config_dir / task).is_dir():
+            raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(tasks(config_dir))}")
+        raise ConfigError(f"unknown preset {preset!r} for task {task!r}; known: {', '.join(presets(task, config_dir))}")
+    raw = _read(path)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in ("model", "data", "trainer"):
+            raise ConfigError(f"--set {item!r}: expected model.KEY=VALUE, data.KEY=VALUE or trainer.KEY=VALUE")
+        raw.setdefault(section, {})[name] = parse_value(value)
+    for key in ("module", "datamodule"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing `{key}:` (import path of the class)")
+    dropout = str(raw.get("default_dropout", "on")).lower()
+    if dropout in ("true", "false"):  # YAML 1.1 reads bare on/off as booleans
+        dropout = "on" if dropout == "true" else "off"
+    return Preset(
+        task=task,
+        name=path.stem,
+        path=path,
+        module=raw["module"],
+        datamodule=raw["datamodule"],
+        default_dropout=dropout,
+        model=dict(raw.get("model") or {}),
+        data=dict(raw.get("data") or {}),
+        trainer=dict(raw.get("trainer") or {}),
+        paper=dict(raw.get("paper") or {}),
+        notes=str(raw.get("notes", "")),
+    )
+
+
+def dropout_keys(model: dict[str, Any]) -> list[str]:
+    return [k for k in model if k == "dropout" or k.endswith("_dropout")]
+
+
+def apply_dropout(preset: Preset, mode: str) -> dict[str, float]:
+    """`off` zeroes every dropout of the preset; `on` keeps the rates it names. Returns the rates."""
+    if mode not in ("on", "off"):
+        raise ConfigError(f"--dropout must be 'on' or 'off', got {mode!r}")
+    keys = dropout_keys(preset.model)
+    if not keys:
+        raise ConfigError(f"{preset.path}: model section names no dropout rate (a `dropout` key)")
+    if mode == "off":
+        for k in keys:
+            preset.model[k] = 0.0
+    return {k: float(preset.model[k]) for k in keys}
+
+
+def import_class(path: str, source: Path) -> type:
+    module_name, _, cls_name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{source}: cannot import {path!r} ({err})") from err

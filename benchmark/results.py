@@ -1,0 +1,69 @@
+"""The results file: one CSV row per finished run, appended atomically.
+
+Rows of different tasks carry different metrics, so the header is the union of all rows' keys. Each
+append rereads the file, writes the whole table to a temporary file in the same folder and renames it
+over the old one under an exclusive lock: a crash leaves the old file whole, and two runs finishing
+together both land.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from benchmark.errors import DataError
+
+RUNS_FILE = "runs.csv"
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable results CSV ({err}); move it aside to start a new one") from err
+
+
+def write_rows_atomic(path: Path, rows: list[dict[str, Any]], first: list[str] = ()) -> None:
+    header = list(first)
+    for row in rows:
+        header += [k for k in row if k not in header]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def append_row(results_dir: Path, row: dict[str, Any]) -> Path:
+    path = Path(results_dir) / RUNS_FILE
+    with locked(path):
+        rows = read_rows(path)
+        first = list(rows[0].keys()) if rows else list(row.keys())
+        write_rows_atomic(path, rows + [row], first)
+    return path

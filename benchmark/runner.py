@@ -1,0 +1,183 @@
+"""One benchmark run: preset -> DataModule + LightningModule -> Trainer.fit/test -> a results row."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from benchmark import backbone
+from benchmark.callbacks import EpochSeed, TokenThroughput
+from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
+from benchmark.config import Preset, apply_dropout, import_class
+from benchmark.errors import BenchError, ConfigError
+from benchmark.results import append_row
+
+log = logging.getLogger("benchmark")
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunOptions:
+    dropout: str = "on"
+    seed: int = 0
+    data_root: Path = Path("data")
+    results_dir: Path = Path("results")
+    runs_dir: Path = Path("runs")
+    run_dir: Path | None = None
+    resume: bool = False
+    wandb: str = "auto"  # auto | online | offline | off
+    trainer: dict[str, Any] = field(default_factory=dict)  # CLI pass-throughs, over the preset's
+    callbacks: list[L.Callback] = field(default_factory=list)  # extra (tests inject failures here)
+    command: str = ""
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_DIR,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(trainer: L.Trainer) -> str:
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        return torch.cuda.get_device_name(root)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def make_loggers(run_dir: Path, mode: str, name: str, config: dict) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(run_dir, name="", version="csv")]
+    if mode == "off":
+        return loggers
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers.append(WandbLogger(project="rnnreg-bench", name=name, save_dir=str(run_dir), offline=mode == "offline",
+                               config=config))
+    return loggers
+
+
+def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
+    """Train and test one preset. Returns the results row (rank 0) or None (other ranks)."""
+    rates = apply_dropout(preset, opts.dropout)
+    name = f"{preset.task}-{preset.name}-dropout_{opts.dropout}-seed{opts.seed}"
+    run_dir = Path(opts.run_dir or Path(opts.runs_dir) / name)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if opts.resume:
+        check_checkpoint(last)
+    elif any(ckpt_dir.glob("*.ckpt")):
+        raise ConfigError(f"{ckpt_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
+                          f"or --run-dir to start a new run elsewhere")
+
+    commit = git_commit()  # the code that trains, not what the tree holds when the run ends
+    L.seed_everything(opts.seed, workers=True, verbose=False)
+    dm_cls, module_cls = import_class(preset.datamodule, preset.path), import_class(preset.module, preset.path)
+    try:
+        dm = dm_cls(data_root=opts.data_root, **preset.data)
+    except TypeError as err:
+        raise ConfigError(f"{preset.path}: bad `data` section for {preset.datamodule} ({err})") from err
+    dm.prepare_data()
+    dm.setup("fit")
+    try:
+        model = module_cls(**preset.model, **dm.model_kwargs())
+    except TypeError as err:
+        raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
+
+    throughput = TokenThroughput()
+    trainer_kwargs = {**preset.trainer, **{k: v for k, v in opts.trainer.items() if v is not None}}
+    try:
+        trainer = L.Trainer(
+            default_root_dir=run_dir,
+            callbacks=[
+                ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                save_last=True, save_top_k=1, monitor=model.monitor[0], mode=model.monitor[1],
+                                every_n_epochs=1),
+                EpochSeed(opts.seed),
+                # Redrawing the bar every step floods a log file; a terminal gets every step.
+                TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 200),
+                throughput,
+                *opts.callbacks,
+            ],
+            logger=make_loggers(run_dir, opts.wandb, name, {"preset": preset.name, "dropout": opts.dropout,
+                                                              "seed": opts.seed, **preset.model, **preset.data}),
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # the DataModules lay out their own per-rank data
+            **trainer_kwargs,
+        )
+    except (TypeError, ValueError, lightning_misconfig()) as err:
+        raise ConfigError(f"bad trainer setting in {preset.path} or the command line: {err}") from err
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=str(last) if opts.resume else None)
+    if trainer.interrupted:
+        raise BenchError(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
+                         f"to continue (no results row was written)")
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    test_metrics = trainer.test(model, datamodule=dm, verbose=False)
+    wall = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return None
+
+    metrics = {**fit_metrics, **{k: float(v) for d in test_metrics for k, v in d.items()}}
+    precision = str(trainer.precision)
+    if precision.startswith(("bf16", "16")) and trainer.strategy.root_device.type == "cpu":
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+        if not backbone.cpu_lstm_supports(dtype):
+            precision += " (LSTM in fp32: no oneDNN kernel)"
+    row = {
+        "task": preset.task,
+        "preset": preset.name,
+        "dropout": opts.dropout,
+        "dropout_rate": ";".join(f"{k}={v}" for k, v in rates.items()),
+        "seed": opts.seed,
+        **{k: f"{v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(model.result_keys)},
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "wall_s": f"{wall:.1f}",
+        "tokens_per_s": f"{throughput.tokens_per_second:.0f}",
+        "device": device_name(trainer),
+        "precision": precision,
+        "devices": trainer.world_size,
+        "git_commit": commit,
+        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "run_dir": str(run_dir),
+        "command": opts.command or shlex.join(["bench", *sys.argv[1:]]),
+    }
+    path = append_row(opts.results_dir, row)
+    log.info("results row appended to %s", path)
+    return row
+
+
+def lightning_misconfig() -> type[Exception]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return MisconfigurationException

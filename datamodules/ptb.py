@@ -1,0 +1,204 @@
+"""Penn Treebank (Mikolov's word-level version) as consecutive BPTT windows.
+
+The token stream of a split is cut into B contiguous columns, one per batch row, and read top to
+bottom in windows of `bptt` steps, in order, so a batch row's hidden state can flow from one window to
+the next (pytorch/examples' batchify):
+
+    stream: a b c d e f g h i j k l m n o p q r s t u v w x    (B = 4 -> 6 tokens a column)
+
+              col0 col1 col2 col3
+        t=0 [  a    g    m    s  ]   window 0 (bptt=2): x = rows 0-1, y = rows 1-2
+        t=1 [  b    h    n    t  ]
+        t=2 [  c    i    o    u  ]   window 1:          x = rows 2-3, y = rows 3-4
+        t=3 [  d    j    p    v  ]
+        t=4 [  e    k    q    w  ]   window 2 (eval only, shorter): x = row 4, y = row 5
+        t=5 [  f    l    r    x  ]
+
+Under DDP each rank takes B / world_size adjacent columns, so the global batch stays B as in the
+paper and every column is read by exactly one rank. Windows are never shuffled and no distributed
+sampler touches them (the datasets are iterable, which Lightning leaves alone).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from benchmark.errors import DataError
+from benchmark.fetch import Dataset, download
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+EOS, UNK = "<eos>", "<unk>"
+
+PTB = Dataset(
+    name="ptb",
+    url="http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz",
+    members={f"ptb.{s}.txt": f"simple-examples/data/ptb.{s}.txt" for s in SPLITS},
+    sha256={
+        "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+        "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+        "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+    },
+    homepage="https://www.fit.vutbr.cz/~imikolov/rnnlm/",
+)
+
+
+def read_tokens(path: Path) -> list[str]:
+    """One sentence a line, words split on whitespace, `<eos>` closing every line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: file not found") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}); expected Mikolov's ptb.*.txt") from err
+    tokens = [tok for line in text.splitlines() for tok in (*line.split(), EOS)]
+    if not any(tok != EOS for tok in tokens):
+        raise DataError(f"{path}: no words in this split; the file is empty or blank")
+    return tokens
+
+
+class Vocab:
+    """Word <-> id, built from the training split only. Most frequent first, ties alphabetical."""
+
+    def __init__(self, train_tokens: list[str]) -> None:
+        counts = Counter(train_tokens)
+        self.itos = sorted(counts, key=lambda w: (-counts[w], w))
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: list[str], source: Path) -> Tensor:
+        unk = self.stoi.get(UNK)
+        ids, n_unk = [], 0
+        for tok in tokens:
+            idx = self.stoi.get(tok)
+            if idx is None:
+                if unk is None:
+                    raise DataError(f"{source}: word {tok!r} is not in the training vocabulary and there is no {UNK}")
+                idx, n_unk = unk, n_unk + 1
+            ids.append(idx)
+        if n_unk:
+            log.warning("%s: %d out-of-vocabulary tokens mapped to %s", source, n_unk, UNK)
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def batchify(ids: Tensor, batch_size: int) -> Tensor:
+    """(N,) stream -> (N // B, B): column b is the b-th contiguous slice; the ragged tail is dropped."""
+    n = ids.numel() // batch_size
+    if n < 2:
+        raise DataError(f"{ids.numel()} tokens cannot fill {batch_size} columns of at least 2 tokens")
+    return ids[: n * batch_size].view(batch_size, n).t().contiguous()
+
+
+class BPTTWindows(IterableDataset):
+    """Consecutive (x, y) windows of shape (T, B_local) over columns [col0, col1) of `grid`."""
+
+    def __init__(self, grid: Tensor, bptt: int, col0: int, col1: int, drop_last: bool) -> None:
+        self.grid, self.bptt, self.drop_last = grid[:, col0:col1], bptt, drop_last
+
+    def __len__(self) -> int:
+        steps = self.grid.size(0) - 1  # the last row is only ever a target
+        return steps // self.bptt if self.drop_last else -(-steps // self.bptt)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            start = i * self.bptt
+            end = min(start + self.bptt, self.grid.size(0) - 1)
+            yield self.grid[start:end], self.grid[start + 1 : end + 1]
+
+
+class PTBDataModule(L.LightningDataModule):
+    """Reads `ptb.{train,valid,test}.txt` from `data_root/ptb/` (downloading them if absent)."""
+
+    def __init__(
+        self,
+        data_root: str | Path = "data",
+        batch_size: int = 20,
+        bptt: int = 35,
+        train_tokens: int | None = None,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or bptt < 1:
+            raise DataError(f"batch_size and bptt must be positive, got {batch_size} and {bptt}")
+        self.data_root, self.batch_size, self.bptt = Path(data_root), batch_size, bptt
+        self.train_tokens, self.allow_download = train_tokens, download
+        self.vocab: Vocab | None = None
+        self.ids: dict[str, Tensor] = {}
+
+    @property
+    def folder(self) -> Path:
+        return self.data_root / PTB.name
+
+    def prepare_data(self) -> None:
+        missing = [n for n in PTB.sha256 if not (self.folder / n).is_file()]
+        if missing and not self.allow_download:
+            raise DataError(f"{self.folder}: missing {', '.join(missing)}; run `bench fetch ptb` or fix --data-root")
+        if missing:
+            download(PTB, self.data_root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.vocab is not None:
+            return
+        tokens = {s: read_tokens(self.folder / f"ptb.{s}.txt") for s in SPLITS}
+        self.vocab = Vocab(tokens["train"])
+        self.ids = {s: self.vocab.encode(t, self.folder / f"ptb.{s}.txt") for s, t in tokens.items()}
+        if self.train_tokens is not None:
+            self.ids["train"] = self.ids["train"][: self.train_tokens]
+        for split, ids in self.ids.items():
+            if ids.numel() < 2 * self.batch_size:
+                raise DataError(
+                    f"{self.folder / f'ptb.{split}.txt'}: {ids.numel()} tokens, fewer than 2 per column "
+                    f"for batch_size {self.batch_size}"
+                )
+
+    def model_kwargs(self) -> dict:
+        """What the model must know about the data."""
+        assert self.vocab is not None, "call setup() first"
+        return {"vocab_size": len(self.vocab)}
+
+    # -- distributed layout -------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _columns(self, batch_size: int) -> tuple[int, int]:
+        rank, world = self._rank_world()
+        if batch_size % world:
+            raise DataError(
+                f"batch_size {batch_size} is not divisible by the world size {world}: the paper's global "
+                f"batch is split by columns across ranks; use --devices/--num-nodes that divide it"
+            )
+        per_rank = batch_size // world
+        return rank * per_rank, (rank + 1) * per_rank
+
+    def _loader(self, split: str, batch_size: int, drop_last: bool, replicate: bool = False) -> DataLoader:
+        grid = batchify(self.ids[split], batch_size)
+        col0, col1 = (0, batch_size) if replicate else self._columns(batch_size)
+        return DataLoader(BPTTWindows(grid, self.bptt, col0, col1, drop_last), batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        # The paper drops the last partial window in training; every step sees a full (bptt, B) block.
+        return self._loader("train", self.batch_size, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.batch_size, drop_last=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        # 0: the paper's protocol, the whole stream as one column (every rank scores all of it, so the
+        #    synced mean is the same number); 1: the training layout with B columns, for comparison.
+        return [
+            self._loader("test", 1, drop_last=False, replicate=True),
+            self._loader("test", self.batch_size, drop_last=False),
+        ]

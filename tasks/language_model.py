@@ -1,0 +1,112 @@
+"""Word-level language model on PTB (the paper's Section 4.1, Table 1).
+
+embedding -> DropoutLSTM -> linear softmax, trained by truncated BPTT over consecutive windows. The
+hidden state flows from one window to the next (detached, so gradients stop at the window edge) and
+starts from zeros at every epoch of every stage.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from benchmark.backbone import DropoutLSTM, Impl, State, init_uniform_
+
+
+class LanguageModel(L.LightningModule):
+    monitor = ("valid_ppl", "min")  # which checkpoint is "best"
+    result_keys = ("train_ppl", "valid_ppl", "test_ppl")  # metrics (and their prefixes) for results rows
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        init_scale: float = 0.1,
+        backbone: Impl = "fused",
+        lr: float = 1.0,
+        lr_decay: float = 2.0,
+        decay_after: int = 4,
+    ) -> None:
+        """`lr_decay` divides the learning rate once per epoch after the first `decay_after` epochs
+        (the paper's code: `decay` and `max_epoch`)."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.embed = nn.Embedding(vocab_size, hidden_size)
+        self.rnn = DropoutLSTM(hidden_size, hidden_size, num_layers, dropout, impl=backbone)
+        self.head = nn.Linear(hidden_size, vocab_size)
+        init_uniform_(self, init_scale)
+        self.state: dict[str, State | None] = {}  # per stream: "train", "val", "test0", "test1"
+        self.train_nll, self.val_nll = MeanMetric(), MeanMetric()
+        self.test_nll = nn.ModuleList([MeanMetric(), MeanMetric()])
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """x: (T, B) token ids -> logits (T, B, V) and the state after the last step."""
+        y, state = self.rnn(self.embed(x), state)
+        return self.head(y), state
+
+    def _nll(self, batch: tuple[Tensor, Tensor], stream: str) -> Tensor:
+        """Mean NLL per token of one window; carries the stream's state to the next window."""
+        x, y = batch
+        state = self.state.get(stream)
+        logits, state = self(x, state)
+        self.state[stream] = (state[0].detach(), state[1].detach())  # truncated BPTT
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    # -- training -------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.state.pop("train", None)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        nll = self._nll(batch, "train")
+        self.train_nll.update(nll.detach(), weight=batch[1].numel())
+        self.log("ppl", nll.detach().exp(), prog_bar=True, logger=False)
+        self.log("train_loss", nll.detach())
+        # The paper's loss: summed over the T steps, averaged over the batch. This is what lr=1 and
+        # the gradient-norm clip of 5 (10 for large) were tuned against.
+        return nll * batch[1].size(0)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train_ppl", self.train_nll.compute().exp())
+        self.train_nll.reset()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.SGD(self.parameters(), lr=hp.lr)
+        # Epoch e (0-based) runs at lr / decay^max(0, e + 1 - decay_after): `decay_after` epochs at lr.
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: hp.lr_decay ** -max(0, e + 1 - hp.decay_after)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.state.pop("val", None)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.val_nll.update(self._nll(batch, "val"), weight=batch[1].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("valid_ppl", self.val_nll.compute().exp(), prog_bar=True)
+        self.val_nll.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_columns: dict[int, int] = {}
+        self.state.pop("test0", None)
+        self.state.pop("test1", None)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.test_nll[dataloader_idx].update(self._nll(batch, f"test{dataloader_idx}"), weight=batch[1].numel())
+        self.test_columns[dataloader_idx] = batch[1].size(1) * self.trainer.world_size
+
+    def on_test_epoch_end(self) -> None:
+        # 0: whole test stream as one column (the paper's protocol); 1: the B-column training layout.
+        cols = self.test_columns.get(1, 0)
+        for i, name in enumerate(("test_ppl", f"test_ppl_b{cols}")):
+            if self.test_nll[i].update_count:
+                self.log(name, self.test_nll[i].compute().exp(), add_dataloader_idx=False)
+            self.test_nll[i].reset()
