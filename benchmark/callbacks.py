@@ -55,15 +55,19 @@ class TokenThroughput(L.Callback):
 
 
 class EpochSeed(L.Callback):
-    """Reseed torch at every training epoch from (seed, epoch, rank).
+    """Reseed torch at the start of every training epoch from (seed, epoch, rank).
 
     The dropout masks of epoch e then do not depend on what ran before it, so a run resumed from an
     epoch checkpoint draws exactly the masks an uninterrupted run draws; ranks draw different masks.
+    It fires at the epoch's first batch, after the DataLoader iterator has drawn its own base seed
+    from the global RNG (which happens at a different moment in a resumed run).
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx != 0:
+            return
         state = np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank]).generate_state(2)
         torch.manual_seed(int(state[0]) << 32 | int(state[1]))

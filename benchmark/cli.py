@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             trainer={"accelerator": args.accelerator, "devices": devices, "num_nodes": args.num_nodes,
                      "strategy": args.strategy, "precision": args.precision, "max_epochs": args.max_epochs,
                      "max_steps": args.max_steps},
-            command=shlex.join(["bench", *sys.argv[1:]]),
+            command=shlex.join(["bench", *args.argv]),
         )
         row = run(preset, opts)
         if row is not None:
@@ -133,7 +133,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     handler = {"run": cmd_run, "fetch": cmd_fetch, "presets": cmd_presets, "leaderboard": cmd_leaderboard}
     try:
         return handler[args.command](args)

@@ -135,6 +135,30 @@ def apply_dropout(preset: Preset, mode: str) -> dict[str, float]:
     return {k: float(preset.model[k]) for k in keys}
 
 
+# Trainer settings that change where and how fast a run goes, not what it computes.
+PLACEMENT_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "precision", "enable_progress_bar",
+                  "enable_model_summary", "logger", "callbacks"}
+
+
+def overrides_of(preset: Preset, trainer: dict[str, Any]) -> str:
+    """How a run's effective settings differ from its preset file, e.g. `trainer.max_steps=10`.
+
+    Empty for a run of the preset as named; the leaderboard ranks only those.
+    """
+    fresh = load_preset(preset.task, str(preset.path))
+    apply_dropout(fresh, "on")
+    diffs = []
+    for section in ("model", "data", "trainer"):
+        ours = {**getattr(preset, section), **(trainer if section == "trainer" else {})}
+        ref = getattr(fresh, section)
+        for key in sorted(set(ours) | set(ref)):
+            if key in PLACEMENT_KEYS or (section == "model" and key in dropout_keys(ours)):
+                continue
+            if ours.get(key) != ref.get(key):
+                diffs.append(f"{section}.{key}={ours.get(key)}")
+    return " ".join(diffs)
+
+
 def import_class(path: str, source: Path) -> type:
     module_name, _, cls_name = path.rpartition(".")
     try:

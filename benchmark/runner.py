@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from benchmark import backbone
 from benchmark.callbacks import EpochSeed, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
-from benchmark.config import Preset, apply_dropout, import_class
+from benchmark.config import Preset, apply_dropout, import_class, overrides_of
 from benchmark.errors import BenchError, ConfigError
 from benchmark.results import append_row
 
@@ -113,7 +113,12 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
 
     throughput = TokenThroughput()
-    trainer_kwargs = {**preset.trainer, **{k: v for k, v in opts.trainer.items() if v is not None}}
+    cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
+    trainer_kwargs = {**preset.trainer, **cli_trainer}
+    bar = []
+    if trainer_kwargs.get("enable_progress_bar", True):
+        # Redrawing the bar every step floods a log file; a terminal gets every step.
+        bar = [TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 200)]
     try:
         trainer = L.Trainer(
             default_root_dir=run_dir,
@@ -122,9 +127,8 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
                                 save_last=True, save_top_k=1, monitor=model.monitor[0], mode=model.monitor[1],
                                 every_n_epochs=1),
                 EpochSeed(opts.seed),
-                # Redrawing the bar every step floods a log file; a terminal gets every step.
-                TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 200),
                 throughput,
+                *bar,
                 *opts.callbacks,
             ],
             logger=make_loggers(run_dir, opts.wandb, name, {"preset": preset.name, "dropout": opts.dropout,
@@ -159,6 +163,7 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         "dropout": opts.dropout,
         "dropout_rate": ";".join(f"{k}={v}" for k, v in rates.items()),
         "seed": opts.seed,
+        "overrides": overrides_of(preset, cli_trainer),
         **{k: f"{v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(model.result_keys)},
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny corpus in Mikolov's PTB format, and a preset small enough to train in seconds."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import Preset, load_preset
+
+REAL_DATA_ROOT = Path(os.environ.get("RNNREG_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+WORDS = ("the a stock market price rose fell sharply today company said its shares N <unk> of in and to "
+         "investors bank year million billion new york trading analysts expect quarter profit").split()
+
+
+def write_ptb(folder: Path, seed: int = 0, lines: tuple[int, int, int] = (150, 40, 40)) -> Path:
+    """ptb.{train,valid,test}.txt with the format's quirks: a leading space on every line, words
+    separated by single spaces, `<unk>` and `N` as tokens, no `<eos>` in the file."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in zip(("train", "valid", "test"), lines):
+        sents = [" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 15))) + " " for _ in range(n)]
+        (folder / f"ptb.{split}.txt").write_text("\n".join(sents) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_ptb(root / "ptb")
+    return root
+
+
+def tiny_preset(**model) -> Preset:
+    """The small preset's code paths at toy size: 2x16 LSTM, batch 4, 5-step windows, 2 epochs."""
+    preset = load_preset("ptb", "small")
+    preset.model.update({"hidden_size": 16, "num_layers": 2, "dropout": 0.5, **model})
+    preset.data.update({"batch_size": 4, "bptt": 5})
+    preset.trainer.update({"max_epochs": 2, "enable_model_summary": False, "enable_progress_bar": False})
+    return preset
+
+
+@pytest.fixture
+def real_data_root() -> Path:
+    if not (REAL_DATA_ROOT / "ptb" / "ptb.train.txt").is_file():
+        pytest.skip(f"real data not found under {REAL_DATA_ROOT} (set RNNREG_DATA_ROOT)")
+    return REAL_DATA_ROOT

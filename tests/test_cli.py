@@ -1,0 +1,106 @@
+"""Bad flags, presets and data give one clear line (exit 2) and write no results row."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.config import apply_dropout, load_preset
+from benchmark.errors import ConfigError
+from benchmark.leaderboard import COLUMNS, build
+from benchmark.results import append_row, read_rows
+
+FAST = ["--wandb", "off", "--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
+        "--max-steps", "2", "--set", "trainer.limit_val_batches=1", "--set", "trainer.limit_test_batches=1",
+        "--set", "trainer.enable_progress_bar=false", "--set", "trainer.enable_model_summary=false"]
+
+
+def bench(tmp_path, *args) -> int:
+    return main(["run", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), *args])
+
+
+def test_unknown_preset_lists_the_known_ones(tmp_path, capsys):
+    assert bench(tmp_path, "--task", "ptb", "--preset", "huge") == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'huge'" in err and "large, medium, quick, small" in err
+
+
+def test_unknown_task(tmp_path, capsys):
+    assert bench(tmp_path, "--task", "chess") == 2
+    assert "unknown task 'chess'; known tasks: ptb" in capsys.readouterr().err
+
+
+def test_unknown_flag_and_bad_values_exit_2(tmp_path, capsys):
+    for args in (["--task", "ptb", "--frobnicate"], ["--task", "ptb", "--dropout", "maybe"],
+                 ["--task", "ptb", "--max-epochs", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            bench(tmp_path, *args)
+        assert exit_.value.code == 2
+    assert "--max-epochs: must be >= 1" in capsys.readouterr().err
+
+
+def test_bad_set_override(tmp_path, capsys):
+    assert bench(tmp_path, "--task", "ptb", "--set", "hidden_size=3") == 2
+    assert "expected model.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_unknown_model_key_names_the_preset_file(tmp_path, data_root, capsys):
+    assert bench(tmp_path, "--task", "ptb", "--data-root", str(data_root), "--set", "model.hiden_size=3") == 2
+    err = capsys.readouterr().err
+    assert "configs/ptb/small.yaml: bad `model` section" in err and "hiden_size" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_data_says_what_to_fetch_and_writes_no_row(tmp_path, monkeypatch, capsys):
+    import datamodules.ptb as ptb
+
+    monkeypatch.setattr(ptb, "PTB", ptb.PTB.__class__(**{**ptb.PTB.__dict__, "url": "file:///nowhere/simple-examples.tgz"}))
+    assert bench(tmp_path, "--task", "ptb", "--data-root", str(tmp_path / "empty"), *FAST) == 2
+    err = capsys.readouterr().err
+    assert "could not download ptb" in err and str(tmp_path / "empty" / "ptb" / "ptb.valid.txt") in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_run_appends_one_row_with_its_overrides(tmp_path, data_root):
+    for dropout in ("on", "off"):
+        assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", dropout,
+                     "--data-root", str(data_root), *FAST) == 0
+    rows = read_rows(tmp_path / "results" / "runs.csv")
+    assert [r["dropout"] for r in rows] == ["on", "off"]
+    assert rows[0]["overrides"] == ("model.hidden_size=8 data.batch_size=4 data.bptt=5 trainer.limit_test_batches=1 "
+                                    "trainer.limit_val_batches=1 trainer.max_steps=2")
+    assert rows[0]["command"].startswith("bench run --results-dir")
+    # shortened runs stay off the leaderboard
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results")]) == 0
+    assert (tmp_path / "results" / "leaderboard.csv").read_text().strip() == ",".join(COLUMNS)
+
+
+def test_leaderboard_sets_the_paper_beside_the_setting_it_ran(tmp_path):
+    for dropout, ppl in (("off", "116.0"), ("off", "118.0"), ("on", "100.0")):  # as `bench run` writes rows
+        append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": dropout, "seed": "0", "overrides": "",
+                              "test_ppl": ppl, "command": "bench run --task ptb"})
+    append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": "off", "seed": "1",
+                          "overrides": "trainer.max_steps=2", "test_ppl": "900.0"})
+    board = {(r["dropout"], r["metric"]): r for r in read_rows(build(tmp_path))}
+    assert board[("off", "test_ppl")]["ours"] == "117.00" and board[("off", "test_ppl")]["runs"] == "2"
+    assert board[("off", "test_ppl")]["paper"] == "114.5" and board[("off", "test_ppl")]["vs_paper_pct"] == "+2.2"
+    assert board[("on", "test_ppl")]["paper"] == ""  # the paper ran small without dropout only
+    assert "| ptb | small | off | test_ppl | 117.00 |" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_small_preset_on_uses_a_rate_marked_not_from_the_paper():
+    preset = load_preset("ptb", "small")
+    assert preset.default_dropout == "off" and "NOT from the paper" in preset.notes
+    assert apply_dropout(preset, "on") == {"dropout": 0.5}
+    medium = load_preset("ptb", "medium")
+    assert apply_dropout(medium, "off") == {"dropout": 0.0} and medium.model["dropout"] == 0.0
+    with pytest.raises(ConfigError):
+        apply_dropout(load_preset("ptb", "large"), "sometimes")
+
+
+def test_paper_hyperparameters_in_presets():
+    small, medium, large = (load_preset("ptb", p) for p in ("small", "medium", "large"))
+    assert (small.model["hidden_size"], small.data["bptt"], small.trainer["max_epochs"], small.model["init_scale"]) == (200, 20, 13, 0.1)
+    assert (medium.model["hidden_size"], medium.data["bptt"], medium.trainer["max_epochs"], medium.model["dropout"]) == (650, 35, 39, 0.5)
+    assert (large.model["hidden_size"], large.trainer["gradient_clip_val"], large.model["dropout"]) == (1500, 10, 0.65)
+    assert {p.data["batch_size"] for p in (small, medium, large)} == {20}

@@ -1,0 +1,176 @@
+"""The LM LightningModule: loss scale, LR schedule, state carrying/reset, and end-to-end runs."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.config import load_preset
+from benchmark.errors import BenchError, ConfigError
+from benchmark.runner import RunOptions, run
+from datamodules.ptb import PTBDataModule
+from tasks.language_model import LanguageModel
+from tests.conftest import tiny_preset
+
+
+def opts(tmp_path, data_root, **kw) -> RunOptions:
+    return RunOptions(data_root=data_root, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                      wandb="off", **kw)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def step_losses(run_dir):
+    rows = read_csv(run_dir / "csv" / "metrics.csv")
+    return [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("small", [1, 1, 1, 1, 0.5, 0.25, 0.125]),
+    ("medium", [1] * 6 + [1 / 1.2, 1 / 1.44]),
+    ("large", [1] * 14 + [1 / 1.15]),
+])
+def test_lr_schedule_follows_the_paper(preset, expected):
+    model = LanguageModel(vocab_size=10, hidden_size=4, **{k: v for k, v in load_preset("ptb", preset).model.items()
+                                                          if k not in ("hidden_size",)})
+    cfg = model.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in expected:
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx(expected)
+    assert cfg["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_loss_is_summed_over_time_and_averaged_over_batch():
+    torch.manual_seed(0)
+    model = LanguageModel(vocab_size=11, hidden_size=8, dropout=0.0)
+    x, y = torch.randint(0, 11, (6, 3)), torch.randint(0, 11, (6, 3))
+    loss = model.training_step((x, y), 0)
+    logits, _ = LanguageModel.forward(model, x)
+    per_token = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(6, 3)
+    torch.testing.assert_close(loss, per_token.sum(0).mean())
+
+
+def test_state_carries_across_windows_and_resets_each_epoch(data_root):
+    torch.manual_seed(0)
+    dm = PTBDataModule(data_root, batch_size=4, bptt=5, download=False)
+    dm.setup()
+    model = LanguageModel(vocab_size=len(dm.vocab), hidden_size=8, dropout=0.0).eval()
+    # Reference: one pass over the whole validation grid, state flowing through.
+    windows = list(dm.val_dataloader())
+    x_all = torch.cat([x for x, _ in windows])
+    y_all = torch.cat([y for _, y in windows])
+    with torch.no_grad():
+        logits, _ = model(x_all)
+    ref = math.exp(F.cross_entropy(logits.flatten(0, 1), y_all.flatten()).item())
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    for _ in range(2):  # the second epoch must start from zeros again, not from the first's end
+        got = trainer.validate(model, datamodule=dm, verbose=False)[0]["valid_ppl"]
+        assert got == pytest.approx(ref, rel=1e-5)
+
+
+def test_sanity_check_does_not_disturb_training(tmp_path, data_root):
+    losses = []
+    for sanity in (0, 2):
+        preset = tiny_preset()
+        preset.trainer.update(max_epochs=1, num_sanity_val_steps=sanity)
+        o = opts(tmp_path / f"s{sanity}", data_root)
+        run(preset, o)
+        losses.append(step_losses(tmp_path / f"s{sanity}" / "runs" / "ptb-small-dropout_on-seed0"))
+    assert losses[0] == losses[1] and len(losses[0]) > 0
+
+
+def test_fixed_seed_repeats_the_same_numbers(tmp_path, data_root):
+    rows = []
+    for i in range(2):
+        rows.append(run(tiny_preset(), opts(tmp_path / str(i), data_root, seed=3)))
+    for key in ("train_ppl", "valid_ppl", "test_ppl", "test_ppl_b4"):
+        assert rows[0][key] == rows[1][key]
+    assert step_losses(tmp_path / "0" / "runs" / "ptb-small-dropout_on-seed3") == \
+        step_losses(tmp_path / "1" / "runs" / "ptb-small-dropout_on-seed3")
+    other = run(tiny_preset(), opts(tmp_path / "2", data_root, seed=4))
+    assert other["train_ppl"] != rows[0]["train_ppl"]
+
+
+class Crash(L.Callback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_after_a_crash_ends_with_the_same_numbers(tmp_path, data_root):
+    preset = lambda: tiny_preset(dropout=0.5)  # noqa: E731 - dropout on: masks must also match
+    straight = run(preset().__class__(**{**preset().__dict__, "trainer": {**preset().trainer, "max_epochs": 3}}),
+                   opts(tmp_path / "a", data_root))
+    crashed = opts(tmp_path / "b", data_root, callbacks=[Crash(at_step=int(straight["steps"]) // 2 + 1)])
+    p = preset()
+    p.trainer["max_epochs"] = 3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(p, crashed)
+    assert not (tmp_path / "b" / "results" / "runs.csv").exists()  # no partial results row
+    ckpts = tmp_path / "b" / "runs" / "ptb-small-dropout_on-seed0" / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file()
+    with pytest.raises(ConfigError, match="--resume"):  # never overwrite a run by accident
+        p2 = preset()
+        p2.trainer["max_epochs"] = 3
+        run(p2, opts(tmp_path / "b", data_root))
+    p3 = preset()
+    p3.trainer["max_epochs"] = 3
+    resumed = run(p3, opts(tmp_path / "b", data_root, resume=True))
+    for key in ("train_ppl", "valid_ppl", "test_ppl", "test_ppl_b4", "steps", "epochs"):
+        assert resumed[key] == straight[key], key
+    a = torch.load(tmp_path / "a" / "runs" / "ptb-small-dropout_on-seed0" / "checkpoints" / "last.ckpt",
+                   weights_only=False)["state_dict"]
+    b = torch.load(ckpts / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_is_named(tmp_path, data_root):
+    ckpt = tmp_path / "runs" / "ptb-small-dropout_on-seed0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(BenchError, match=rf"{ckpt}: corrupt or unreadable checkpoint"):
+        run(tiny_preset(), opts(tmp_path, data_root, resume=True))
+    with pytest.raises(BenchError, match="no checkpoint to resume from"):
+        run(tiny_preset(), opts(tmp_path / "other", data_root, resume=True))
+
+
+def test_interrupted_run_writes_no_row(tmp_path, data_root):
+    class Interrupt(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            raise KeyboardInterrupt
+
+    with pytest.raises(BenchError, match="interrupted.*--resume"):
+        run(tiny_preset(), opts(tmp_path, data_root, callbacks=[Interrupt()]))
+    assert not (tmp_path / "results" / "runs.csv").exists()
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_trains_on_cpu(tmp_path, data_root, precision):
+    preset = tiny_preset()
+    preset.trainer.update(max_epochs=1, limit_val_batches=3, limit_test_batches=3)
+    row = run(preset, opts(tmp_path, data_root, trainer={"precision": precision}))
+    assert math.isfinite(float(row["test_ppl"])) and row["precision"].startswith("bf16")
+
+
+def test_dropout_off_zeroes_every_rate(tmp_path, data_root):
+    preset = tiny_preset()
+    preset.trainer.update(max_epochs=1, limit_val_batches=2, limit_test_batches=2)
+    row = run(preset, opts(tmp_path, data_root, dropout="off"))
+    assert row["dropout_rate"] == "dropout=0.0" and row["dropout"] == "off"
+    ckpt = torch.load(tmp_path / "runs" / "ptb-small-dropout_off-seed0" / "checkpoints" / "last.ckpt",
+                      weights_only=False)
+    assert ckpt["hyper_parameters"]["dropout"] == 0.0
