@@ -48,12 +48,14 @@ def cpu_lstm_supports(dtype: torch.dtype) -> bool:
     AVX512-BF16/AMX; fp16 needs AVX512-FP16 and is missing from many builds): autocast then crashes
     with "could not create a primitive descriptor for the LSTM forward propagation primitive".
     """
-    lstm = nn.LSTM(4, 4)
-    x = torch.randn(2, 1, 4, requires_grad=True)
     try:
-        with torch.autocast("cpu", dtype=dtype):
-            y, _ = lstm(x)
-        y.float().sum().backward()
+        # The first call may come from inside Lightning's validation (inference mode, no grad).
+        with torch.inference_mode(False), torch.enable_grad():
+            lstm = nn.LSTM(4, 4)
+            x = torch.randn(2, 1, 4, requires_grad=True)
+            with torch.autocast("cpu", dtype=dtype):
+                y, _ = lstm(x)
+            y.float().sum().backward()
         return True
     except RuntimeError as err:
         log.warning(

@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         row = run(preset, opts)
         if row is not None:
-            shown = {k: v for k, v in row.items() if k.endswith(("_ppl", "_acc", "bleu")) or "_ppl_" in k}
+            shown = {k: v for k, v in row.items() if k.startswith(("train_", "valid_", "test_")) and k != "train_loss"}
             print(f"{task}/{preset.name} dropout {opts.dropout}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return 0
 

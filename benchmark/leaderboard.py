@@ -45,8 +45,7 @@ def build(results_dir: Path) -> Path:
             paper = p.paper if dropout == p.default_dropout else {}  # the paper ran one setting per preset
         except ConfigError:
             paper = {}
-        metrics = sorted({k for r in rows for k, v in r.items() if v and k.endswith(("_ppl", "_acc", "bleu"))}
-                         | {k for r in rows for k, v in r.items() if v and "_ppl_b" in k})
+        metrics = sorted({k for r in rows for k, v in r.items() if v and k.startswith(("train_", "valid_", "test_"))})
         for metric in metrics:
             values = [float(r[metric]) for r in rows if r.get(metric)]
             ours = mean(values)

@@ -134,7 +134,8 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
             logger=make_loggers(run_dir, opts.wandb, name, {"preset": preset.name, "dropout": opts.dropout,
                                                               "seed": opts.seed, **preset.model, **preset.data}),
             plugins=[AtomicCheckpointIO()],
-            use_distributed_sampler=False,  # the DataModules lay out their own per-rank data
+            # PTB lays out its own per-rank columns; shuffled tasks take Lightning's sampler.
+            use_distributed_sampler=not getattr(dm, "lays_out_ranks", False),
             **trainer_kwargs,
         )
     except (TypeError, ValueError, lightning_misconfig()) as err:
@@ -168,7 +169,8 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_s": f"{wall:.1f}",
-        "tokens_per_s": f"{throughput.tokens_per_second:.0f}",
+        "tokens_per_s": f"{throughput.tokens_per_second:.0f}",  # PTB: words; speech: frames
+        "train_s_per_epoch": f"{throughput.seconds / max(trainer.current_epoch, 1):.1f}",
         "device": device_name(trainer),
         "precision": precision,
         "devices": trainer.world_size,

@@ -119,6 +119,8 @@ class BPTTWindows(IterableDataset):
 class PTBDataModule(L.LightningDataModule):
     """Reads `ptb.{train,valid,test}.txt` from `data_root/ptb/` (downloading them if absent)."""
 
+    lays_out_ranks = True  # the runner must not add a DistributedSampler
+
     def __init__(
         self,
         data_root: str | Path = "data",

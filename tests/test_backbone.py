@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from benchmark.backbone import (
     DropoutLSTM,
+    cpu_lstm_supports,
     fused_to_stacked_state_dict,
     init_uniform_,
     stacked_to_fused_state_dict,
@@ -145,6 +146,14 @@ def test_cpu_autocast_runs_and_matches_fp32(impl, dtype):
     y_ref, _ = model(x)
     torch.testing.assert_close(y.float(), y_ref, atol=0.05, rtol=0.05)
     assert torch.isfinite(x.grad).all()
+
+
+def test_kernel_probe_is_not_fooled_by_inference_mode():
+    cpu_lstm_supports.cache_clear()
+    with torch.inference_mode():
+        inside = cpu_lstm_supports(torch.bfloat16)
+    cpu_lstm_supports.cache_clear()
+    assert inside == cpu_lstm_supports(torch.bfloat16)
 
 
 def test_rejects_bad_arguments():

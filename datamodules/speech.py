@@ -1,0 +1,290 @@
+"""Framewise phone classification on TIMIT-layout corpora: audio + a `.phn` beside each utterance.
+
+    utt.flac / utt.wav / UTT.WAV (NIST SPHERE)   16-bit speech, read with soundfile
+    utt.phn                                      "start_sample end_sample phone" per line
+
+Each utterance becomes 40 log-mel filterbanks (torchaudio's Kaldi-compatible front end: 25 ms
+window, 10 ms shift; optional deltas) and one label per frame, the phone covering the frame's
+centre sample:
+
+    samples  0 ........ 400 ........ 800                     (16 kHz: 25 ms = 400, 10 ms = 160)
+    frame 0  [0, 400)   centre 200
+    frame 1      [160, 560)   centre 360
+    frame i  [160 i, 160 i + 400)  centre 160 i + 200  ->  the .phn segment with start <= centre < end
+
+A batch is time-major and padded: feats (T, B, F), labels (T, B) with -100 on padding, lengths (B,).
+Features are cached per utterance in the project cache (keyed by the audio's sha256 and the feature
+settings); normalisation statistics come from the training split only.
+
+Corpora (`corpus:`), each with its own split rules:
+  an4           an4/wav/an4_clstk/<spk>/ (train; `valid_speakers` held out) and an4test_clstk/ (test)
+  timit-sample  timit-sample/dr<N>-<spk>/ (NLTK); `valid_speakers` and `test_speakers` named in the config
+  timit         the LDC tree TIMIT/{TRAIN,TEST}/DR<N>/<SPK>/: train = TRAIN, test = the 24-speaker core
+                test set, valid = the other TEST speakers (or `valid_speakers`)
+SA sentences (read by every speaker) are left out of every split, as is usual for TIMIT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import soundfile as sf
+import torch
+import torchaudio
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from benchmark.errors import DataError
+from datamodules.phones import PHONE_SETS, PhoneSet
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".flac", ".wav", ".sph")
+IGNORE = -100
+# TIMIT's documentation (testset.doc, Table 1): 2 male + 1 female speaker per dialect region.
+TIMIT_CORE_TEST = {
+    "MDAB0", "MWBT0", "FELC0", "MTAS1", "MWEW0", "FPAS0", "MJMP0", "MLNT0", "FPKT0", "MLLL0", "MTLS0", "FJLM0",
+    "MBPM0", "MKLT0", "FNLP0", "MCMJ0", "MJDH0", "FMGD0", "MGRT0", "MNJM0", "FDHC0", "MJLN0", "MPAM0", "FMLD0",
+}
+
+FETCH_HELP = {
+    "an4": "CMU AN4 audio: https://github.com/cmusphinx/an4 (wav/an4_clstk, wav/an4test_clstk). Its phone "
+           "alignments are published nowhere: each utterance needs a TIMIT-style .phn beside it, e.g. from "
+           "forced alignment of etc/an4_*.transcription with pocketsphinx (PyPI wheel, en-us model)",
+    "timit-sample": "NLTK's TIMIT sample: https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/"
+                    "corpora/timit.zip, unpacked so that timit-sample/dr1-fvmh0/sa1.wav exists",
+    "timit": "the LDC TIMIT corpus (LDC93S1, licensed: https://catalog.ldc.upenn.edu/LDC93S1), copied so "
+             "that timit/TRAIN/DR1/FCJF0/SI1027.WAV and .PHN exist (upper or lower case both work)",
+}
+
+
+@dataclass(frozen=True)
+class Utterance:
+    speaker: str
+    audio: Path
+    phn: Path
+
+
+def _utterances(folder: Path, speaker: str) -> list[Utterance]:
+    out = []
+    for audio in sorted(folder.iterdir()):
+        if audio.suffix.lower() not in AUDIO_SUFFIXES or audio.stem.lower().startswith("sa"):
+            continue
+        phn = next((p for p in (audio.with_suffix(".phn"), audio.with_suffix(".PHN")) if p.is_file()), None)
+        if phn is None:
+            raise DataError(f"{audio}: no .phn label file beside it")
+        out.append(Utterance(speaker, audio, phn))
+    return out
+
+
+def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speakers: list[str]) -> dict[str, list[Utterance]]:
+    """Utterances of train/valid/test for one corpus under the data root."""
+    base = root / corpus
+    if not base.is_dir():
+        raise DataError(f"{base}: not found. Put {FETCH_HELP.get(corpus, corpus)} there, or fix --data-root")
+    valid, test = {s.lower() for s in valid_speakers}, {s.lower() for s in test_speakers}
+    splits: dict[str, list[Utterance]] = {"train": [], "valid": [], "test": []}
+    if corpus == "an4":
+        for split_dir, default in (("an4_clstk", "train"), ("an4test_clstk", "test")):
+            folder = base / "wav" / split_dir
+            if not folder.is_dir():
+                raise DataError(f"{folder}: not found. Put {FETCH_HELP['an4']} there")
+            for spk in sorted(p for p in folder.iterdir() if p.is_dir()):
+                split = "valid" if spk.name.lower() in valid else default
+                splits[split] += _utterances(spk, spk.name)
+    elif corpus == "timit-sample":
+        for spk in sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith("dr")):
+            name = spk.name.lower()
+            split = "valid" if name in valid else "test" if name in test else "train"
+            splits[split] += _utterances(spk, spk.name)
+    elif corpus == "timit":
+        for part in sorted(p for p in base.iterdir() if p.is_dir() and p.name.lower() in ("train", "test")):
+            for spk in sorted(s for dr in part.iterdir() if dr.is_dir() for s in dr.iterdir() if s.is_dir()):
+                if part.name.lower() == "train":
+                    split = "train"
+                elif spk.name.upper() in TIMIT_CORE_TEST:
+                    split = "test"
+                else:
+                    split = "valid" if not valid or spk.name.lower() in valid else "unused"
+                splits.setdefault(split, []).extend(_utterances(spk, spk.name))
+    else:
+        raise DataError(f"unknown speech corpus {corpus!r}; known: an4, timit-sample, timit")
+    for split in ("train", "valid", "test"):
+        if not splits[split]:
+            raise DataError(f"{base}: the {split} split is empty; check the speaker lists in the config")
+    overlap = {u.speaker for u in splits["train"]} & {u.speaker for u in splits["valid"] + splits["test"]}
+    if overlap:
+        raise DataError(f"{base}: speakers {sorted(overlap)} are in train and a held-out split")
+    return splits
+
+
+def read_phn(path: Path, n_samples: int, phones: PhoneSet) -> list[tuple[int, int, int]]:
+    """(start, end, training-label id or IGNORE) per line; errors name the file and line."""
+    index = phones.train_index()
+    segments = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            raise DataError(f"{path}:{lineno}: expected 'start_sample end_sample phone', got {line!r}")
+        start, end, symbol = int(parts[0]), int(parts[1]), parts[2]
+        if start >= end:
+            raise DataError(f"{path}:{lineno}: segment ends ({end}) before it starts ({start})")
+        if end > n_samples:
+            raise DataError(f"{path}:{lineno}: segment ends at sample {end}, past the audio's {n_samples} samples")
+        if symbol not in phones.raw:
+            raise DataError(f"{path}:{lineno}: unknown phone {symbol!r} for phone set {phones.name}")
+        label = phones.raw[symbol]
+        segments.append((start, end, IGNORE if label is None else index[label]))
+    if not segments:
+        raise DataError(f"{path}: no segments")
+    return segments
+
+
+def frame_labels(segments: list[tuple[int, int, int]], n_frames: int, shift: int, window: int) -> Tensor:
+    """The label of the segment covering each frame's centre sample; IGNORE where none does."""
+    labels = torch.full((n_frames,), IGNORE, dtype=torch.long)
+    centres = torch.arange(n_frames) * shift + window // 2
+    for start, end, label in segments:
+        labels[(centres >= start) & (centres < end)] = label
+    return labels
+
+
+@dataclass(frozen=True)
+class Features:
+    n_mels: int = 40
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    deltas: bool = True
+
+    @property
+    def dim(self) -> int:
+        return self.n_mels * (3 if self.deltas else 1)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+
+    def compute(self, wave: Tensor, sample_rate: int) -> Tensor:
+        """(samples,) float in [-1, 1] -> (frames, dim)."""
+        fbank = torchaudio.compliance.kaldi.fbank(
+            wave.unsqueeze(0) * 32768.0,  # Kaldi's scale: 16-bit integers
+            num_mel_bins=self.n_mels, frame_length=self.frame_length_ms, frame_shift=self.frame_shift_ms,
+            dither=0.0, sample_frequency=sample_rate,
+        )
+        if not self.deltas:
+            return fbank
+        d1 = torchaudio.functional.compute_deltas(fbank.T)
+        d2 = torchaudio.functional.compute_deltas(d1)
+        return torch.cat([fbank.T, d1, d2]).T
+
+
+def load_audio(path: Path) -> tuple[Tensor, int, bytes]:
+    data = path.read_bytes()
+    try:
+        wave, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise DataError(f"{path}: unreadable or corrupt audio ({err})") from err
+    if wave.shape[0] == 0:
+        raise DataError(f"{path}: no audio samples")
+    return torch.from_numpy(wave[:, 0].copy()), rate, data
+
+
+class UtteranceSet(Dataset):
+    def __init__(self, feats: list[Tensor], labels: list[Tensor]) -> None:
+        self.feats, self.labels = feats, labels
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.feats[i], self.labels[i]
+
+
+def pad_batch(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    lengths = torch.tensor([f.size(0) for f, _ in items])
+    feats = torch.nn.utils.rnn.pad_sequence([f for f, _ in items])  # (T, B, F)
+    labels = torch.nn.utils.rnn.pad_sequence([y for _, y in items], padding_value=IGNORE)  # (T, B)
+    return {"feats": feats, "labels": labels, "lengths": lengths, "num_tokens": lengths.sum()}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RNNREG_CACHE_DIR", ".cache"))
+
+
+class SpeechDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_root: str | Path = "data",
+        corpus: str = "an4",
+        phone_set: str = "an4",
+        valid_speakers: list[str] = (),
+        test_speakers: list[str] = (),
+        batch_size: int = 16,
+        n_mels: int = 40,
+        deltas: bool = True,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if phone_set not in PHONE_SETS:
+            raise DataError(f"unknown phone_set {phone_set!r}; known: {', '.join(PHONE_SETS)}")
+        self.data_root, self.corpus, self.batch_size = Path(data_root), corpus, batch_size
+        self.phones = PHONE_SETS[phone_set]
+        self.valid_speakers, self.test_speakers = list(valid_speakers), list(test_speakers)
+        self.features = Features(n_mels=n_mels, deltas=deltas)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.sets: dict[str, UtteranceSet] = {}
+
+    def _features(self, utt: Utterance) -> tuple[Tensor, Tensor]:
+        wave, rate, data = load_audio(utt.audio)
+        cache = self.cache_dir / "speech-features" / self.features.key() / f"{hashlib.sha256(data).hexdigest()}.pt"
+        feats = None
+        if cache.is_file():
+            try:
+                feats = torch.load(cache, weights_only=True)
+            except Exception:  # a damaged cache entry is recomputed, never trusted
+                log.warning("%s: unreadable cache entry, recomputing", cache)
+        if feats is None:
+            feats = self.features.compute(wave, rate)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(feats, tmp)
+            os.replace(tmp, cache)
+        shift, window = int(rate * self.features.frame_shift_ms / 1000), int(rate * self.features.frame_length_ms / 1000)
+        labels = frame_labels(read_phn(utt.phn, wave.numel(), self.phones), feats.size(0), shift, window)
+        return feats, labels
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        splits = find_splits(self.data_root, self.corpus, self.valid_speakers, self.test_speakers)
+        raw = {s: [self._features(u) for u in splits[s]] for s in ("train", "valid", "test")}
+        train = torch.cat([f for f, _ in raw["train"]])
+        mean, std = train.mean(0), train.std(0).clamp_min(1e-5)  # training statistics only
+        for split, items in raw.items():
+            unlabelled = sum(int((y == IGNORE).sum()) for _, y in items)
+            frames = sum(y.numel() for _, y in items)
+            if unlabelled:
+                log.info("%s %s: %d of %d frames carry no training label (no segment or an unscored phone)",
+                         self.corpus, split, unlabelled, frames)
+            self.sets[split] = UtteranceSet([(f - mean) / std for f, _ in items], [y for _, y in items])
+        log.info("%s: %s utterances", self.corpus, {s: len(d) for s, d in self.sets.items()})
+
+    def model_kwargs(self) -> dict:
+        return {"input_size": self.features.dim, "num_classes": len(self.phones.train),
+                "fold_ids": self.phones.fold_ids(), "score_names": list(self.phones.score)}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.sets["train"], batch_size=self.batch_size, shuffle=True, collate_fn=pad_batch)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.sets["valid"], batch_size=self.batch_size, collate_fn=pad_batch)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.sets["test"], batch_size=self.batch_size, collate_fn=pad_batch)

@@ -1,0 +1,117 @@
+"""Framewise phone classification (the paper's Section 4.2): a deep LSTM labels every 10 ms frame.
+
+features (T, B, F) -> DropoutLSTM -> linear -> per-frame softmax over the training phone set.
+Scored after folding prediction and reference into the scoring classes (TIMIT: 39), padding and
+unscored frames excluded: frame accuracy, and phone error rate (jiwer) on each utterance's frame
+labels collapsed into a phone sequence (runs of one label become one phone).
+"""
+
+from __future__ import annotations
+
+import jiwer
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchmetrics import SumMetric
+
+from benchmark.backbone import DropoutLSTM, Impl, init_uniform_
+
+IGNORE = -100
+
+
+def collapse(labels: list[int]) -> list[int]:
+    """[a, a, b, b, b, a] -> [a, b, a]: a frame sequence as the phone sequence it spells."""
+    return [x for i, x in enumerate(labels) if i == 0 or x != labels[i - 1]]
+
+
+class FrameClassifier(L.LightningModule):
+    monitor = ("valid_frame_acc", "max")
+    result_keys = ("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per")
+
+    def __init__(
+        self,
+        input_size: int,
+        num_classes: int,
+        fold_ids: list[int],
+        score_names: list[str],
+        hidden_size: int = 256,
+        num_layers: int = 3,
+        dropout: float = 0.0,
+        init_scale: float = 0.1,
+        backbone: Impl = "fused",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.rnn = DropoutLSTM(input_size, hidden_size, num_layers, dropout, impl=backbone)
+        self.head = nn.Linear(hidden_size, num_classes)
+        init_uniform_(self, init_scale)
+        self.register_buffer("fold", torch.tensor(fold_ids + [-1]), persistent=False)  # [-1]: IGNORE -> -1
+        self.counts = nn.ModuleDict({
+            f"{stage}_{name}": SumMetric()
+            for stage in ("train", "valid", "test") for name in ("correct", "frames", "edits", "phones")
+        })
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> Tensor:
+        """(T, B, F) padded features -> (T, B, classes) logits; padding never enters the LSTM."""
+        packed = pack_padded_sequence(feats, lengths.cpu(), enforce_sorted=False)
+        y, _ = self.rnn(packed)
+        y, _ = pad_packed_sequence(y, total_length=feats.size(0))
+        return self.head(y)
+
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        logits = self(batch["feats"], batch["lengths"])
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        # Score in the folded classes; frames whose reference has no class (padding, TIMIT's q) drop out.
+        ref = self.fold[labels.clamp_min(-1)]  # IGNORE (-100) -> -1 -> the trailing -1
+        hyp = self.fold[logits.argmax(-1)]
+        scored = ref >= 0
+        self.counts[f"{stage}_correct"].update((hyp == ref)[scored].sum())
+        self.counts[f"{stage}_frames"].update(scored.sum())
+        refs, hyps = [], []
+        for b in range(labels.size(1)):
+            keep = scored[:, b]
+            r, h = collapse(ref[keep, b].tolist()), collapse(hyp[keep, b].tolist())
+            if r:
+                refs.append(" ".join(map(str, r)))
+                hyps.append(" ".join(map(str, h)) or "<none>")
+        if refs:
+            out = jiwer.process_words(refs, hyps)
+            self.counts[f"{stage}_edits"].update(out.substitutions + out.deletions + out.insertions)
+            self.counts[f"{stage}_phones"].update(out.hits + out.substitutions + out.deletions)
+        return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        c = {name: self.counts[f"{stage}_{name}"] for name in ("correct", "frames", "edits", "phones")}
+        if c["frames"].update_count:
+            self.log(f"{stage}_frame_acc", c["correct"].compute() / c["frames"].compute().clamp_min(1), prog_bar=True)
+            self.log(f"{stage}_per", c["edits"].compute() / c["phones"].compute().clamp_min(1))
+        for metric in c.values():
+            metric.reset()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "valid")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("valid")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,167 @@
+"""Speech frames: framing/label alignment, phone folding, feature cache, padding, bad files, real data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from benchmark.errors import DataError
+from datamodules.phones import PHONE_SETS, TIMIT_FOLDING
+from datamodules.speech import IGNORE, Features, SpeechDataModule, Utterance, find_splits, frame_labels, pad_batch, read_phn
+from tasks.frame_classifier import FrameClassifier, collapse
+from tests.conftest import REAL_DATA_ROOT
+
+RATE = 16_000
+
+
+def write_utt(folder, name, segments, seconds=1.0, freqs=None):
+    """A tone per segment (so the audio really changes at the boundaries) and its .phn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n = int(RATE * seconds)
+    wave = np.zeros(n, dtype=np.float32)
+    for k, (start, end, _) in enumerate(segments):
+        t = np.arange(start, min(end, n)) / RATE
+        wave[start:end] = 0.3 * np.sin(2 * math.pi * (freqs or [220, 880, 440, 660])[k % 4] * t)
+    sf.write(folder / f"{name}.flac", wave, RATE)
+    (folder / f"{name}.phn").write_text("".join(f"{s} {e} {p}\n" for s, e, p in segments))
+    return folder / f"{name}.flac"
+
+
+def an4_tree(root, speakers=("fabc", "mdef", "fghi"), test=("mtst",)):
+    """A tiny corpus in AN4's layout: wav/an4_clstk/<spk>/, wav/an4test_clstk/<spk>/."""
+    segs = [(0, 4000, "SIL"), (4000, 12000, "AA"), (12000, 16000, "SIL")]
+    for part, spks in (("an4_clstk", speakers), ("an4test_clstk", test)):
+        for spk in spks:
+            for i in range(2):
+                write_utt(root / "an4" / "wav" / part / spk, f"u{i}-{spk}", segs)
+    return root
+
+
+def test_frame_labels_follow_the_centre_sample(tmp_path):
+    segments = [(0, 4000, 0), (4000, 12000, 1), (12000, 16000, 0)]
+    n_frames = 1 + (RATE - 400) // 160  # Kaldi's snip_edges framing: 98
+    labels = frame_labels(segments, n_frames, shift=160, window=400)
+    # frame i's centre is 160 i + 200: inside [4000, 12000) for i = 24 .. 73
+    assert labels[23] == 0 and labels[24] == 1 and labels[73] == 1 and labels[74] == 0
+    assert (labels == 1).sum() == 50
+
+
+def test_features_and_labels_line_up_on_a_synthetic_utterance(tmp_path):
+    audio = write_utt(tmp_path / "u", "tone", [(0, 4000, "SIL"), (4000, 12000, "AA"), (12000, 16000, "SIL")])
+    dm = SpeechDataModule(tmp_path, corpus="an4", phone_set="an4", cache_dir=tmp_path / "cache")
+    feats, labels = dm._features(Utterance("x", audio, audio.with_suffix(".phn")))
+    assert feats.shape == (98, 120) and labels.shape == (98,)
+    aa, sil = PHONE_SETS["an4"].train_index()["AA"], PHONE_SETS["an4"].train_index()["SIL"]
+    assert labels[24:74].eq(aa).all() and labels[:24].eq(sil).all() and labels[74:].eq(sil).all()
+    # the 880 Hz tone of the AA segment puts its energy in different mel bins than the 220 Hz one
+    fb = feats[:, :40]
+    assert (fb[30:70].argmax(1) != fb[5:20].argmax(1).mode().values).all()
+
+
+def test_folding_table_covers_timit():
+    assert len(TIMIT_FOLDING) == 61
+    t61, t48 = PHONE_SETS["timit61"], PHONE_SETS["timit48"]
+    assert len(t61.train) == 61 and len(t48.train) == 48 and len(t61.score) == len(t48.score) == 39
+    assert [p for p in t61.train if t61.fold[p] is None] == ["q"]  # the glottal stop: no class
+    folded = {t61.score[i] for i in t61.fold_ids() if i >= 0}
+    assert folded == set(t61.score)  # every scoring class is reachable
+    assert t61.fold["ao"] == "aa" and t61.fold["zh"] == "sh" and t61.fold["pcl"] == "sil" and t61.fold["ix"] == "ih"
+    assert len(PHONE_SETS["an4"].train) == 34
+
+
+def test_feature_cache_reused_and_invalidated(tmp_path, monkeypatch):
+    audio = write_utt(tmp_path / "u", "tone", [(0, 16000, "SIL")])
+    utt = Utterance("x", audio, audio.with_suffix(".phn"))
+    calls = []
+    real = Features.compute
+    monkeypatch.setattr(Features, "compute", lambda self, w, r: calls.append(self.deltas) or real(self, w, r))
+    for deltas in (True, True, False, True):
+        SpeechDataModule(tmp_path, deltas=deltas, cache_dir=tmp_path / "cache")._features(utt)
+    assert calls == [True, False]  # computed once per setting, then read back
+    write_utt(tmp_path / "u", "tone", [(0, 16000, "SIL")], freqs=[300])  # new audio, new hash
+    SpeechDataModule(tmp_path, deltas=True, cache_dir=tmp_path / "cache")._features(utt)
+    assert calls == [True, False, True]
+
+
+def test_padding_is_masked_out_of_loss_and_metrics():
+    torch.manual_seed(0)
+    ps = PHONE_SETS["an4"]
+    model = FrameClassifier(input_size=6, num_classes=len(ps.train), fold_ids=ps.fold_ids(),
+                            score_names=list(ps.score), hidden_size=8, num_layers=2).eval()
+    long_, short = (torch.randn(9, 6), torch.randint(0, 34, (9,))), (torch.randn(4, 6), torch.randint(0, 34, (4,)))
+    batch = pad_batch([long_, short])
+    assert batch["labels"][4:, 1].eq(IGNORE).all() and int(batch["num_tokens"]) == 13
+    loss = model._step(batch, "test")
+    batch["feats"][4:, 1] = 1e3  # garbage in the padding changes nothing
+    assert torch.equal(loss, model._step(batch, "test"))
+    assert int(model.counts["test_frames"].compute()) == 2 * 13
+    alone = model(short[0].unsqueeze(1), torch.tensor([4]))
+    torch.testing.assert_close(model(batch["feats"], batch["lengths"])[:4, 1], alone[:, 0])
+
+
+def test_collapse_and_per_match_jiwer():
+    assert collapse([3, 3, 5, 5, 5, 3]) == [3, 5, 3]
+    import jiwer
+    out = jiwer.process_words("1 2 3 4", "1 3 4 4")
+    assert (out.substitutions + out.deletions + out.insertions) / 4 == jiwer.wer("1 2 3 4", "1 3 4 4")
+
+
+@pytest.mark.parametrize("line, match", [
+    ("0 99999 AA", "past the audio"), ("0 100 ZZ", "unknown phone 'ZZ'"), ("0 x AA", "expected 'start_sample"),
+    ("500 100 AA", "ends .100. before it starts"),
+])
+def test_bad_phn_files_name_file_and_line(tmp_path, line, match):
+    (tmp_path / "u.phn").write_text("0 10 SIL\n" + line + "\n")
+    with pytest.raises(DataError, match=rf"u.phn:2: .*{match}"):
+        read_phn(tmp_path / "u.phn", 16000, PHONE_SETS["an4"])
+
+
+def test_corrupt_audio_is_named(tmp_path):
+    (tmp_path / "bad.flac").write_bytes(b"fLaC truncated")
+    (tmp_path / "bad.phn").write_text("0 10 SIL\n")
+    dm = SpeechDataModule(tmp_path, cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError, match="bad.flac: unreadable or corrupt audio"):
+        dm._features(Utterance("x", tmp_path / "bad.flac", tmp_path / "bad.phn"))
+
+
+def test_splits_are_speaker_disjoint_and_missing_corpus_says_where(tmp_path):
+    an4_tree(tmp_path)
+    splits = find_splits(tmp_path, "an4", valid_speakers=["mdef"], test_speakers=[])
+    assert {u.speaker for u in splits["valid"]} == {"mdef"} and {u.speaker for u in splits["test"]} == {"mtst"}
+    assert len(splits["train"]) == 4
+    with pytest.raises(DataError, match="timit-sample: not found.*timit.zip"):
+        find_splits(tmp_path, "timit-sample", [], [])
+    with pytest.raises(DataError, match="valid split is empty"):
+        find_splits(tmp_path, "an4", valid_speakers=["nobody"], test_speakers=[])
+
+
+def test_train_statistics_only_normalise(tmp_path):
+    an4_tree(tmp_path)
+    dm = SpeechDataModule(tmp_path, valid_speakers=["mdef"], cache_dir=tmp_path / "cache", batch_size=2)
+    dm.setup()
+    train = torch.cat(dm.sets["train"].feats)
+    torch.testing.assert_close(train.mean(0), torch.zeros(120), atol=1e-4, rtol=0)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["feats"].shape[1:] == (2, 120) and dm.model_kwargs()["num_classes"] == 34
+
+
+@pytest.mark.real_data
+def test_timit_sample_splits_and_a_short_run_learns(tmp_path):
+    root = REAL_DATA_ROOT
+    if not (root / "timit-sample").is_dir():
+        pytest.skip(f"no timit-sample under {root}")
+    from benchmark.config import load_preset
+    from benchmark.runner import RunOptions, run
+
+    preset = load_preset("speech", "timit-sample-quick")
+    splits = find_splits(root, "timit-sample", preset.data["valid_speakers"], preset.data["test_speakers"])
+    assert {k: len(v) for k, v in splits.items()} == {"train": 80, "valid": 24, "test": 24}  # SA left out
+    preset.trainer.update(max_epochs=2, enable_progress_bar=False)
+    preset.data["cache_dir"] = str(tmp_path / "cache")
+    row = run(preset, RunOptions(data_root=root, results_dir=tmp_path, runs_dir=tmp_path, wandb="off"))
+    # 39 classes: chance is far below 20%; two epochs on 80 utterances already beat it
+    assert float(row["test_frame_acc"]) > 0.2 and 0 < float(row["test_per"]) < 1.5
