@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,31 @@ class Dataset:
     homepage: str
 
 
+def read_sums(path: Path) -> dict[str, str]:
+    """A `sha256sum` listing -> {relative name: digest}."""
+    sums = {}
+    for line in Path(path).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if name:
+            sums[name] = digest
+    return sums
+
+
+class _Archive:
+    """The few calls download() needs, over tar and zip alike."""
+
+    def __init__(self, path: Path) -> None:
+        self.zip = zipfile.ZipFile(path) if zipfile.is_zipfile(path) else None
+        self.tar = None if self.zip else tarfile.open(path)
+        self.names = self.zip.namelist() if self.zip else self.tar.getnames()
+
+    def open(self, member: str):
+        return self.zip.open(member) if self.zip else self.tar.extractfile(member)
+
+    def close(self) -> None:
+        (self.zip or self.tar).close()
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -39,8 +65,11 @@ def sha256_of(path: Path) -> str:
 
 
 def offline_help(ds: Dataset, folder: Path, reason: str) -> str:
-    files = "\n".join(f"    {folder / name}  (sha256 {digest})" for name, digest in ds.sha256.items())
-    members = ", ".join(ds.members.values())
+    listed = list(ds.sha256.items())
+    files = "\n".join(f"    {folder / name}  (sha256 {digest})" for name, digest in listed[:12])
+    if len(listed) > 12:
+        files += f"\n    ... and {len(listed) - 12} more files in the same layout"
+    members = ", ".join(list(ds.members.values())[:3]) + (", ..." if len(ds.members) > 3 else "")
     return (
         f"could not download {ds.name} from {ds.url}: {reason}\n"
         f"  Fetch it on a machine with network and place these files:\n{files}\n"
@@ -75,23 +104,28 @@ def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
             raise DataError(offline_help(ds, folder, str(err))) from err
         extracted = Path(tmp) / "x"
         try:
-            with tarfile.open(archive) as tar:
-                names = tar.getnames()
+            arc = _Archive(archive)
+            try:
+                by_tail = {}
+                for n in arc.names:  # archives differ in a leading "./" or folder: match the path's tail
+                    by_tail.setdefault(n.rsplit("/", 1)[-1], []).append(n)
                 for name, tail in ds.members.items():
-                    # Archives differ in a leading "./"; match the path's tail.
-                    member = next((n for n in names if n.endswith(tail)), None)
-                    src = tar.extractfile(member) if member else None
+                    member = next((n for n in by_tail.get(tail.rsplit("/", 1)[-1], ()) if n.endswith(tail)), None)
+                    src = arc.open(member) if member else None
                     if src is None:
                         raise KeyError(f"{tail} not in archive")
-                    extracted.mkdir(exist_ok=True)
-                    with open(extracted / name, "wb") as dst:
+                    (extracted / name).parent.mkdir(parents=True, exist_ok=True)
+                    with src, open(extracted / name, "wb") as dst:
                         shutil.copyfileobj(src, dst)
-        except (tarfile.TarError, KeyError, EOFError) as err:
+            finally:
+                arc.close()
+        except (tarfile.TarError, zipfile.BadZipFile, KeyError, EOFError) as err:
             raise DataError(offline_help(ds, folder, f"archive {archive.name} is corrupt or incomplete ({err})")) from err
         for name, digest in ds.sha256.items():
             got = sha256_of(extracted / name)
             if got != digest:
                 raise DataError(offline_help(ds, folder, f"sha256 of {name} is {got}, expected {digest}"))
         for name in ds.sha256:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(extracted / name, folder / name)
     return folder

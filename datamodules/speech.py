@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark.errors import DataError
+from benchmark.fetch import Dataset, download, read_sums
 from datamodules.phones import PHONE_SETS, PhoneSet
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ FETCH_HELP = {
     "timit": "the LDC TIMIT corpus (LDC93S1, licensed: https://catalog.ldc.upenn.edu/LDC93S1), copied so "
              "that timit/TRAIN/DR1/FCJF0/SI1027.WAV and .PHN exist (upper or lower case both work)",
 }
+
+
+_SAMPLE_SUMS = read_sums(Path(__file__).parent / "checksums" / "timit-sample.sha256")
+TIMIT_SAMPLE = Dataset(
+    name="timit-sample",
+    url="https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/timit.zip",
+    members={name: f"timit/{name}" for name in _SAMPLE_SUMS},
+    sha256=_SAMPLE_SUMS,
+    homepage="https://www.nltk.org/nltk_data/",
+)
 
 
 @dataclass(frozen=True)
@@ -240,6 +251,14 @@ class SpeechDataModule(L.LightningDataModule):
         self.features = Features(n_mels=n_mels, deltas=deltas)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.sets: dict[str, UtteranceSet] = {}
+
+    def prepare_data(self) -> None:
+        # NLTK's sample has a public archive and known file hashes; AN4 needs alignments published
+        # nowhere and TIMIT is licensed, so for those find_splits() says what to put where.
+        if self.corpus == "timit-sample":
+            folder = self.data_root / TIMIT_SAMPLE.name
+            if any(not (folder / n).is_file() for n in TIMIT_SAMPLE.sha256 if n.endswith((".wav", ".phn"))):
+                download(TIMIT_SAMPLE, self.data_root)
 
     def _features(self, utt: Utterance) -> tuple[Tensor, Tensor]:
         wave, rate, data = load_audio(utt.audio)

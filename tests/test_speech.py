@@ -165,3 +165,31 @@ def test_timit_sample_splits_and_a_short_run_learns(tmp_path):
     row = run(preset, RunOptions(data_root=root, results_dir=tmp_path, runs_dir=tmp_path, wandb="off"))
     # 39 classes: chance is far below 20%; two epochs on 80 utterances already beat it
     assert float(row["test_frame_acc"]) > 0.2 and 0 < float(row["test_per"]) < 1.5
+
+
+@pytest.mark.real_data
+def test_timit_sample_download_checks_every_file(tmp_path, monkeypatch):
+    """NLTK's archive layout (timit/<speaker>/<file>) rebuilt from the real files, served by file://."""
+    import dataclasses
+    import zipfile
+
+    import datamodules.speech as speech
+
+    src = REAL_DATA_ROOT / "timit-sample"
+    if not src.is_dir():
+        pytest.skip(f"no timit-sample under {REAL_DATA_ROOT}")
+    archive = tmp_path / "timit.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in speech.TIMIT_SAMPLE.sha256:
+            z.write(src / name, f"timit/{name}")
+    monkeypatch.setattr(speech, "TIMIT_SAMPLE", dataclasses.replace(speech.TIMIT_SAMPLE, url=archive.as_uri()))
+    SpeechDataModule(tmp_path / "root", corpus="timit-sample", phone_set="timit61").prepare_data()
+    assert (tmp_path / "root" / "timit-sample" / "dr1-fvmh0" / "sa1.phn").read_bytes() == (src / "dr1-fvmh0" / "sa1.phn").read_bytes()
+    bad = tmp_path / "bad.zip"  # a tampered file fails the check, naming it
+    with zipfile.ZipFile(bad, "w") as z:
+        for name in speech.TIMIT_SAMPLE.sha256:
+            z.writestr(f"timit/{name}", b"tampered" if name.endswith("sa2.wav") else (src / name).read_bytes())
+    monkeypatch.setattr(speech, "TIMIT_SAMPLE", dataclasses.replace(speech.TIMIT_SAMPLE, url=bad.as_uri()))
+    with pytest.raises(DataError, match=r"sha256 of dr\d-\w+/sa2.wav"):
+        SpeechDataModule(tmp_path / "root2", corpus="timit-sample", phone_set="timit61").prepare_data()
+    assert not (tmp_path / "root2" / "timit-sample" / "dr1-fvmh0").exists()
