@@ -1,8 +1,8 @@
-"""results/runs.csv + each preset's `paper:` numbers -> results/leaderboard.csv.
+"""results/runs.csv + each preset's `paper:` numbers -> results/leaderboard.csv (and .md).
 
 Long format, one line per (task, preset, dropout, metric): the mean over seeds of our runs of the
-preset as named (rows with `overrides` are left out), the number of runs, the paper's figure where it
-reports one, and the command that reproduces the row.
+preset as named (rows with `overrides` are left out; a seed run twice counts by its latest row),
+the number of runs, the paper's figure where it reports one, and the command that reproduces it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def build(results_dir: Path) -> Path:
         groups[(row["task"], row["preset"], row["dropout"])].append(row)
     out = []
     for (task, preset, dropout), rows in sorted(groups.items()):
+        rows = list({r["seed"]: r for r in rows}.values())  # a seed run again counts once: its latest row
         try:
             p = config.load_preset(task, preset)
             paper = p.paper if dropout == p.default_dropout else {}  # the paper ran one setting per preset

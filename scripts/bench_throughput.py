@@ -3,8 +3,8 @@
 Both sides train the same LanguageModel on the same PTB windows with the same thread count: SGD,
 the paper's loss scale, gradient-norm clipping and truncated BPTT. The Trainer side runs with what a
 real `bench run` attaches (progress bar, CSV logger, throughput and seed callbacks), minus
-validation and checkpoint writing. Repetitions alternate between the two so drift in machine load
-hits both alike; the ratio is of medians.
+validation and checkpoint writing. Repetitions alternate (A B, B A, ...) so drift in machine load
+and run order hit both alike; the ratio is of medians.
 
     python scripts/bench_throughput.py --data-root ../shared/data --presets small medium --out results/throughput.csv
     # on a GPU: fused vs stacked backbone, plain loop only
@@ -132,8 +132,8 @@ def main() -> None:
         epoch_tokens = len(train_tokens.train_dataloader()) * train_tokens.batch_size * train_tokens.bptt
         for backbone in args.backbones:
             runs: dict[str, list[float]] = {loop: [] for loop in args.loops}
-            for _ in range(args.reps):  # alternate, so load drift hits every loop alike
-                for loop in args.loops:
+            for rep in range(args.reps):  # alternate A B, B A, ... so load drift and order hit both alike
+                for loop in (args.loops if rep % 2 == 0 else args.loops[::-1]):
                     runs[loop].append(measure[loop](preset, args.data_root, args.warmup, steps, backbone,
                                                     args.accelerator))
             med = {loop: statistics.median(v) for loop, v in runs.items()}

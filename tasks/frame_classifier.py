@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics import SumMetric
 
 from benchmark.backbone import DropoutLSTM, Impl, init_uniform_
+from benchmark.callbacks import log_due
 
 IGNORE = -100
 
@@ -27,7 +28,9 @@ def collapse(labels: list[int]) -> list[int]:
 
 class FrameClassifier(L.LightningModule):
     monitor = ("valid_frame_acc", "max")
-    result_keys = ("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per")
+    result_keys = ("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per",
+                   "train_eval_frame_acc", "train_eval_per")
+    test_streams = ("test", "train_eval")  # test_dataloader order: held-out test, then the training set
 
     def __init__(
         self,
@@ -51,7 +54,7 @@ class FrameClassifier(L.LightningModule):
         self.register_buffer("fold", torch.tensor(fold_ids + [-1]), persistent=False)  # [-1]: IGNORE -> -1
         self.counts = nn.ModuleDict({
             f"{stage}_{name}": SumMetric()
-            for stage in ("train", "valid", "test") for name in ("correct", "frames", "edits", "phones")
+            for stage in ("train", "valid", "test", "train_eval") for name in ("correct", "frames", "edits", "phones")
         })
 
     def forward(self, feats: Tensor) -> Tensor:
@@ -90,14 +93,17 @@ class FrameClassifier(L.LightningModule):
     def _log_epoch(self, stage: str) -> None:
         c = {name: self.counts[f"{stage}_{name}"] for name in ("correct", "frames", "edits", "phones")}
         if c["frames"].update_count:
-            self.log(f"{stage}_frame_acc", c["correct"].compute() / c["frames"].compute().clamp_min(1), prog_bar=True)
-            self.log(f"{stage}_per", c["edits"].compute() / c["phones"].compute().clamp_min(1))
+            self.log(f"{stage}_frame_acc", c["correct"].compute() / c["frames"].compute().clamp_min(1),
+                     prog_bar=stage != "test", add_dataloader_idx=False)
+            self.log(f"{stage}_per", c["edits"].compute() / c["phones"].compute().clamp_min(1),
+                     add_dataloader_idx=False)
         for metric in c.values():
             metric.reset()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        self.log("train_loss", loss, prog_bar=True)
+        if log_due(self._trainer, batch_idx):
+            self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -109,11 +115,14 @@ class FrameClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("valid")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        # `train_*` is measured while training, dropout masks on; `train_eval_*` scores the final
+        # model on the training set without dropout, the like-for-like number beside `test_*`.
+        self._step(batch, self.test_streams[dataloader_idx])
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+        for stage in self.test_streams:
+            self._log_epoch(stage)
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from benchmark.backbone import DropoutLSTM, Impl, State, init_uniform_
+from benchmark.callbacks import log_due
 
 
 class LanguageModel(L.LightningModule):
@@ -64,8 +65,9 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         nll = self._nll(batch, "train")
         self.train_nll.update(nll.detach(), weight=batch[1].numel())
-        self.log("ppl", nll.detach().exp(), prog_bar=True, logger=False)
-        self.log("train_loss", nll.detach())
+        if log_due(self._trainer, batch_idx):
+            self.log("ppl", nll.detach().exp(), prog_bar=True, logger=False)
+            self.log("train_loss", nll.detach())
         # The paper's loss: summed over the T steps, averaged over the batch. This is what lr=1 and
         # the gradient-norm clip of 5 (10 for large) were tuned against.
         return nll * batch[1].size(0)

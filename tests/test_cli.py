@@ -76,8 +76,9 @@ def test_run_appends_one_row_with_its_overrides(tmp_path, data_root):
 
 
 def test_leaderboard_sets_the_paper_beside_the_setting_it_ran(tmp_path):
-    for dropout, ppl in (("off", "116.0"), ("off", "118.0"), ("on", "100.0")):  # as `bench run` writes rows
-        append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": dropout, "seed": "0", "overrides": "",
+    rows = (("off", "0", "999.0"), ("off", "0", "116.0"), ("off", "1", "118.0"), ("on", "0", "100.0"))
+    for dropout, seed, ppl in rows:  # as `bench run` writes them; seed 0 of `off` ran twice
+        append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": dropout, "seed": seed, "overrides": "",
                               "test_ppl": ppl, "command": "bench run --task ptb"})
     append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": "off", "seed": "1",
                           "overrides": "trainer.max_steps=2", "test_ppl": "900.0"})
