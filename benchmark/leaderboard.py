@@ -46,14 +46,15 @@ def build(results_dir: Path) -> Path:
             paper = p.paper if dropout == p.default_dropout else {}  # the paper ran one setting per preset
         except ConfigError:
             paper = {}
-        metrics = sorted({k for r in rows for k, v in r.items() if v and k.startswith(("train_", "valid_", "test_"))})
+        metrics = sorted({k for r in rows for k, v in r.items()
+                          if v and k.startswith(("train_", "valid_", "test_")) and k != "train_s_per_epoch"})
         for metric in metrics:
             values = [float(r[metric]) for r in rows if r.get(metric)]
             ours = mean(values)
             ref = paper.get(metric)
             out.append({
                 "task": task, "preset": preset, "dropout": dropout, "metric": metric,
-                "ours": f"{ours:.2f}", "runs": len(values), "seeds": " ".join(sorted({r['seed'] for r in rows})),
+                "ours": f"{ours:.2f}" if abs(ours) >= 10 else f"{ours:.4f}", "runs": len(values), "seeds": " ".join(sorted({r['seed'] for r in rows})),
                 "paper": "" if ref is None else ref,
                 "vs_paper_pct": "" if ref is None else f"{100 * (ours - ref) / ref:+.1f}",
                 "epochs": rows[-1].get("epochs", ""), "device": rows[-1].get("device", ""),
