@@ -124,9 +124,11 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         trainer = L.Trainer(
             default_root_dir=run_dir,
             callbacks=[
-                ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                                save_last=True, save_top_k=1, monitor=model.monitor[0], mode=model.monitor[1],
-                                every_n_epochs=1),
+                # last.ckpt after every epoch, whatever the metric did (what --resume reads); Lightning's
+                # save_last alone only writes it when a top-k checkpoint is saved.
+                ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False, every_n_epochs=1),
+                ModelCheckpoint(dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                                monitor=model.monitor[0], mode=model.monitor[1]),
                 EpochSeed(opts.seed),
                 throughput,
                 *bar,
@@ -143,10 +145,16 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         raise ConfigError(f"bad trainer setting in {preset.path} or the command line: {err}") from err
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=str(last) if opts.resume else None)
+    interrupted = BenchError(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
+                             f"to continue (no results row was written)")
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=str(last) if opts.resume else None)
+    except SystemExit:  # Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1)
+        if trainer.interrupted:
+            raise interrupted from None
+        raise
     if trainer.interrupted:
-        raise BenchError(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
-                         f"to continue (no results row was written)")
+        raise interrupted
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     test_metrics = trainer.test(model, datamodule=dm, verbose=False)
     wall = time.perf_counter() - start

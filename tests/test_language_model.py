@@ -136,6 +136,7 @@ def test_resume_after_a_crash_ends_with_the_same_numbers(tmp_path, data_root):
                    weights_only=False)["state_dict"]
     b = torch.load(ckpts / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["epoch"] == 2  # written after every epoch
 
 
 def test_corrupt_checkpoint_is_named(tmp_path, data_root):
@@ -149,12 +150,18 @@ def test_corrupt_checkpoint_is_named(tmp_path, data_root):
 
 
 def test_interrupted_run_writes_no_row(tmp_path, data_root):
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl+C while it shuts down
     class Interrupt(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             raise KeyboardInterrupt
 
-    with pytest.raises(BenchError, match="interrupted.*--resume"):
-        run(tiny_preset(), opts(tmp_path, data_root, callbacks=[Interrupt()]))
+    try:
+        with pytest.raises(BenchError, match="interrupted.*--resume"):
+            run(tiny_preset(), opts(tmp_path, data_root, callbacks=[Interrupt()]))
+    finally:
+        signal.signal(signal.SIGINT, handler)
     assert not (tmp_path / "results" / "runs.csv").exists()
 
 
