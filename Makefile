@@ -7,6 +7,7 @@ DATA_ROOT ?= $(or $(RNNREG_DATA_ROOT),data)
 TASK      ?= all
 PRESET    ?= quick
 SEED      ?= 0
+RUNS_DIR  := runs/bench-$(shell date +%Y%m%d-%H%M%S)
 BENCH_FLAGS ?=
 
 .PHONY: setup bench test leaderboard
@@ -19,9 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job: every task's PRESET with dropout on and off, then the leaderboard beside the paper.
+# Each `make bench` trains in a new RUNS_DIR, so it never collides with an earlier run's checkpoints.
 bench: setup
-	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on --seed $(SEED) --data-root $(DATA_ROOT) $(BENCH_FLAGS)
-	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout off --seed $(SEED) --data-root $(DATA_ROOT) $(BENCH_FLAGS)
+	for d in on off; do $(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout $$d --seed $(SEED) \
+		--data-root $(DATA_ROOT) --runs-dir $(RUNS_DIR) $(BENCH_FLAGS) || exit 1; done
 	$(BIN)/bench leaderboard
 
 leaderboard: setup

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and test a task preset; appends a row to results/runs.csv")
     r.add_argument("--task", required=True, help="a folder of configs/ (ptb, ...) or 'all'")
     r.add_argument("--preset", default=None, help="a preset of the task (configs/<task>/<preset>.yaml) or a "
-                                                   "YAML path; default: each task's 'small' or first preset")
+                                                   "YAML path; default: each task's 'small', else 'quick'")
     r.add_argument("--dropout", choices=("on", "off"), default=None,
                    help="on: the preset's dropout rates; off: all zero; default: the paper's choice for the preset")
     r.add_argument("--seed", type=int, default=0)
@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     task_names = config.tasks() if args.task == "all" else [args.task]
     for task in task_names:
         presets = config.presets(task) if (config.CONFIG_DIR / task).is_dir() else []
-        name = args.preset or ("small" if "small" in presets else (presets[0] if presets else "small"))
+        name = args.preset or next((p for p in ("small", "quick") if p in presets), presets[0] if presets else "small")
         preset = config.load_preset(task, name, args.overrides)
         devices = _devices(args.devices)
         opts = RunOptions(
