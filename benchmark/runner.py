@@ -162,12 +162,22 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         return None
 
     metrics = {**fit_metrics, **{k: float(v) for d in test_metrics for k, v in d.items()}}
+    row = results_row(preset, opts, trainer, model, metrics, rates, cli_trainer, throughput, wall, commit, run_dir)
+    path = append_row(opts.results_dir, row)
+    log.info("results row appended to %s", path)
+    return row
+
+
+def results_row(preset: Preset, opts: RunOptions, trainer: L.Trainer, model: L.LightningModule,
+                metrics: dict[str, float], rates: dict[str, float], cli_trainer: dict[str, Any],
+                throughput: TokenThroughput, wall: float, commit: str, run_dir: Path) -> dict[str, Any]:
+    """One line of results/runs.csv: what ran, where, how fast, and the command to repeat it."""
     precision = str(trainer.precision)
     if precision.startswith(("bf16", "16")) and trainer.strategy.root_device.type == "cpu":
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
         if not backbone.cpu_lstm_supports(dtype):
             precision += " (LSTM in fp32: no oneDNN kernel)"
-    row = {
+    return {
         "task": preset.task,
         "preset": preset.name,
         "dropout": opts.dropout,
@@ -188,9 +198,6 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         "run_dir": str(run_dir),
         "command": opts.command or shlex.join(["bench", *sys.argv[1:]]),
     }
-    path = append_row(opts.results_dir, row)
-    log.info("results row appended to %s", path)
-    return row
 
 
 def lightning_misconfig() -> type[Exception]:
