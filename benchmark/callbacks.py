@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import lightning as L
 import numpy as np
@@ -35,10 +36,9 @@ class TokenThroughput(L.Callback):
     """
 
     def __init__(self, window: int = 20) -> None:
-        self.window = window
         self.tokens = 0
         self.seconds = 0.0
-        self._recent: list[tuple[int, float]] = []
+        self._recent: deque[tuple[int, float]] = deque(maxlen=window)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._t0 = time.perf_counter()
@@ -48,7 +48,7 @@ class TokenThroughput(L.Callback):
         n = _tokens(batch) * trainer.world_size
         self.tokens += n
         self.seconds += dt
-        self._recent = (self._recent + [(n, dt)])[-self.window :]
+        self._recent.append((n, dt))
         if log_due(trainer, batch_idx):
             rate = sum(k for k, _ in self._recent) / max(sum(t for _, t in self._recent), 1e-9)
             pl_module.log("tok/s", rate, prog_bar=True, logger=False)

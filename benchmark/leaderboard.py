@@ -54,7 +54,8 @@ def build(results_dir: Path) -> Path:
             ref = paper.get(metric)
             out.append({
                 "task": task, "preset": preset, "dropout": dropout, "metric": metric,
-                "ours": f"{ours:.2f}" if abs(ours) >= 10 else f"{ours:.4f}", "runs": len(values), "seeds": " ".join(sorted({r['seed'] for r in rows})),
+                "ours": f"{ours:.2f}" if abs(ours) >= 10 else f"{ours:.4f}",  # perplexities vs accuracies
+                "runs": len(values), "seeds": " ".join(sorted({r['seed'] for r in rows})),
                 "paper": "" if ref is None else ref,
                 "vs_paper_pct": "" if ref is None else f"{100 * (ours - ref) / ref:+.1f}",
                 "epochs": rows[-1].get("epochs", ""), "device": rows[-1].get("device", ""),

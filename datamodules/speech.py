@@ -27,6 +27,7 @@ SA sentences (read by every speaker) are left out of every split, as is usual fo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,10 +39,10 @@ import soundfile as sf
 import torch
 import torchaudio
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, StackDataset
 
+from benchmark import fetch
 from benchmark.errors import DataError
-from benchmark.fetch import Dataset, download, read_sums
 from datamodules.phones import PHONE_SETS, PhoneSet
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ FETCH_HELP = {
 }
 
 
-_SAMPLE_SUMS = read_sums(Path(__file__).parent / "checksums" / "timit-sample.sha256")
-TIMIT_SAMPLE = Dataset(
+_SAMPLE_SUMS = fetch.read_sums(Path(__file__).parent / "checksums" / "timit-sample.sha256")
+TIMIT_SAMPLE = fetch.Dataset(
     name="timit-sample",
     url="https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/timit.zip",
     members={name: f"timit/{name}" for name in _SAMPLE_SUMS},
@@ -196,26 +197,18 @@ class Features:
         return torch.cat([fbank.T, d1, d2]).T
 
 
-def load_audio(path: Path) -> tuple[Tensor, int, bytes]:
-    data = path.read_bytes()
+def read_audio(path: Path, data: bytes, decode: bool) -> tuple[Tensor | None, int, int]:
+    """(samples or None, sample rate, sample count) from a file's bytes; decoding only if asked."""
     try:
-        wave, rate = sf.read(path, dtype="float32", always_2d=True)
+        if not decode:
+            info = sf.info(io.BytesIO(data))
+            return None, info.samplerate, info.frames
+        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as err:
         raise DataError(f"{path}: unreadable or corrupt audio ({err})") from err
     if wave.shape[0] == 0:
         raise DataError(f"{path}: no audio samples")
-    return torch.from_numpy(wave[:, 0].copy()), rate, data
-
-
-class UtteranceSet(Dataset):
-    def __init__(self, feats: list[Tensor], labels: list[Tensor]) -> None:
-        self.feats, self.labels = feats, labels
-
-    def __len__(self) -> int:
-        return len(self.feats)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.feats[i], self.labels[i]
+    return torch.from_numpy(wave[:, 0].copy()), rate, wave.shape[0]
 
 
 def pad_batch(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
@@ -250,7 +243,7 @@ class SpeechDataModule(L.LightningDataModule):
         self.valid_speakers, self.test_speakers = list(valid_speakers), list(test_speakers)
         self.features = Features(n_mels=n_mels, deltas=deltas)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.sets: dict[str, UtteranceSet] = {}
+        self.sets: dict[str, StackDataset] = {}  # split -> (features, labels) per utterance
 
     def prepare_data(self) -> None:
         # NLTK's sample has a public archive and known file hashes; AN4 needs alignments published
@@ -258,10 +251,10 @@ class SpeechDataModule(L.LightningDataModule):
         if self.corpus == "timit-sample":
             folder = self.data_root / TIMIT_SAMPLE.name
             if any(not (folder / n).is_file() for n in TIMIT_SAMPLE.sha256 if n.endswith((".wav", ".phn"))):
-                download(TIMIT_SAMPLE, self.data_root)
+                fetch.download(TIMIT_SAMPLE, self.data_root)
 
     def _features(self, utt: Utterance) -> tuple[Tensor, Tensor]:
-        wave, rate, data = load_audio(utt.audio)
+        data = utt.audio.read_bytes()  # read once: hashed for the cache key, decoded only on a miss
         cache = self.cache_dir / "speech-features" / self.features.key() / f"{hashlib.sha256(data).hexdigest()}.pt"
         feats = None
         if cache.is_file():
@@ -269,6 +262,7 @@ class SpeechDataModule(L.LightningDataModule):
                 feats = torch.load(cache, weights_only=True)
             except Exception:  # a damaged cache entry is recomputed, never trusted
                 log.warning("%s: unreadable cache entry, recomputing", cache)
+        wave, rate, n_samples = read_audio(utt.audio, data, decode=feats is None)
         if feats is None:
             feats = self.features.compute(wave, rate)
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -276,7 +270,7 @@ class SpeechDataModule(L.LightningDataModule):
             torch.save(feats, tmp)
             os.replace(tmp, cache)
         shift, window = int(rate * self.features.frame_shift_ms / 1000), int(rate * self.features.frame_length_ms / 1000)
-        labels = frame_labels(read_phn(utt.phn, wave.numel(), self.phones), feats.size(0), shift, window)
+        labels = frame_labels(read_phn(utt.phn, n_samples, self.phones), feats.size(0), shift, window)
         return feats, labels
 
     def setup(self, stage: str | None = None) -> None:
@@ -292,7 +286,7 @@ class SpeechDataModule(L.LightningDataModule):
             if unlabelled:
                 log.info("%s %s: %d of %d frames carry no training label (no segment or an unscored phone)",
                          self.corpus, split, unlabelled, frames)
-            self.sets[split] = UtteranceSet([(f - mean) / std for f, _ in items], [y for _, y in items])
+            self.sets[split] = StackDataset([(f - mean) / std for f, _ in items], [y for _, y in items])
         log.info("%s: %s utterances", self.corpus, {s: len(d) for s, d in self.sets.items()})
 
     def model_kwargs(self) -> dict:

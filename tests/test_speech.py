@@ -143,7 +143,7 @@ def test_train_statistics_only_normalise(tmp_path):
     an4_tree(tmp_path)
     dm = SpeechDataModule(tmp_path, valid_speakers=["mdef"], cache_dir=tmp_path / "cache", batch_size=2)
     dm.setup()
-    train = torch.cat(dm.sets["train"].feats)
+    train = torch.cat(dm.sets["train"].datasets[0])  # the features of every training utterance
     torch.testing.assert_close(train.mean(0), torch.zeros(120), atol=1e-4, rtol=0)
     batch = next(iter(dm.train_dataloader()))
     assert batch["feats"].shape[1:] == (2, 120) and dm.model_kwargs()["num_classes"] == 34
