@@ -24,7 +24,7 @@ from benchmark.callbacks import EpochSeed, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, import_class, overrides_of
 from benchmark.errors import BenchError, ConfigError
-from benchmark.results import append_row
+from benchmark.results import RUNS_FILE, append_row, read_rows
 
 log = logging.getLogger("benchmark")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -99,6 +99,7 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         raise ConfigError(f"{ckpt_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
                           f"or --run-dir to start a new run elsewhere")
 
+    read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
     commit = git_commit()  # the code that trains, not what the tree holds when the run ends
     L.seed_everything(opts.seed, workers=True, verbose=False)
     dm_cls, module_cls = import_class(preset.datamodule, preset.path), import_class(preset.module, preset.path)

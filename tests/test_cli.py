@@ -105,3 +105,12 @@ def test_paper_hyperparameters_in_presets():
     assert (medium.model["hidden_size"], medium.data["bptt"], medium.trainer["max_epochs"], medium.model["dropout"]) == (650, 35, 39, 0.5)
     assert (large.model["hidden_size"], large.trainer["gradient_clip_val"], large.model["dropout"]) == (1500, 10, 0.65)
     assert {p.data["batch_size"] for p in (small, medium, large)} == {20}
+
+
+def test_unreadable_results_file_fails_before_training(tmp_path, data_root, capsys):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "runs.csv").write_bytes(b"task,preset\n\xff\xfe\x00broken")
+    assert bench(tmp_path, "--task", "ptb", "--data-root", str(data_root), *FAST) == 2
+    assert "runs.csv: not a readable results CSV" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    assert (tmp_path / "results" / "runs.csv").read_bytes().endswith(b"broken")  # left as it was
