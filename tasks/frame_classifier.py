@@ -62,7 +62,8 @@ class FrameClassifier(L.LightningModule):
 
         The LSTM runs left to right, so trailing padding cannot reach a real frame's output: the
         padded batch gives exactly the outputs of each utterance alone (tested), and on CPU it is
-        6-7x faster than a PackedSequence (scripts/bench_packed_vs_padded.py). Padding is then masked out of loss and metrics.
+        6-7x faster than a PackedSequence (scripts/bench_packed_vs_padded.py). Padding is then
+        masked out of loss and metrics.
         """
         y, _ = self.rnn(feats)
         return self.head(y)
