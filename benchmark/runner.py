@@ -186,6 +186,7 @@ def results_row(preset: Preset, opts: RunOptions, trainer: L.Trainer, model: L.L
         "seed": opts.seed,
         "overrides": overrides_of(preset, cli_trainer),
         **{k: f"{v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(model.result_keys)},
+        **(model.row_info() if hasattr(model, "row_info") else {}),  # e.g. the BLEU signature, the encoder
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_s": f"{wall:.1f}",

@@ -1,0 +1,330 @@
+"""Parallel text (English -> French) for the Sutskever-style translator of the paper's Sec. 4.3.
+
+A corpus is named in the config by one of (paths relative to the data root, or absolute):
+
+    {tab: tatoeba-fra-eng/fra.txt}            "source<TAB>target[<TAB>attribution]" per line (Tatoeba/Anki)
+    {src: wmt/dev/newstest2013.en,            two line-aligned files, plain text or WMT .sgm
+     ref: wmt/dev/newstest2013.fr}
+    {sacrebleu: wmt14/full}                   sacrebleu's own copy of a named test set (needs network once)
+
+Without explicit `valid`/`test` corpora, the training corpus is split by a salted hash of each
+pair's lower-cased source sentence (`split:` in the config), so the split is fixed whatever the
+file order, and one English sentence with several French translations never straddles two splits.
+
+Words come from the Moses tokenizer (sacremoses, the paper's era's standard; escape=False keeps
+apostrophes as text); vocabularies are the most frequent training words, the rest <unk>. Training
+pairs longer than `max_len` tokens on either side are dropped (counted); held-out sets are scored
+whole. Hypotheses are detokenised with Moses' French detokenizer and scored against the raw
+reference lines.
+
+A batch is time-major; every sentence in it has the same source length (batches are bucketed by
+exact source length), so the encoder reads no padding and its final state is each sentence's own:
+
+    src     (S, B)  source ids, reversed when `reverse_source` (Sutskever et al.): "c b a"
+    tgt_in  (T, B)  <bos> y1 .. yn <pad> ..      decoder input (teacher forcing)
+    tgt_out (T, B)  y1 .. yn <eos> <pad> ..      targets; <pad> is masked out of the loss
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from sacremoses import MosesTokenizer
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+from benchmark import fetch
+from benchmark.errors import DataError
+from datamodules.vocab import WordVocab
+
+log = logging.getLogger(__name__)
+
+TATOEBA = fetch.Dataset(
+    name="tatoeba-fra-eng",
+    url="https://www.manythings.org/anki/fra-eng.zip",
+    members={"fra.txt": "fra.txt", "_about.txt": "_about.txt"},
+    # The 2019-04-07 export; ManyThings re-exports now and then, and a newer file fails this check.
+    sha256={"fra.txt": "0bb85dbaa1c896844649094d7eaf2e34bee34e84fe362b26ce7e8f2e12aae104",
+            "_about.txt": "79f39a53dbddaf7ab43c801f231089174a611f23987244056f9e3cb5aa79358b"},
+    homepage="https://www.manythings.org/anki/",
+)
+
+FETCH_HELP = {
+    "wmt14": "the WMT'14 English-French training data from https://www.statmt.org/wmt14/translation-task.html "
+             "(Europarl v7, Common Crawl, UN, News Commentary v9, 10^9 French-English), each corpus's "
+             "English and French files concatenated in the same order into wmt14/train.en and wmt14/train.fr "
+             "(line-aligned); newstest2012/2013 from https://www.statmt.org/wmt14/dev.tgz into wmt/dev/",
+}
+
+_SEG = re.compile(r"<seg[^>]*>(.*)</seg>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Pair:
+    src: list[int]
+    tgt: list[int]
+    src_text: str
+    ref_text: str
+
+
+def read_text(path: Path) -> list[str]:
+    """A file's lines as UTF-8; a bad byte is an error naming file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start}); convert the file "
+                        f"to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from err
+    lines = text.splitlines()
+    if path.suffix.lower() == ".sgm":  # WMT SGML: one <seg id=..>sentence</seg> per line
+        lines = [html.unescape(m.group(1)).strip() for m in map(_SEG.search, lines) if m]
+        if not lines:
+            raise DataError(f"{path}: no <seg> lines in this .sgm file")
+    return lines
+
+
+def read_corpus(spec: dict[str, str], data_root: Path, langpair: str) -> list[tuple[str, str]]:
+    """(source, reference) pairs of one corpus spec; empty pairs are skipped and counted."""
+    if "sacrebleu" in spec:
+        import sacrebleu.utils as sbu
+
+        try:
+            src = Path(sbu.get_source_file(spec["sacrebleu"], langpair))
+            ref = Path(sbu.get_reference_files(spec["sacrebleu"], langpair)[0])
+        except Exception as err:  # sacrebleu raises bare SystemExit/URLError/KeyError offline or on typos
+            raise DataError(f"sacrebleu test set {spec['sacrebleu']!r} ({langpair}) unavailable: {err}. Offline, "
+                            f"give the files by path instead: {{src: ..., ref: ...}}") from err
+        spec = {"src": str(src), "ref": str(ref)}
+    if "tab" in spec:
+        path = _resolve(spec["tab"], data_root)
+        pairs = []
+        for lineno, line in enumerate(read_text(path), 1):
+            fields = line.split("\t")
+            if len(fields) < 2:
+                raise DataError(f"{path}:{lineno}: expected 'source<TAB>target', got {line[:80]!r}")
+            pairs.append((fields[0].strip(), fields[1].strip(), lineno))
+        where = str(path)
+    elif "src" in spec and "ref" in spec:
+        src_path, ref_path = _resolve(spec["src"], data_root), _resolve(spec["ref"], data_root)
+        src, ref = read_text(src_path), read_text(ref_path)
+        if len(src) != len(ref):
+            raise DataError(f"misaligned parallel files: {src_path} has {len(src)} lines, {ref_path} has {len(ref)}; "
+                            f"they must be line-aligned translations of each other")
+        pairs = [(s.strip(), r.strip(), i) for i, (s, r) in enumerate(zip(src, ref), 1)]
+        where = f"{src_path} / {ref_path}"
+    else:
+        raise DataError(f"corpus spec {spec!r}: give `tab: PATH`, `src: PATH` with `ref: PATH`, or `sacrebleu: NAME`")
+    empty = [i for s, r, i in pairs if not s or not r]
+    if empty:
+        log.warning("%s: skipped %d pairs with an empty side (first at line %d)", where, len(empty), empty[0])
+    kept = [(s, r) for s, r, _ in pairs if s and r]
+    if not kept:
+        raise DataError(f"{where}: no sentence pairs")
+    return kept
+
+
+def _resolve(path: str, data_root: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else data_root / p
+
+
+def hash_split(pairs: list[tuple[str, str]], valid: float, test: float, salt: str) -> dict[str, list[tuple[str, str]]]:
+    """Assign each pair to train/valid/test by a salted hash of its lower-cased source sentence."""
+    out: dict[str, list[tuple[str, str]]] = {"train": [], "valid": [], "test": []}
+    for pair in pairs:
+        digest = hashlib.sha256(f"{salt}\0{pair[0].lower()}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        out["test" if u < test else "valid" if u < test + valid else "train"].append(pair)
+    return out
+
+
+class Tokenizer:
+    """Moses tokenization of one language, lower-cased on request."""
+
+    def __init__(self, lang: str, lowercase: bool = False) -> None:
+        self.moses, self.lowercase = MosesTokenizer(lang=lang), lowercase
+
+    def __call__(self, text: str) -> list[str]:
+        text = text.lower() if self.lowercase else text
+        return self.moses.tokenize(text, escape=False)
+
+
+def collate(pairs: list[Pair], pad: int, bos: int, eos: int, reverse_source: bool) -> dict[str, Any]:
+    src = [torch.tensor(p.src[::-1] if reverse_source else p.src) for p in pairs]
+    tgt_in = [torch.tensor([bos, *p.tgt]) for p in pairs]
+    tgt_out = [torch.tensor([*p.tgt, eos]) for p in pairs]
+    pad_seq = torch.nn.utils.rnn.pad_sequence
+    return {
+        "src": pad_seq(src, padding_value=pad),  # (S, B); one length per batch when bucketed
+        "src_lengths": torch.tensor([len(p.src) for p in pairs]),
+        "tgt_in": pad_seq(tgt_in, padding_value=pad),
+        "tgt_out": pad_seq(tgt_out, padding_value=pad),
+        "num_tokens": torch.tensor(sum(len(p.tgt) + 1 for p in pairs)),  # target words + <eos>
+        "src_text": [p.src_text for p in pairs],
+        "ref_text": [p.ref_text for p in pairs],
+    }
+
+
+class LengthBuckets(Sampler[list[int]]):
+    """Batches of sentences with one source length each, in a seeded random order per epoch when
+    `shuffle`; under DDP each rank takes every world-th batch (training: the same count on every
+    rank, so no rank waits on a gradient sync that never comes)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}-{self.epoch}")
+        by_len: dict[int, list[int]] = {}
+        for i, n in enumerate(self.lengths):
+            by_len.setdefault(n, []).append(i)
+        batches = []
+        for n in sorted(by_len):
+            idx = by_len[n]
+            if self.shuffle:
+                rng.shuffle(idx)
+            batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+            batches = batches[: len(batches) - len(batches) % self.world_size]
+        return batches[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class ParallelTextDataModule(L.LightningDataModule):
+    lays_out_ranks = True  # LengthBuckets shards by rank; Lightning's sampler would undo the buckets
+
+    def __init__(
+        self,
+        data_root: str | Path = "data",
+        train: dict[str, str] | None = None,
+        valid: dict[str, str] | None = None,
+        test: dict[str, str] | None = None,
+        split: dict[str, Any] | None = None,
+        test_sets: dict[str, dict[str, str]] | None = None,
+        src_lang: str = "en",
+        tgt_lang: str = "fr",
+        lowercase: bool = False,
+        src_vocab: int = 10000,
+        tgt_vocab: int = 10000,
+        min_count: int = 1,
+        max_len: int = 50,
+        train_pairs: int | None = None,
+        reverse_source: bool = True,
+        batch_size: int = 64,
+        eval_batch_size: int = 128,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        if train is None:
+            raise DataError("the translation preset needs `data.train`, e.g. {tab: tatoeba-fra-eng/fra.txt}")
+        self.data_root = Path(data_root)
+        self.train_spec, self.valid_spec, self.test_spec = train, valid, test
+        self.split = {"valid": 0.01, "test": 0.02, "salt": "rnnreg", **(split or {})}
+        self.test_sets = dict(test_sets or {})
+        self.src_lang, self.tgt_lang, self.lowercase = src_lang, tgt_lang, lowercase
+        self.vocab_sizes, self.min_count, self.max_len = (src_vocab, tgt_vocab), min_count, max_len
+        self.train_pairs, self.reverse_source = train_pairs, reverse_source
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.cache_dir = Path(cache_dir or os.environ.get("RNNREG_CACHE_DIR", ".cache"))
+        self.sets: dict[str, list[Pair]] = {}
+
+    @property
+    def langpair(self) -> str:
+        return f"{self.src_lang}-{self.tgt_lang}"
+
+    def stream_names(self) -> list[str]:
+        """Test dataloader order: the held-out test split, then each named test set."""
+        return ["test", *(f"test_{name}" for name in self.test_sets)]
+
+    def prepare_data(self) -> None:
+        # Only the Tatoeba export has a stable public archive with known hashes; for anything else
+        # read_corpus() names the missing file.
+        if "tab" in self.train_spec and Path(self.train_spec["tab"]).parts[0] == TATOEBA.name:
+            if not _resolve(self.train_spec["tab"], self.data_root).is_file():
+                fetch.download(TATOEBA, self.data_root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        raw = {"train": read_corpus(self.train_spec, self.data_root, self.langpair)}
+        if self.valid_spec is None or self.test_spec is None:
+            parts = hash_split(raw["train"], self.split["valid"], self.split["test"], str(self.split["salt"]))
+            raw.update(parts)
+        if self.valid_spec is not None:
+            raw["valid"] = read_corpus(self.valid_spec, self.data_root, self.langpair)
+        if self.test_spec is not None:
+            raw["test"] = read_corpus(self.test_spec, self.data_root, self.langpair)
+        for name, spec in self.test_sets.items():
+            raw[f"test_{name}"] = read_corpus(spec, self.data_root, self.langpair)
+        if self.train_pairs is not None and self.train_pairs < len(raw["train"]):
+            rng = random.Random(f"{self.split['salt']}-train-pairs")
+            raw["train"] = rng.sample(raw["train"], self.train_pairs)
+
+        tok_src, tok_tgt = Tokenizer(self.src_lang, self.lowercase), Tokenizer(self.tgt_lang, self.lowercase)
+        words = {name: [(tok_src(s), tok_tgt(t)) for s, t in pairs] for name, pairs in raw.items()}
+        n_train = len(words["train"])
+        keep = [i for i, (s, t) in enumerate(words["train"]) if len(s) <= self.max_len and len(t) <= self.max_len]
+        words["train"] = [words["train"][i] for i in keep]
+        raw["train"] = [raw["train"][i] for i in keep]
+        if len(keep) < n_train:
+            log.info("dropped %d of %d training pairs longer than max_len=%d tokens", n_train - len(keep), n_train,
+                     self.max_len)
+        if not words["train"]:
+            raise DataError(f"no training pair is within max_len={self.max_len} tokens")
+        self.src_vocab = WordVocab.build((s for s, _ in words["train"]), self.vocab_sizes[0], self.min_count)
+        self.tgt_vocab = WordVocab.build((t for _, t in words["train"]), self.vocab_sizes[1], self.min_count)
+        for name in words:
+            self.sets[name] = [Pair(self.src_vocab.encode(s), self.tgt_vocab.encode(t), rs, rt)
+                               for (s, t), (rs, rt) in zip(words[name], raw[name])]
+        log.info("translation %s: %s pairs; vocabularies %d source / %d target words", self.langpair,
+                 {k: len(v) for k, v in self.sets.items()}, len(self.src_vocab), len(self.tgt_vocab))
+
+    def model_kwargs(self) -> dict[str, Any]:
+        # Held-out parts of a hash-split corpus are scored against every translation of a sentence.
+        split = ["valid"] * (self.valid_spec is None) + ["test"] * (self.test_spec is None)
+        return {"src_vocab_size": len(self.src_vocab), "tgt_itos": self.tgt_vocab.itos, "tgt_lang": self.tgt_lang,
+                "test_streams": self.stream_names(), "multi_ref_streams": split}
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        pairs = self.sets[name]
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = LengthBuckets([len(p.src) for p in pairs], self.batch_size if shuffle else self.eval_batch_size,
+                                shuffle=shuffle, seed=torch.initial_seed() if shuffle else 0, rank=rank,
+                                world_size=world)
+        v = self.tgt_vocab
+        return DataLoader(pairs, batch_sampler=sampler, collate_fn=functools.partial(
+            collate, pad=v.pad, bos=v.bos, eos=v.eos, reverse_source=self.reverse_source))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(name, shuffle=False) for name in self.stream_names()]

@@ -1,0 +1,202 @@
+"""Translation: corpus formats and their errors, the split, batches (reversal, padding, buckets),
+masking in the model, an end-to-end run on a tiny corpus, and a run on a slice of real Tatoeba."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from benchmark import decoding
+from benchmark.config import load_preset
+from benchmark.errors import DataError
+from benchmark.runner import RunOptions, run
+from datamodules.parallel import LengthBuckets, Pair, ParallelTextDataModule, collate, hash_split, read_corpus
+from datamodules.vocab import SPECIALS, WordVocab
+from tasks.translator import Translator, group_by_source
+from tests.conftest import REAL_DATA_ROOT
+
+EN = ["I am here .", "You are tall .", "He runs .", "We eat bread .", "They sing songs .", "She is happy .",
+      "The cat sleeps .", "I like tea .", "It is cold .", "We are friends ."]
+FR = ["Je suis ici .", "Tu es grand .", "Il court .", "Nous mangeons du pain .", "Ils chantent des chansons .",
+      "Elle est heureuse .", "Le chat dort .", "J'aime le thé .", "Il fait froid .", "Nous sommes amis ."]
+
+
+def write_tab(path, n=400, extra_column=True):
+    """Tatoeba's layout: English<TAB>French<TAB>attribution, sentences repeated with numbers so the
+    hash split has material for every part."""
+    lines = []
+    for i in range(n):
+        en, fr = EN[i % len(EN)], FR[i % len(FR)]
+        lines.append(f"{en[:-2]} {i % 7}.\t{fr[:-2]} {i % 7}." + ("\tCC-BY 2.0 (France) #1 (x) & #2 (y)" if extra_column else ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_tab_parallel_and_sgm_formats(tmp_path):
+    write_tab(tmp_path / "tab.txt", n=3)
+    assert read_corpus({"tab": "tab.txt"}, tmp_path, "en-fr") == [("I am here 0.", "Je suis ici 0."),
+                                                                     ("You are tall 1.", "Tu es grand 1."),
+                                                                     ("He runs 2.", "Il court 2.")]
+    (tmp_path / "a.en").write_text("Hello.\nGood night.\n")
+    (tmp_path / "a.fr").write_text("Bonjour.\nBonne nuit.\n")
+    assert read_corpus({"src": "a.en", "ref": str(tmp_path / "a.fr")}, tmp_path, "en-fr")[1] == ("Good night.", "Bonne nuit.")
+    sgm = '<refset setid="x" srclang="any" trglang="fr">\n<doc docid="d" sysid="ref">\n<seg id="1">L&apos;homme &amp; la mer</seg>\n<seg id="2">Fin</seg>\n</doc>\n</refset>\n'
+    (tmp_path / "t.fr.sgm").write_text(sgm)
+    (tmp_path / "t.en.sgm").write_text(sgm.replace("L&apos;homme &amp; la mer", "The man &amp; the sea").replace("Fin", "End"))
+    assert read_corpus({"src": "t.en.sgm", "ref": "t.fr.sgm"}, tmp_path, "en-fr") == [
+        ("The man & the sea", "L'homme & la mer"), ("End", "Fin")]
+
+
+def test_bad_corpora_name_file_and_line(tmp_path):
+    (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "a.fr").write_text("un\ndeux\n")
+    with pytest.raises(DataError, match=r"misaligned.*a\.en has 3 lines.*a\.fr has 2"):
+        read_corpus({"src": "a.en", "ref": "a.fr"}, tmp_path, "en-fr")
+    (tmp_path / "bad.txt").write_bytes("Hi.\tSalut.\nCafé.\t".encode() + "Café.".encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=r"bad\.txt:2: not valid UTF-8"):
+        read_corpus({"tab": "bad.txt"}, tmp_path, "en-fr")
+    (tmp_path / "notab.txt").write_text("Hi.\tSalut.\nno tab here\n")
+    with pytest.raises(DataError, match=r"notab\.txt:2: expected 'source<TAB>target'"):
+        read_corpus({"tab": "notab.txt"}, tmp_path, "en-fr")
+    with pytest.raises(DataError, match=r"missing\.txt: not found"):
+        read_corpus({"tab": "missing.txt"}, tmp_path, "en-fr")
+
+
+def test_empty_pairs_are_skipped_and_counted(tmp_path, caplog):
+    (tmp_path / "a.en").write_text("one\n\nthree\n")
+    (tmp_path / "a.fr").write_text("un\ndeux\ntrois\n")
+    assert read_corpus({"src": "a.en", "ref": "a.fr"}, tmp_path, "en-fr") == [("one", "un"), ("three", "trois")]
+    assert "skipped 1 pairs with an empty side (first at line 2)" in caplog.text
+
+
+def test_hash_split_is_fixed_and_keeps_a_source_in_one_part():
+    pairs = [(f"sentence {i % 50}", f"phrase {i}") for i in range(500)]
+    a = hash_split(pairs, 0.1, 0.2, "salt")
+    b = hash_split(list(reversed(pairs)), 0.1, 0.2, "salt")  # file order does not matter
+    assert {k: sorted(v) for k, v in a.items()} == {k: sorted(v) for k, v in b.items()}
+    sources = {k: {s for s, _ in v} for k, v in a.items()}
+    assert not sources["train"] & sources["test"] and not sources["train"] & sources["valid"]
+    assert sum(map(len, a.values())) == 500 and all(a.values())
+    assert hash_split(pairs, 0.1, 0.2, "other salt") != a
+
+
+def test_collate_reverses_source_and_pads_targets():
+    pairs = [Pair([4, 5, 6], [7, 8], "a b c", "x y"), Pair([9, 10, 11], [12], "d e f", "z")]
+    b = collate(pairs, pad=0, bos=2, eos=3, reverse_source=True)
+    assert b["src"].T.tolist() == [[6, 5, 4], [11, 10, 9]]
+    assert b["tgt_in"].T.tolist() == [[2, 7, 8], [2, 12, 0]]
+    assert b["tgt_out"].T.tolist() == [[7, 8, 3], [12, 3, 0]]
+    assert int(b["num_tokens"]) == 5
+    assert collate(pairs, 0, 2, 3, reverse_source=False)["src"].T.tolist() == [[4, 5, 6], [9, 10, 11]]
+
+
+def test_length_buckets_one_source_length_per_batch_and_even_ranks():
+    lengths = [1 + (i * 7) % 9 for i in range(300)]
+    sampler = LengthBuckets(lengths, 8, shuffle=True, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    ranks = [list(LengthBuckets(lengths, 8, True, 1, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(r) for r in ranks}) == 1
+    assert not set(map(tuple, ranks[0])) & set(map(tuple, ranks[1]))
+
+
+def test_vocab_specials_and_unk():
+    v = WordVocab.build([["b", "a", "b"], ["c", "b"]], max_size=6)
+    assert v.itos[:4] == list(SPECIALS) and v.itos[4:] == ["b", "a"]
+    assert v.encode(["b", "zzz"]) == [4, v.unk]
+    assert v.decode([v.bos, 4, 5, v.eos, 4]) == ["b", "a"]
+    assert WordVocab.build([["a", "a", "b"]], min_count=2).itos[4:] == ["a"]
+
+
+def tiny_model(**kw) -> Translator:
+    torch.manual_seed(0)
+    itos = [*SPECIALS, *(f"w{i}" for i in range(20))]
+    return Translator(src_vocab_size=24, tgt_itos=itos, emb_size=8, hidden_size=8, num_layers=2, **kw).eval()
+
+
+def test_padding_is_masked_and_mixed_source_lengths_match_alone():
+    m = tiny_model()
+    pairs = [Pair([4, 5, 6, 7], [8, 9, 10], "", ""), Pair([11, 12], [13], "", "")]
+    both = collate(pairs, 0, 2, 3, True)
+    loss_both = m._loss(both, "valid") * both["num_tokens"]
+    alone = [collate([p], 0, 2, 3, True) for p in pairs]
+    loss_alone = sum(m._loss(b, "valid") * b["num_tokens"] for b in alone)
+    assert loss_both.item() == pytest.approx(loss_alone.item(), rel=1e-5)
+    h_both = m.encode(both["src"], both["src_lengths"])[0]
+    for i, b in enumerate(alone):
+        assert torch.allclose(h_both[:, i], m.encode(b["src"], b["src_lengths"])[0][:, 0], atol=1e-6)
+
+
+def test_beam_one_translation_is_greedy():
+    m = tiny_model(max_len_b=6)
+    src, lengths = torch.randint(4, 24, (5, 3)), torch.full((3,), 5)
+    limit = torch.full((3,), 13)  # what translate() allows: 1.5 x 5 source words + 6
+    beam = decoding.beam_search(m.step, m.encode(src, lengths), m.vocab.bos, m.vocab.eos, limit, beam=1)
+    assert m.translate(src, lengths, beam=1) == [m.detok.detokenize(m.vocab.decode(s)) for s in beam]
+
+
+def test_group_by_source_collects_every_reference():
+    rows = [("Get lost!", "Dégage !", "h1"), ("Hi.", "Salut.", "h2"), ("Get lost!", "Va au diable !", "h1")]
+    assert group_by_source(rows) == [("Get lost!", ["Dégage !", "Va au diable !"], "h1"), ("Hi.", ["Salut."], "h2")]
+
+
+def tiny_translation_preset(data_root, **data):
+    preset = load_preset("translation", "quick")
+    preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 3})
+    preset.data.update({"train": {"tab": "tab.txt"}, "split": {"valid": 0.15, "test": 0.15, "salt": "t"},
+                        "test_sets": {"news": {"src": "news.en", "ref": "news.fr"}}, "src_vocab": 50,
+                        "tgt_vocab": 50, "train_pairs": None, "batch_size": 16, **data})
+    preset.trainer.update({"max_epochs": 2, "enable_model_summary": False, "enable_progress_bar": False})
+    return preset
+
+
+def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
+    write_tab(tmp_path / "tab.txt")
+    (tmp_path / "news.en").write_text("\n".join(EN) + "\n")
+    (tmp_path / "news.fr").write_text("\n".join(FR) + "\n")
+    opts = RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                      wandb="off", command="test")
+    row = run(tiny_translation_preset(tmp_path), opts)
+    for key in ("test_ppl", "test_bleu", "test_bleu_greedy", "test_chrf", "test_news_bleu", "test_news_ppl",
+                "valid_ppl", "valid_bleu_greedy", "train_ppl"):
+        assert key in row, key
+    assert 1 < float(row["test_ppl"]) < 50 and 0 <= float(row["test_bleu"]) <= 100
+    assert int(row["tokens_per_s"]) > 0
+    run_dir = tmp_path / "runs" / "translation-quick-dropout_on-seed0"
+    samples = (run_dir / "samples" / "test_news.txt").read_text()
+    assert "source: I am here ." in samples and "beam 3:" in samples and "greedy:" in samples
+    assert (run_dir / "samples" / "valid-epoch001.txt").is_file()
+    with open(tmp_path / "results" / "runs.csv") as f:
+        assert next(csv.DictReader(f))["task"] == "translation"
+
+
+@pytest.fixture
+def tatoeba_root():
+    if not (REAL_DATA_ROOT / "tatoeba-fra-eng" / "fra.txt").is_file():
+        pytest.skip(f"Tatoeba not found under {REAL_DATA_ROOT} (set RNNREG_DATA_ROOT)")
+    return REAL_DATA_ROOT
+
+
+def test_real_tatoeba_slice_trains_and_scores(tatoeba_root, tmp_path):
+    preset = load_preset("translation", "quick")
+    dm = ParallelTextDataModule(data_root=tatoeba_root, **{**preset.data, "train_pairs": 3000})
+    dm.setup("fit")
+    # The configured split of the 167,130 pairs is fixed: these counts are a property of the file.
+    assert {k: len(v) for k, v in dm.sets.items() if k != "train"} == {"valid": 1678, "test": 3342,
+                                                                          "test_newstest2013": 3000}
+    assert len(dm.sets["train"]) <= 3000 and len(dm.src_vocab) <= 6000
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["src"].size(0) == int(batch["src_lengths"][0]) and (batch["src_lengths"] == batch["src_lengths"][0]).all()
+    preset.data.update({"train_pairs": 3000})
+    preset.model.update({"emb_size": 32, "hidden_size": 32})
+    preset.trainer.update({"max_epochs": 1, "limit_val_batches": 2, "limit_test_batches": 2,
+                           "enable_model_summary": False, "enable_progress_bar": False})
+    row = run(preset, RunOptions(dropout="on", data_root=tatoeba_root, results_dir=tmp_path / "r",
+                                 runs_dir=tmp_path / "runs", wandb="off", command="test"))
+    assert float(row["test_ppl"]) < 3000 and float(row["test_newstest2013_ppl"]) > float(row["test_ppl"])
