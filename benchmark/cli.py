@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. --set model.backbone=stacked (repeatable)")
     r.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
+    r.add_argument("--test-src", type=Path, default=None,
+                   help="translation: score an extra test set, source side (plain lines or WMT .sgm)")
+    r.add_argument("--test-ref", type=Path, default=None, help="translation: its reference side, line-aligned")
     t = r.add_argument_group("Trainer pass-throughs")
     t.add_argument("--accelerator", default=None, help="cpu | gpu | auto")
     t.add_argument("--devices", default=None, help="number of devices, a list like 0,1, or auto")
@@ -53,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=_positive_int, default=None)
 
     f = sub.add_parser("fetch", help="download a data set from its publisher into the data root")
-    f.add_argument("dataset", choices=("ptb",))
+    f.add_argument("dataset", choices=sorted(FETCHABLE))
     f.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
+    f.add_argument("--yes", action="store_true", help="go ahead with a multi-GB download (coco2014, wmt14)")
 
     sub.add_parser("presets", help="list tasks and presets")
 
@@ -63,12 +67,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# name -> where its spec lives: a small data set with known sha256s (fetch.Dataset), or a
+# multi-GB one that asks first (fetch.LargeDataset).
+FETCHABLE = {
+    "ptb": "datamodules.ptb.PTB",
+    "timit-sample": "datamodules.speech.TIMIT_SAMPLE",
+    "tatoeba": "datamodules.parallel.TATOEBA",
+    "wmt14": "datamodules.parallel.WMT14",
+    "coco2014": "datamodules.captions.COCO2014",
+}
+
+
 def _devices(text: str | None):
     if text is None or text == "auto":
         return text
     if "," in text:
         return [int(d) for d in text.split(",") if d]
     return int(text)
+
+
+def add_test_files(preset, src: Path | None, ref: Path | None) -> None:
+    """--test-src/--test-ref: one more named test set, `test_<name>_*` in the results row."""
+    import re
+
+    from benchmark import config
+    from benchmark.errors import ConfigError
+
+    if src is None or ref is None:
+        raise ConfigError("--test-src and --test-ref go together: the source file and its reference translation")
+    dm = config.import_class(preset.datamodule, preset.path)
+    if not getattr(dm, "accepts_test_files", False):
+        raise ConfigError(f"--test-src/--test-ref apply to translation presets, not {preset.task}/{preset.name}")
+    for path in (src, ref):
+        if not path.is_file():
+            raise ConfigError(f"{path}: not found (given with --test-src/--test-ref)")
+    name = re.sub(r"\W+", "_", src.name.split(".")[0]).strip("_") or "custom"
+    preset.data["test_sets"] = {**(preset.data.get("test_sets") or {}),
+                                name: {"src": str(src.resolve()), "ref": str(ref.resolve())}}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -84,6 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         presets = config.presets(task) if (config.CONFIG_DIR / task).is_dir() else []
         name = args.preset or next((p for p in ("small", "quick") if p in presets), presets[0] if presets else "small")
         preset = config.load_preset(task, name, args.overrides)
+        if args.test_src or args.test_ref:
+            add_test_files(preset, args.test_src, args.test_ref)
         devices = _devices(args.devices)
         opts = RunOptions(
             dropout=args.dropout or preset.default_dropout,
@@ -107,10 +144,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from benchmark.fetch import download
-    from datamodules.ptb import PTB
+    import importlib
 
-    folder = download(PTB, args.data_root)
+    from benchmark import fetch
+
+    module, _, name = FETCHABLE[args.dataset].rpartition(".")
+    spec = getattr(importlib.import_module(module), name)
+    if isinstance(spec, fetch.LargeDataset):
+        folder = fetch.download_large(spec, args.data_root, yes=args.yes)
+    else:
+        folder = fetch.download(spec, args.data_root)
     print(f"{args.dataset}: ready in {folder}")
     return 0
 

