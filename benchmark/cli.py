@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, DataError
 
 DEFAULT_DATA_ROOT = os.environ.get("RNNREG_DATA_ROOT", "data")
 
@@ -73,6 +73,7 @@ FETCHABLE = {
     "ptb": "datamodules.ptb.PTB",
     "timit-sample": "datamodules.speech.TIMIT_SAMPLE",
     "tatoeba": "datamodules.parallel.TATOEBA",
+    "wmt-dev": "datamodules.parallel.WMT_DEV",
     "wmt14": "datamodules.parallel.WMT14",
     "coco2014": "datamodules.captions.COCO2014",
 }
@@ -115,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     task_names = config.tasks() if args.task == "all" else [args.task]
+    failed: list[str] = []
     for task in task_names:
         presets = config.presets(task) if (config.CONFIG_DIR / task).is_dir() else []
         name = args.preset or next((p for p in ("small", "quick") if p in presets), presets[0] if presets else "small")
@@ -136,10 +138,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                      "max_steps": args.max_steps},
             command=shlex.join(["bench", *args.argv]),
         )
-        row = run(preset, opts)
+        try:
+            row = run(preset, opts)
+        except DataError as err:
+            if len(task_names) == 1:
+                raise
+            # `--task all`: one task's missing data should not cost the others their runs.
+            print(f"bench: error: {task}/{preset.name}: {err}", file=sys.stderr)
+            failed.append(task)
+            continue
         if row is not None:
             shown = {k: v for k, v in row.items() if k.startswith(("train_", "valid_", "test_")) and k != "train_loss"}
             print(f"{task}/{preset.name} dropout {opts.dropout}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    if failed:
+        print(f"bench: error: no data for {', '.join(failed)} (see above); the other tasks ran", file=sys.stderr)
+        return 2
     return 0
 
 

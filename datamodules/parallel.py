@@ -61,6 +61,18 @@ TATOEBA = fetch.Dataset(
     homepage="https://www.manythings.org/anki/",
 )
 
+WMT_DEV = fetch.Dataset(
+    name="wmt/dev",
+    url="https://www.statmt.org/wmt14/dev.tgz",
+    members={f"newstest{y}.{lang}": f"dev/newstest{y}.{lang}" for y in (2012, 2013) for lang in ("en", "fr")},
+    sha256={"newstest2012.en": "f9e51f85c4948033fc7d77ef427f4d88908a8dd3f778970f62d0baafac3ff97e",
+            "newstest2012.fr": "29aa5aff172127f6adf5625cc2f8e44f579d524700e84f1ec0eb14f4f19719e4",
+            "newstest2013.en": "ace268a1d9724ca76f6d8e5c720ffdc08f01bdce45630ed8b269dc7918e1c16e",
+            "newstest2013.fr": "909b63be5df3eb8c13e1d5967bf3f0adfdb9f6ed5e638c5bffff563ee2ff7f41"},
+    homepage="https://www.statmt.org/wmt14/translation-task.html",
+)
+PUBLISHED = (TATOEBA, WMT_DEV)  # fetched on first use when a corpus spec points into their folder
+
 # Sutskever et al. trained on Schwenk's 12M-pair selection of these corpora, which is not published
 # in this form; `bench fetch wmt14` gives the full WMT'14 English-French training data (~36M pairs).
 WMT14_CORPORA = ("europarl-v7.fr-en", "commoncrawl.fr-en", "undoc.2000.fr-en", "news-commentary-v9.fr-en",
@@ -312,11 +324,14 @@ class ParallelTextDataModule(L.LightningDataModule):
         return ["test", *(f"test_{name}" for name in self.test_sets)]
 
     def prepare_data(self) -> None:
-        # Only the Tatoeba export has a stable public archive with known hashes; for anything else
-        # read_corpus() names the missing file.
-        if "tab" in self.train_spec and Path(self.train_spec["tab"]).parts[0] == TATOEBA.name:
-            if not _resolve(self.train_spec["tab"], self.data_root).is_file():
-                fetch.download(TATOEBA, self.data_root)
+        # Tatoeba and the WMT dev sets have public archives with known hashes: fetched when absent.
+        # For anything else read_corpus() names the missing file and where to get it.
+        specs = [self.train_spec, self.valid_spec, self.test_spec, *self.test_sets.values()]
+        paths = [p for spec in specs if spec for key, p in spec.items() if key in ("tab", "src", "ref")]
+        for ds in PUBLISHED:
+            wanted = [p for p in paths if Path(p).as_posix().startswith(ds.name + "/")]
+            if any(not (self.data_root / p).is_file() for p in wanted):
+                fetch.download(ds, self.data_root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.sets:

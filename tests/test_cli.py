@@ -130,8 +130,25 @@ def test_extra_translation_test_files_by_path(tmp_path, capsys):
 def test_fetch_lists_every_data_set():
     from benchmark.cli import FETCHABLE, build_parser
 
-    assert set(FETCHABLE) == {"ptb", "timit-sample", "tatoeba", "wmt14", "coco2014"}
+    assert set(FETCHABLE) == {"ptb", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014"}
     for path in FETCHABLE.values():  # every entry names a real spec
         module, _, name = path.rpartition(".")
         assert getattr(__import__(module, fromlist=[name]), name).name
     assert build_parser().parse_args(["fetch", "coco2014", "--yes"]).yes
+
+
+def test_task_all_reports_a_task_without_data_and_runs_on(tmp_path, monkeypatch, capsys):
+    from benchmark import config, fetch
+    from benchmark.errors import DataError
+
+    def offline(ds, root, timeout=60.0):
+        raise DataError(f"could not download {ds.name}: no network")
+
+    monkeypatch.setattr(config, "tasks", lambda *a: ["captioning", "translation"])
+    monkeypatch.setattr(fetch, "download", offline)
+    assert bench(tmp_path, "--task", "all", "--preset", "quick", "--data-root", str(tmp_path / "empty")) == 2
+    err = capsys.readouterr().err
+    assert "captioning/quick:" in err and "flickr8k/images: image folder not found" in err
+    assert "translation/quick: could not download tatoeba-fra-eng: no network" in err
+    assert "no data for captioning, translation (see above); the other tasks ran" in err
+    assert not (tmp_path / "results" / "runs.csv").exists()
