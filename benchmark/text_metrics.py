@@ -46,6 +46,14 @@ def gather(items: list) -> list:
     return [x for part in parts for x in part]
 
 
+def spread(rows: list, n: int) -> list:
+    """n rows evenly spaced through the list: batches come sorted by length, so the first n would
+    all be the shortest sentences."""
+    if len(rows) <= n:
+        return list(rows)
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
 def log_samples(module: L.LightningModule, name: str, columns: list[str], rows: list[list[str]]) -> Path | None:
     """Write sample outputs beside their references to <run>/samples/<name>.txt, and a W&B table
     when W&B logs the run. Rank 0 only; nothing during Lightning's sanity check."""

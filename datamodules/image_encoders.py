@@ -25,8 +25,8 @@ from benchmark.errors import DataError
 TORCHVISION = {"googlenet": 1024, "resnet18": 512, "resnet50": 2048, "resnet101": 2048}
 ENCODERS = (*TORCHVISION, "efficientnet_lite0")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 (its official preprocessing);
-# scripts/check_encoder.py shows it predicting the right ImageNet classes with exactly this.
+# EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128, its official preprocessing;
+# scripts/check_encoder.py compares it with ImageNet mean/std on COCO images (results/encoder_check.md).
 LITE_MEAN, LITE_STD = (127.0 / 255,) * 3, (128.0 / 255,) * 3
 
 

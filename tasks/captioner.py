@@ -149,7 +149,7 @@ class Captioner(L.LightningModule):
             cols = ["references", *("greedy" if b == 1 else f"beam {b}" for b in beams)]
             name = stage if stage.startswith("test") else f"{stage}-epoch{self.current_epoch:03d}"
             text_metrics.log_samples(self, name, cols, [[" | ".join(r[0]), *r[1:]]
-                                                        for r in rows[: self.hparams.num_samples]])
+                                                        for r in text_metrics.spread(rows, self.hparams.num_samples)])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._collect(batch, "valid", (1,))

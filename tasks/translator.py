@@ -187,7 +187,7 @@ class Translator(L.LightningModule):
             cols = ["source", "references", *("greedy" if b == 1 else f"beam {b}" for b in beams)]
             name = stage if stage.startswith("test") else f"{stage}-epoch{self.current_epoch:03d}"
             samples = [[r[0], " | ".join(r[1]) if isinstance(r[1], list) else r[1], *r[2:]]
-                       for r in rows[: self.hparams.num_samples]]
+                       for r in text_metrics.spread(rows, self.hparams.num_samples)]
             text_metrics.log_samples(self, name, cols, samples)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
