@@ -17,6 +17,8 @@ so a hypothesis is never marked wrong for case or commas.
 Each image becomes one feature vector from a frozen ImageNet CNN (datamodules/image_encoders.py),
 computed once and cached per image under the project cache, keyed by the image file's sha256, the
 encoder's weights and the crop size: a changed image or encoder recomputes, a renamed one does not.
+With `finetune: true` batches carry the cropped pixels instead and the model trains its own copy
+of the CNN (BatchNorm statistics kept from ImageNet) at `model.encoder_lr`.
 
 A batch holds B images and N captions of them (training: one caption per image, every caption of
 every training image once per epoch; evaluation: all captions of each image, so perplexity uses
@@ -252,10 +254,23 @@ class FeatureCache:
         return torch.stack([feats[i] for i in kept]), [images[i] for i in kept]
 
 
-class CaptionSet(Dataset):
-    """Training (`per_caption`): one item per caption. Evaluation: one item per image, all its captions."""
+class Pixels:
+    """Images decoded and cropped on access, for fine-tuning the CNN (the feature pass in setup()
+    has already weeded out files that do not decode)."""
 
-    def __init__(self, feats: Tensor, captions: list[list[list[int]]], refs: list[list[str]], per_caption: bool) -> None:
+    def __init__(self, paths: list[Path], cache: FeatureCache) -> None:
+        self.paths, self.cache = paths, cache
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.cache.load_image(self.paths[i])
+
+
+class CaptionSet(Dataset):
+    """Training (`per_caption`): one item per caption. Evaluation: one item per image, all its captions.
+    `feats` holds an image's cached feature vector, or its pixels (`Pixels`) when the CNN is fine-tuned."""
+
+    def __init__(self, feats: Tensor | Pixels, captions: list[list[list[int]]], refs: list[list[str]],
+                 per_caption: bool) -> None:
         self.feats, self.captions, self.refs = feats, captions, refs
         self.index = ([(i, j) for i, caps in enumerate(captions) for j in range(len(caps))] if per_caption
                       else [(i, None) for i in range(len(captions))])
@@ -272,8 +287,9 @@ class CaptionSet(Dataset):
 def collate(items: list[tuple[Tensor, list[list[int]], list[str]]], pad: int, bos: int, eos: int) -> dict[str, Any]:
     caps = [c for _, cs, _ in items for c in cs]
     pad_seq = torch.nn.utils.rnn.pad_sequence
+    x = torch.stack([f for f, _, _ in items])
     return {
-        "feats": torch.stack([f for f, _, _ in items]),
+        "images" if x.dim() == 4 else "feats": x,  # (B, 3, H, W) pixels to fine-tune on, or (B, D) features
         "cap_in": pad_seq([torch.tensor([bos, *c]) for c in caps], padding_value=pad),
         "cap_out": pad_seq([torch.tensor([*c, eos]) for c in caps], padding_value=pad),
         "cap_image": torch.tensor([i for i, (_, cs, _) in enumerate(items) for _ in cs]),
@@ -299,6 +315,7 @@ class CaptionsDataModule(L.LightningDataModule):
         max_len: int = 16,
         batch_size: int = 128,
         eval_batch_size: int = 100,
+        finetune: bool = False,
         cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
@@ -309,7 +326,7 @@ class CaptionsDataModule(L.LightningDataModule):
         self.test_sets = dict(test_sets or {})
         self.encoder_args = (encoder, pretrained, encoder_weights)
         self.image_size, self.min_count, self.max_len = image_size, min_count, max_len
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.batch_size, self.eval_batch_size, self.finetune = batch_size, eval_batch_size, finetune
         self.cache_dir = Path(cache_dir or os.environ.get("RNNREG_CACHE_DIR", ".cache"))
         self.sets: dict[str, CaptionSet] = {}
 
@@ -340,14 +357,16 @@ class CaptionsDataModule(L.LightningDataModule):
             words = [[normalize_caption(c) for c in img.captions] for img in entries[name]]
             ids = [[self.vocab.encode(w[: self.max_len] if name == "train" else w) for w in ws] for ws in words]
             refs = [[" ".join(w) for w in ws] for ws in words]
-            self.sets[name] = CaptionSet(feats[name], ids, refs, per_caption=name == "train")
+            source = Pixels([e.path for e in entries[name]], cache) if self.finetune else feats[name]
+            self.sets[name] = CaptionSet(source, ids, refs, per_caption=name == "train")
         log.info("captions: %s images; %d-word vocabulary (min count %d); encoder %s", 
                  {k: len(v.captions) for k, v in self.sets.items()}, len(self.vocab), self.min_count,
                  self.encoder.description)
 
     def model_kwargs(self) -> dict[str, Any]:
+        description = self.encoder.description + (", fine-tuned" if self.finetune else "")
         return {"feat_dim": self.encoder.dim, "itos": self.vocab.itos, "test_streams": self.stream_names(),
-                "encoder": self.encoder.description}
+                "encoder": description, "finetune": list(self.encoder_args) if self.finetune else None}
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         v = self.vocab

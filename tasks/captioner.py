@@ -10,6 +10,9 @@ to the softmax, never on h -> h. The CNN is frozen: its features come cached fro
 Scores, per image against all its reference captions: BLEU-1..4 (sacrebleu, corpus level) for
 beam search and greedy decoding, and perplexity per word (<eos> included) over every reference
 caption, teacher-forced.
+
+With `data.finetune: true` the CNN is trained too (its own copy, at `encoder_lr`); the results
+row's `encoder` column then ends in ", fine-tuned".
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torchmetrics import SumMetric
 from benchmark import decoding, text_metrics
 from benchmark.backbone import DropoutLSTM, Impl, init_uniform_
 from benchmark.callbacks import log_due
+from datamodules.image_encoders import build_encoder
 from datamodules.vocab import WordVocab
 
 log = logging.getLogger(__name__)
@@ -52,15 +56,21 @@ class Captioner(L.LightningModule):
         length_alpha: float = 0.0,
         max_len: int = 20,
         num_samples: int = 5,
+        finetune: list | None = None,
+        encoder_lr: float = 1e-4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.vocab = WordVocab(itos)
+        # Fine-tuning: the model owns a copy of the CNN, built (name, pretrained, weights) as the
+        # DataModule built it; frozen (the default), batches carry cached features instead.
+        self.cnn = build_encoder(*finetune).net if finetune else None
         self.img_proj = nn.Linear(feat_dim, emb_size)
         self.emb = nn.Embedding(len(self.vocab), emb_size)
         self.rnn = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone)
         self.head = nn.Linear(hidden_size, len(self.vocab))
-        init_uniform_(self, init_scale)
+        for module in (self.img_proj, self.emb, self.rnn, self.head):
+            init_uniform_(module, init_scale)  # the decoder only: a fine-tuned CNN keeps its ImageNet weights
         self.test_streams = list(test_streams)
         self.sums = nn.ModuleDict({f"{s}_{k}": SumMetric() for s in ("train", "valid", *self.test_streams)
                                    for k in ("nll", "words")})
@@ -71,6 +81,9 @@ class Captioner(L.LightningModule):
         return {"encoder": self.hparams.encoder, "bleu_signature": self.bleu_signature}
 
     # -- model ------------------------------------------------------------------------------------------
+    def features(self, batch: dict) -> Tensor:
+        return batch["feats"] if self.cnn is None else self.cnn(batch["images"])
+
     def forward(self, feats: Tensor, cap_in: Tensor, cap_image: Tensor) -> Tensor:
         """Teacher forcing: (T, N, V) logits; row n describes image cap_image[n]."""
         img = self.img_proj(feats)[cap_image].unsqueeze(0)  # (1, N, E)
@@ -99,7 +112,7 @@ class Captioner(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------------------
     def _loss(self, batch: dict, stage: str) -> Tensor:
-        logits = self(batch["feats"], batch["cap_in"], batch["cap_image"])
+        logits = self(self.features(batch), batch["cap_in"], batch["cap_image"])
         nll = F.cross_entropy(logits.flatten(0, 1).float(), batch["cap_out"].flatten(),
                               ignore_index=self.vocab.pad, reduction="sum")
         self.sums[f"{stage}_nll"].update(nll.detach())
@@ -109,7 +122,7 @@ class Captioner(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self._loss(batch, "train")
         if log_due(self._trainer, batch_idx):
-            self.log("train_loss", loss, prog_bar=True, batch_size=batch["feats"].size(0))
+            self.log("train_loss", loss, prog_bar=True, batch_size=batch["cap_image"].numel())
         return loss
 
     def _log_ppl(self, stage: str) -> None:
@@ -122,13 +135,23 @@ class Captioner(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_ppl("train")
 
+    def on_train_epoch_start(self) -> None:
+        if self.cnn is not None:
+            self.cnn.eval()  # BatchNorm keeps ImageNet's statistics: caption batches are small and skewed
+
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        cnn = set(self.cnn.parameters()) if self.cnn is not None else set()
+        groups = [{"params": [p for p in self.parameters() if p not in cnn], "lr": hp.lr}]
+        if cnn:
+            groups.append({"params": list(cnn), "lr": hp.encoder_lr})
+        return torch.optim.Adam(groups, weight_decay=hp.weight_decay)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def _collect(self, batch: dict, stage: str, beams: tuple[int, ...]) -> None:
         self._loss(batch, stage)
-        hyps = [self.caption(batch["feats"], b) for b in beams]
+        feats = self.features(batch)
+        hyps = [self.caption(feats, b) for b in beams]
         self.outputs.setdefault(stage, []).extend(zip(batch["refs"], *hyps))
 
     def _score(self, stage: str, beams: tuple[int, ...], orders: tuple[int, ...]) -> None:

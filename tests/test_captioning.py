@@ -257,3 +257,23 @@ def test_real_coco_mini_captions(coco_mini, tmp_path):
     assert "<unk>" in dm.vocab.itos and len(dm.vocab) > 300
     batch = next(iter(dm.test_dataloader()[0]))
     assert batch["cap_in"].size(1) == batch["cap_image"].numel() >= 5 * batch["feats"].size(0)
+
+
+def test_finetuning_trains_the_cnn_from_pixels(tmp_path):
+    write_coco(tmp_path / "c", n=10)
+    write_coco(tmp_path / "o", n=2, split_field=False)
+    preset = tiny_caption_preset(tmp_path)
+    preset.data.update({"finetune": True, "image_size": 32})
+    preset.model["encoder_lr"] = 0.01
+    preset.trainer["max_epochs"] = 1
+    row = run(preset, RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "r",
+                                 runs_dir=tmp_path / "runs", wandb="off", command="test"))
+    assert row["encoder"] == "efficientnet_lite0 (ImageNet weights), fine-tuned"
+    ckpt = torch.load(tmp_path / "runs" / "captioning-quick-dropout_on-seed0" / "checkpoints" / "last.ckpt",
+                      weights_only=False)
+    start = build_encoder("efficientnet_lite0").net.state_dict()
+    trained = {k[len("cnn."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("cnn.")}
+    assert set(trained) == set(start)
+    moved = [k for k in start if start[k].is_floating_point() and not torch.equal(start[k], trained[k])]
+    assert any("conv_stem" in k for k in moved)  # gradients reached the CNN's first layer
+    assert all(torch.equal(start[k], trained[k]) for k in start if "running_" in k)  # BatchNorm stats kept
