@@ -1,0 +1,135 @@
+"""What the translator and the captioner share: an LSTM word decoder scored by perplexity and by
+corpus-level sacrebleu scores of its greedy and beam-search output.
+
+A subclass builds `self.emb` (word embedding), `self.decoder` (DropoutLSTM), `self.head` (linear
+to the vocabulary) and `self.vocab`, calls `init_scoring()`, and supplies
+
+    _logits(batch) -> (T, N, V)          teacher-forced next-word logits for batch[targets_key]
+    _collect(batch, stage, beams)        decode a batch, append (reference(s), *hypotheses) rows
+    _score(stage, rows, beams)           log the stage's corpus scores from all ranks' rows
+
+Everything else (the training step, perplexity, which beams run where, samples) lives here once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import SumMetric
+
+from benchmark import decoding, text_metrics
+from benchmark.callbacks import log_due
+
+log = logging.getLogger(__name__)
+
+
+class TextGenerator(L.LightningModule):
+    monitor = ("valid_ppl", "min")
+    result_keys = ("train_ppl", "valid_", "test_")
+    targets_key = "tgt_out"  # the batch entry holding w1 .. wn <eos> <pad> .., time-major
+
+    def init_scoring(self, test_streams: list[str]) -> None:
+        self.test_streams = list(test_streams)
+        self.sums = nn.ModuleDict({f"{s}_{k}": SumMetric() for s in ("train", "valid", *self.test_streams)
+                                   for k in ("nll", "words")})
+        self.outputs: dict[str, list[tuple]] = {}
+        self.bleu_signature = ""
+
+    def row_info(self) -> dict[str, str]:
+        """Extra results-row columns: how BLEU was computed."""
+        return {"bleu_signature": self.bleu_signature}
+
+    # -- decoding -------------------------------------------------------------------------------------
+    def step(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One decoding step for (N,) previous words; <pad> and <bos> are never generated."""
+        y, state = self.decoder(self.emb(tokens).unsqueeze(0), state)
+        logp = F.log_softmax(self.head(y[0]).float(), dim=-1)
+        logp[:, [self.vocab.pad, self.vocab.bos]] = float("-inf")
+        return logp, state
+
+    def decode(self, state: tuple[Tensor, Tensor], limit: Tensor, beam: int) -> list[list[int]]:
+        """Word ids per sentence from the decoder state `state`; beam 1 is greedy decoding."""
+        v = self.vocab
+        if beam == 1:
+            return decoding.greedy(self.step, state, v.bos, v.eos, limit)
+        return decoding.beam_search(self.step, state, v.bos, v.eos, limit, beam, self.hparams.length_alpha)
+
+    # -- training -------------------------------------------------------------------------------------
+    def _loss(self, batch: dict, stage: str) -> Tensor:
+        """Mean NLL per target word; the sums behind `<stage>_ppl` accumulate on the side."""
+        logits = self._logits(batch)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch[self.targets_key].flatten(),
+                              ignore_index=self.vocab.pad, reduction="sum")
+        self.sums[f"{stage}_nll"].update(nll.detach())
+        self.sums[f"{stage}_words"].update(batch["num_tokens"])
+        return nll / batch["num_tokens"]
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self._loss(batch, "train")
+        if log_due(self._trainer, batch_idx):
+            self.log("train_loss", loss, prog_bar=True, batch_size=batch[self.targets_key].size(1))
+        return loss
+
+    def _log_ppl(self, stage: str) -> None:
+        nll, words = self.sums[f"{stage}_nll"], self.sums[f"{stage}_words"]
+        if words.update_count:
+            self.log(f"{stage}_ppl", (nll.compute() / words.compute().clamp_min(1)).exp(), prog_bar=stage == "valid")
+        nll.reset()
+        words.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_ppl("train")
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def _test_beams(self) -> tuple[int, ...]:
+        return (self.hparams.beam, 1) if self.hparams.beam > 1 else (1,)
+
+    def _finish(self, stage: str, beams: tuple[int, ...]) -> None:
+        self._log_ppl(stage)
+        rows = text_metrics.gather(self.outputs.pop(stage, []))
+        if rows:
+            self._score(stage, rows, beams)
+
+    def write_samples(self, stage: str, columns: list[str], rows: list[list[str]]) -> None:
+        """A few outputs beside their references: per epoch for validation, once per test set."""
+        if stage.startswith("test") or not self.trainer.sanity_checking:
+            name = stage if stage.startswith("test") else f"{stage}-epoch{self.current_epoch:03d}"
+            text_metrics.log_samples(self, name, columns, text_metrics.spread(rows, self.hparams.num_samples))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._collect(batch, "valid", (1,))  # greedy only: beam search every epoch costs too much
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("valid", (1,))
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, self.test_streams[dataloader_idx], self._test_beams())
+
+    def on_test_epoch_end(self) -> None:
+        for stage in self.test_streams:
+            self._finish(stage, self._test_beams())
+        if self.trainer.is_global_zero:
+            log.info("sacrebleu BLEU signature: %s", self.bleu_signature)
+
+    # -- supplied by the task -------------------------------------------------------------------------
+    def _logits(self, batch: dict) -> Tensor:
+        raise NotImplementedError
+
+    def _collect(self, batch: dict, stage: str, beams: tuple[int, ...]) -> None:
+        raise NotImplementedError
+
+    def _score(self, stage: str, rows: list[tuple], beams: tuple[int, ...]) -> None:
+        raise NotImplementedError
+
+
+def beam_suffix(beam: int) -> str:
+    """Metric-name suffix: beam search is the headline number, greedy gets `_greedy`."""
+    return "_greedy" if beam == 1 else ""
+
+
+def beam_column(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
+
