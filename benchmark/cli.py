@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download a data set from its publisher into the data root")
     f.add_argument("dataset", choices=sorted(FETCHABLE))
     f.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
-    f.add_argument("--yes", action="store_true", help="go ahead with a multi-GB download (coco2014, wmt14)")
+    f.add_argument("--yes", action="store_true", help="go ahead with a large download (coco2014, wmt14, flickr8k)")
 
     sub.add_parser("presets", help="list tasks and presets")
 
@@ -76,6 +76,7 @@ FETCHABLE = {
     "wmt-dev": "datamodules.parallel.WMT_DEV",
     "wmt14": "datamodules.parallel.WMT14",
     "coco2014": "datamodules.captions.COCO2014",
+    "flickr8k": "datamodules.captions.FLICKR8K",
 }
 
 

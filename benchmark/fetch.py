@@ -169,10 +169,16 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
             if bad is not None:
                 raise DataError(f"{archive}: member {bad} fails its CRC check; delete the file and fetch again")
         for member in arc.names:
+            if member.startswith("__MACOSX/"):  # macOS resource forks some zips carry
+                continue
             for prefix, folder in extract.items():
-                if member.startswith(prefix) and not member.endswith("/"):
-                    # "train2014/" keeps the path below it; "annotations/captions_" keeps the file name
-                    rest = member[len(prefix):] if prefix.endswith("/") else member.rsplit("/", 1)[-1]
+                # The prefix may sit below a top folder the publisher added ("Flickr8k_text/...").
+                at = 0 if member.startswith(prefix) else member.find("/" + prefix) + 1
+                if (at == 0 and not member.startswith(prefix)) or member.endswith("/"):
+                    continue
+                # "train2014/" keeps the path below it; "annotations/captions_" keeps the file name
+                rest = member[at + len(prefix):] if prefix.endswith("/") else member.rsplit("/", 1)[-1]
+                if rest:
                     src = arc.open(member)
                     if src is None:
                         continue
@@ -181,6 +187,7 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
                     with src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out)
                     n += 1
+                    break
     finally:
         arc.close()
     return n

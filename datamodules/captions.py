@@ -66,8 +66,9 @@ FETCH_HELP = (
     "COCO: images from https://cocodataset.org/#download (train2014.zip 13 GB, val2014.zip 6 GB) unpacked into "
     "one images/ folder, annotations_trainval2014.zip's captions_train2014.json and captions_val2014.json merged "
     "into captions.json (or run `bench fetch coco2014 --yes`), and Karpathy's split file dataset_coco.json "
-    "(https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip). Flickr8k: request it from "
-    "https://hockenmaier.cs.illinois.edu/8k-pictures.html and convert Flickr8k.token.txt to captions.json"
+    "(https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip). Flickr8k: `bench fetch flickr8k --yes` "
+    "(1 GB), or get Flickr8k_Dataset.zip and Flickr8k_text.zip (https://hockenmaier.cs.illinois.edu/8k-pictures.html) "
+    "into flickr8k/.downloads/ and run that command to unpack them and write flickr8k/captions.json"
 )
 
 
@@ -84,6 +85,49 @@ COCO2014 = fetch.LargeDataset(
     homepage="https://cocodataset.org/#download",
     after="datamodules.captions.merge_coco_captions",
 )
+
+
+# Flickr8k's publisher hands it out by form (hockenmaier.cs.illinois.edu/8k-pictures.html); these
+# are the widely used copies of its two zips. Full-size images: features differ from the shared
+# 224x224 copy's, so results on the two are not interchangeable.
+FLICKR8K = fetch.LargeDataset(
+    name="flickr8k",
+    archives=(
+        fetch.Archive("https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip",
+                      {"Flicker8k_Dataset/": "images"}),  # sic: the zip's folder is misspelt
+        fetch.Archive("https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip",
+                      {name: "text" for name in ("Flickr8k.token.txt", "Flickr_8k.trainImages.txt",
+                                                 "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt")}),
+    ),
+    homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html",
+    after="datamodules.captions.flickr8k_to_coco",
+)
+
+
+def flickr8k_to_coco(folder: Path) -> Path:
+    """text/Flickr8k.token.txt ("<file>#<n>\t<caption>") + the official split lists -> captions.json
+    in the COCO captions format, each image's split in its `split` field (`unused` if unlisted)."""
+    split_of = {}
+    for split in ("train", "dev", "test"):
+        for name in (folder / "text" / f"Flickr_8k.{split}Images.txt").read_text().split():
+            split_of[name] = split
+    images: dict[str, dict] = {}
+    annotations = []
+    for lineno, line in enumerate((folder / "text" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        key, _, caption = line.partition("\t")
+        name = key.split("#")[0]
+        if not caption or not name:
+            raise DataError(f"{folder / 'text' / 'Flickr8k.token.txt'}:{lineno}: expected '<file>#<n><TAB>caption'")
+        img = images.setdefault(name, {"id": len(images) + 1, "file_name": name,
+                                       "split": split_of.get(name, "unused")})
+        annotations.append({"image_id": img["id"], "id": len(annotations) + 1, "caption": caption.strip()})
+    out = folder / "captions.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"images": list(images.values()), "annotations": annotations}))
+    os.replace(tmp, out)
+    return out
 
 
 def merge_coco_captions(folder: Path) -> Path:

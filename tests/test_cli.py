@@ -130,7 +130,7 @@ def test_extra_translation_test_files_by_path(tmp_path, capsys):
 def test_fetch_lists_every_data_set():
     from benchmark.cli import FETCHABLE, build_parser
 
-    assert set(FETCHABLE) == {"ptb", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014"}
+    assert set(FETCHABLE) == {"ptb", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014", "flickr8k"}
     for path in FETCHABLE.values():  # every entry names a real spec
         module, _, name = path.rpartition(".")
         assert getattr(__import__(module, fromlist=[name]), name).name

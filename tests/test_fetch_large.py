@@ -102,3 +102,30 @@ def test_wmt14_concatenates_corpora_line_aligned(tmp_path):
 def test_missing_wmt14_names_the_fetch_command(tmp_path):
     with pytest.raises(DataError, match=r"wmt14/train\.en: not found\. Put .*bench fetch wmt14 --yes"):
         read_corpus({"src": "wmt14/train.en", "ref": "wmt14/train.fr"}, tmp_path, "en-fr")
+
+
+def test_flickr8k_zips_become_coco_format_with_the_official_split(tmp_path):
+    from datamodules.captions import FLICKR8K, assign_splits
+    from tests.test_captioning import write_jpeg
+
+    src = tmp_path / "publisher"
+    src.mkdir()
+    names = [f"{1000 + i}_abc.jpg" for i in range(5)]
+    with zipfile.ZipFile(src / "Flickr8k_Dataset.zip", "w") as z:
+        for i, name in enumerate(names):
+            write_jpeg(src / "tmp.jpg", seed=i)
+            z.write(src / "tmp.jpg", f"Flicker8k_Dataset/{name}")
+        z.writestr("__MACOSX/Flicker8k_Dataset/._junk", "")
+    with zipfile.ZipFile(src / "Flickr8k_text.zip", "w") as z:  # some copies add a top folder
+        z.writestr("Flickr8k_text/Flickr8k.token.txt",
+                   "".join(f"{n}#{k}\tA dog number {i} runs .\n" for i, n in enumerate(names) for k in range(5)))
+        z.writestr("Flickr8k_text/Flickr_8k.trainImages.txt", "\n".join(names[:3]) + "\n")
+        z.writestr("Flickr8k_text/Flickr_8k.devImages.txt", names[3] + "\n")
+        z.writestr("Flickr8k_text/Flickr_8k.testImages.txt", names[4] + "\n")
+    urls = [(src / "Flickr8k_Dataset.zip").as_uri(), (src / "Flickr8k_text.zip").as_uri()]
+    ds = dataclasses.replace(FLICKR8K, archives=tuple(dataclasses.replace(a, url=u) for a, u in zip(FLICKR8K.archives, urls)))
+    folder = fetch.download_large(ds, tmp_path / "root", yes=True)
+    assert sorted(p.name for p in (folder / "images").iterdir()) == names  # __MACOSX left out
+    splits = assign_splits(read_coco(folder / "images", folder / "captions.json"), None, {}, "s")
+    assert [len(splits[k]) for k in ("train", "valid", "test")] == [3, 1, 1]
+    assert splits["test"][0].captions[0] == "A dog number 4 runs ."
