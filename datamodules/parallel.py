@@ -162,7 +162,7 @@ def read_corpus(spec: dict[str, str], data_root: Path, langpair: str) -> list[tu
         try:
             src = Path(sbu.get_source_file(spec["sacrebleu"], langpair))
             ref = Path(sbu.get_reference_files(spec["sacrebleu"], langpair)[0])
-        except Exception as err:  # sacrebleu raises bare SystemExit/URLError/KeyError offline or on typos
+        except (Exception, SystemExit) as err:  # sacrebleu calls sys.exit() when a download fails
             raise DataError(f"sacrebleu test set {spec['sacrebleu']!r} ({langpair}) unavailable: {err}. Offline, "
                             f"give the files by path instead: {{src: ..., ref: ...}}") from err
         spec = {"src": str(src), "ref": str(ref)}

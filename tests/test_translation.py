@@ -200,3 +200,27 @@ def test_real_tatoeba_slice_trains_and_scores(tatoeba_root, tmp_path):
     row = run(preset, RunOptions(dropout="on", data_root=tatoeba_root, results_dir=tmp_path / "r",
                                  runs_dir=tmp_path / "runs", wandb="off", command="test"))
     assert float(row["test_ppl"]) < 3000 and float(row["test_newstest2013_ppl"]) > float(row["test_ppl"])
+
+
+def test_named_sacrebleu_test_set_reads_sacrebleus_files(tmp_path, monkeypatch):
+    import sacrebleu.utils as sbu
+
+    (tmp_path / "src.en").write_text("Hello.\n")
+    (tmp_path / "ref.fr").write_text("Bonjour.\n")
+    calls = []
+
+    def source(test_set, langpair):
+        calls.append((test_set, langpair))
+        return str(tmp_path / "src.en")
+
+    monkeypatch.setattr(sbu, "get_source_file", source)
+    monkeypatch.setattr(sbu, "get_reference_files", lambda t, lp: [str(tmp_path / "ref.fr")])
+    assert read_corpus({"sacrebleu": "wmt14/full"}, tmp_path, "en-fr") == [("Hello.", "Bonjour.")]
+    assert calls == [("wmt14/full", "en-fr")]
+
+    def offline(test_set, langpair):
+        raise SystemExit("Download failed")  # what sacrebleu does without network
+
+    monkeypatch.setattr(sbu, "get_source_file", offline)
+    with pytest.raises(DataError, match=r"sacrebleu test set 'wmt14/full' \(en-fr\) unavailable.*by path instead"):
+        read_corpus({"sacrebleu": "wmt14/full"}, tmp_path, "en-fr")
