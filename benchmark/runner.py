@@ -28,6 +28,7 @@ from benchmark.results import RUNS_FILE, append_row, read_rows
 
 log = logging.getLogger("benchmark")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+CODE_PATHS = ("benchmark", "tasks", "datamodules", "configs", "scripts", "pyproject.toml")
 
 
 @dataclass
@@ -50,8 +51,9 @@ def git_commit() -> str:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
         ).stdout.strip()
-        # results/ changes with every run; only code and configs make a commit "dirty"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+        # Only what a run executes makes a commit "dirty": code, configs, the dependency pins (not
+        # results/, README or tests).
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
                                cwd=PROJECT_DIR, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

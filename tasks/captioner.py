@@ -118,5 +118,5 @@ class Captioner(TextGenerator):
                 score, sig = text_metrics.bleu(hyps, refs, max_order=n)
                 self.log(f"{stage}_bleu{n}{beam_suffix(beam)}", score.score, prog_bar=stage == "valid")
                 if n == 4:
-                    self.bleu_signature = sig
+                    self.bleu_signatures[stage] = sig
         self.write_samples(stage, ["references", *map(beam_column, beams)], [[" | ".join(r[0]), *r[1:]] for r in rows])

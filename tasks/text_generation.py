@@ -36,11 +36,12 @@ class TextGenerator(L.LightningModule):
         self.sums = nn.ModuleDict({f"{s}_{k}": SumMetric() for s in ("train", "valid", *self.test_streams)
                                    for k in ("nll", "words")})
         self.outputs: dict[str, list[tuple]] = {}
-        self.bleu_signature = ""
+        self.bleu_signatures: dict[str, str] = {}  # stage -> sacrebleu's signature of its BLEU(-4)
 
     def row_info(self) -> dict[str, str]:
-        """Extra results-row columns: how BLEU was computed."""
-        return {"bleu_signature": self.bleu_signature}
+        """Extra results-row columns: how BLEU was computed for each test set (nrefs differ)."""
+        return {"bleu_signature": "; ".join(f"{s}: {self.bleu_signatures[s]}" for s in self.test_streams
+                                            if s in self.bleu_signatures)}
 
     # -- decoding -------------------------------------------------------------------------------------
     def step(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -112,7 +113,8 @@ class TextGenerator(L.LightningModule):
         for stage in self.test_streams:
             self._finish(stage, self._test_beams())
         if self.trainer.is_global_zero:
-            log.info("sacrebleu BLEU signature: %s", self.bleu_signature)
+            for stage in self.test_streams:
+                log.info("%s: sacrebleu BLEU signature %s", stage, self.bleu_signatures.get(stage, "-"))
 
     # -- supplied by the task -------------------------------------------------------------------------
     def _logits(self, batch: dict) -> Tensor:

@@ -125,7 +125,7 @@ class Translator(TextGenerator):
         refs = [r[1] for r in rows]
         for j, beam in enumerate(beams):
             hyps = [r[2 + j] for r in rows]
-            score, self.bleu_signature = text_metrics.bleu(hyps, refs)
+            score, self.bleu_signatures[stage] = text_metrics.bleu(hyps, refs)
             self.log(f"{stage}_bleu{beam_suffix(beam)}", score.score, prog_bar=stage == "valid")
             self.log(f"{stage}_chrf{beam_suffix(beam)}", text_metrics.chrf(hyps, refs))
         self.write_samples(stage, ["source", "references", *map(beam_column, beams)],

@@ -202,7 +202,7 @@ def test_end_to_end_run_with_the_offline_encoder(tmp_path):
                 "valid_ppl", "valid_bleu4_greedy", "train_ppl"):
         assert key in row, key
     assert row["encoder"] == "efficientnet_lite0 (ImageNet weights)"
-    assert row["bleu_signature"].startswith("nrefs:5|")
+    assert row["bleu_signature"].startswith("test: nrefs:5|") and "; test_other: nrefs:5|" in row["bleu_signature"]
     samples = (tmp_path / "runs" / "captioning-quick-dropout_on-seed0" / "samples" / "test.txt").read_text()
     assert "references:" in samples and "beam 2:" in samples and "greedy:" in samples
 
