@@ -42,7 +42,6 @@ from typing import Any, Iterator
 import lightning as L
 import torch
 from sacremoses import MosesTokenizer
-from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from benchmark import fetch
