@@ -31,6 +31,11 @@ class Dataset:
     homepage: str
 
 
+def default_cache_dir() -> Path:
+    """Where derived data (features, caches) goes: the project's own folder, never the data root."""
+    return Path(os.environ.get("RNNREG_CACHE_DIR", ".cache"))
+
+
 def read_sums(path: Path) -> dict[str, str]:
     """A `sha256sum` listing -> {relative name: digest}."""
     sums = {}

@@ -371,7 +371,7 @@ class CaptionsDataModule(L.LightningDataModule):
         self.encoder_args = (encoder, pretrained, encoder_weights)
         self.image_size, self.min_count, self.max_len = image_size, min_count, max_len
         self.batch_size, self.eval_batch_size, self.finetune = batch_size, eval_batch_size, finetune
-        self.cache_dir = Path(cache_dir or os.environ.get("RNNREG_CACHE_DIR", ".cache"))
+        self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
         self.sets: dict[str, CaptionSet] = {}
 
     def _path(self, p: str) -> Path:

@@ -298,7 +298,6 @@ class ParallelTextDataModule(L.LightningDataModule):
         reverse_source: bool = True,
         batch_size: int = 64,
         eval_batch_size: int = 128,
-        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if train is None:
@@ -311,7 +310,6 @@ class ParallelTextDataModule(L.LightningDataModule):
         self.vocab_sizes, self.min_count, self.max_len = (src_vocab, tgt_vocab), min_count, max_len
         self.train_pairs, self.reverse_source = train_pairs, reverse_source
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.cache_dir = Path(cache_dir or os.environ.get("RNNREG_CACHE_DIR", ".cache"))
         self.sets: dict[str, list[Pair]] = {}
 
     @property

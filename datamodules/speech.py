@@ -218,10 +218,6 @@ def pad_batch(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     return {"feats": feats, "labels": labels, "lengths": lengths, "num_tokens": lengths.sum()}
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RNNREG_CACHE_DIR", ".cache"))
-
-
 class SpeechDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -242,7 +238,7 @@ class SpeechDataModule(L.LightningDataModule):
         self.phones = PHONE_SETS[phone_set]
         self.valid_speakers, self.test_speakers = list(valid_speakers), list(test_speakers)
         self.features = Features(n_mels=n_mels, deltas=deltas)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
         self.sets: dict[str, StackDataset] = {}  # split -> (features, labels) per utterance
 
     def prepare_data(self) -> None:

@@ -40,7 +40,6 @@ def group_by_source(rows: list[tuple]) -> list[tuple]:
 
 
 class Translator(TextGenerator):
-    targets_key = "tgt_out"
 
     def __init__(
         self,
