@@ -6,8 +6,11 @@ BIN       := $(VENV)/bin
 DATA_ROOT ?= $(or $(RNNREG_DATA_ROOT),data)
 TASK      ?= all
 PRESET    ?= quick
-SEED      ?= 0
-RUNS_DIR  := runs/bench-$(shell date +%Y%m%d-%H%M%S)
+SEEDS     ?= 1
+LOGGER    ?= csv,wandb
+# A fixed folder per preset: `make bench` again after a crash resumes there (finished runs are
+# skipped); RUNS_DIR=runs/another starts over.
+RUNS_DIR  ?= runs/bench-$(PRESET)
 BENCH_FLAGS ?=
 
 .PHONY: setup bench test leaderboard
@@ -20,13 +23,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job: every task's PRESET with dropout on and off, then the leaderboard beside the paper.
-# Each `make bench` trains in a new RUNS_DIR, so it never collides with an earlier run's checkpoints.
-# A task whose data is missing (and cannot be downloaded) is reported and skipped; the others still
-# run, the leaderboard is still built, and make fails at the end.
+# A run that fails (a task whose data is missing and cannot be downloaded) is reported, the others
+# still run, the leaderboard is still built, and make fails at the end.
 bench: setup
-	status=0; for d in on off; do $(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout $$d --seed $(SEED) \
-		--data-root $(DATA_ROOT) --runs-dir $(RUNS_DIR) $(BENCH_FLAGS) || status=1; done; \
-	$(BIN)/bench leaderboard; exit $$status
+	status=0; $(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on,off --seeds $(SEEDS) \
+		--logger $(LOGGER) --data-root $(DATA_ROOT) --runs-dir $(RUNS_DIR) --resume $(BENCH_FLAGS) || status=$$?; \
+	$(BIN)/bench leaderboard --logger $(LOGGER) --runs-dir $(RUNS_DIR); exit $$status
 
 leaderboard: setup
 	$(BIN)/bench leaderboard

@@ -51,7 +51,7 @@ class TokenThroughput(L.Callback):
         self._recent.append((n, dt))
         if log_due(trainer, batch_idx):
             rate = sum(k for k, _ in self._recent) / max(sum(t for _, t in self._recent), 1e-9)
-            pl_module.log("tok/s", rate, prog_bar=True, logger=False)
+            pl_module.log("tok/s", rate, prog_bar=True)
 
     @property
     def tokens_per_second(self) -> float:
@@ -62,6 +62,18 @@ class TokenThroughput(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.tokens, self.seconds = state["tokens"], state["seconds"]
+
+
+class GradNorm(L.Callback):
+    """The global L2 norm of the gradients before clipping, on the logging cadence: how often the
+    clip (5 in the paper) bites, and whether training is blowing up."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not log_due(trainer, trainer.fit_loop.epoch_loop.batch_idx):
+            return
+        norms = [p.grad.detach().norm() for p in pl_module.parameters() if p.grad is not None]
+        if norms:
+            pl_module.log("grad_norm", torch.stack(norms).norm())
 
 
 class EpochSeed(L.Callback):

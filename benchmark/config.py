@@ -9,7 +9,8 @@ changes. Sections:
     model                 LightningModule kwargs; every `dropout`/`*_dropout` key is the rate for `on`
     data                  DataModule kwargs (data_root comes from the CLI)
     trainer               lightning.Trainer kwargs
-    paper                 the paper's reported numbers for this setting, keyed like our metrics
+    paper                 the paper's reported numbers, keyed like our metrics: for the default_dropout
+                          setting, or `on:` and `off:` blocks when the paper reports both
     extends               optional: another preset of the same task to start from
 """
 
@@ -113,7 +114,9 @@ def load_preset(task: str, preset: str, overrides: list[str] = (), config_dir: P
         model=dict(raw.get("model") or {}),
         data=dict(raw.get("data") or {}),
         trainer=dict(raw.get("trainer") or {}),
-        paper=dict(raw.get("paper") or {}),
+        # `paper: {on: {...}, off: {...}}` gives both settings' numbers; YAML 1.1 reads bare on/off as booleans
+        paper={({True: "on", False: "off"}[k] if isinstance(k, bool) else k): v
+               for k, v in (raw.get("paper") or {}).items()},
         notes=str(raw.get("notes", "")),
     )
 

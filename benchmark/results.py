@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from benchmark.errors import DataError
+
+log = logging.getLogger(__name__)
 
 RUNS_FILE = "runs.csv"
 
@@ -33,13 +36,27 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results CSV. A damaged last line (a write cut short by hand-editing or a full
+    disk) is left out with a warning; damage anywhere else is an error naming the line."""
     if not path.exists():
         return []
     try:
         with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+            records = list(csv.reader(f))
     except (csv.Error, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable results CSV ({err}); move it aside to start a new one") from err
+    if not records:
+        return []
+    header, body = records[0], [r for r in records[1:] if r]
+    bad = [i for i, r in enumerate(body) if len(r) != len(header)]
+    if bad and bad[-1] == len(body) - 1:
+        log.warning("%s: its last line is damaged (%d fields, the header has %d) and is left out; "
+                    "rerun that run or delete the line", path, len(body[-1]), len(header))
+        body, bad = body[:-1], bad[:-1]
+    if bad:
+        raise DataError(f"{path}: data line {bad[0] + 1} has {len(body[bad[0]])} fields, the header has "
+                        f"{len(header)}; fix or delete that line")
+    return [dict(zip(header, r)) for r in body]
 
 
 def write_rows_atomic(path: Path, rows: list[dict[str, Any]], first: list[str] = ()) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -16,11 +17,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from benchmark import backbone
-from benchmark.callbacks import EpochSeed, TokenThroughput
+from benchmark import backbone, wandb_log
+from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, import_class, overrides_of
 from benchmark.errors import BenchError, ConfigError
@@ -29,6 +30,7 @@ from benchmark.results import RUNS_FILE, append_row, read_rows
 log = logging.getLogger("benchmark")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CODE_PATHS = ("benchmark", "tasks", "datamodules", "configs", "scripts", "pyproject.toml")
+RESULT_FILE = "result.json"  # in the run folder: the run finished and its row is in runs.csv
 
 
 @dataclass
@@ -39,8 +41,10 @@ class RunOptions:
     results_dir: Path = Path("results")
     runs_dir: Path = Path("runs")
     run_dir: Path | None = None
-    resume: bool = False
-    wandb: str = "auto"  # auto | online | offline | off
+    resume: bool = False  # continue from last.ckpt; a finished run is skipped
+    loggers: tuple[str, ...] = ("csv",)  # csv and/or wandb
+    wandb_mode: str = "auto"  # auto | online | offline
+    wandb_project: str = wandb_log.PROJECT
     trainer: dict[str, Any] = field(default_factory=dict)  # CLI pass-throughs, over the preset's
     callbacks: list[L.Callback] = field(default_factory=list)  # extra (tests inject failures here)
     command: str = ""
@@ -75,31 +79,64 @@ def device_name(trainer: L.Trainer) -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
-def make_loggers(run_dir: Path, mode: str, name: str, config: dict) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(run_dir, name="", version="csv")]
-    if mode == "off":
-        return loggers
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    from lightning.pytorch.loggers import WandbLogger
+def run_name(preset: Preset, dropout: str, seed: int) -> str:
+    return f"{preset.task}-{preset.name}-dropout_{dropout}-seed{seed}"
 
-    loggers.append(WandbLogger(project="rnnreg-bench", name=name, save_dir=str(run_dir), offline=mode == "offline",
-                               config=config))
+
+def make_loggers(run_dir: Path, opts: RunOptions, preset: Preset, config: dict) -> list[Logger]:
+    unknown = set(opts.loggers) - {"csv", "wandb"}
+    if unknown:
+        raise ConfigError(f"--logger: unknown {sorted(unknown)}; choose csv, wandb or csv,wandb")
+    loggers: list[Logger] = []
+    if "csv" in opts.loggers:
+        loggers.append(CSVLogger(run_dir, name="", version="csv"))
+    if "wandb" in opts.loggers:
+        loggers.append(wandb_log.make_logger(
+            run_dir, name=run_name(preset, opts.dropout, opts.seed), group=preset.task, config=config,
+            tags=[preset.task, preset.name, f"dropout_{opts.dropout}"], project=opts.wandb_project,
+            mode=opts.wandb_mode))
     return loggers
+
+
+def progress_bar() -> L.Callback:
+    """Lightning's rich bar on a terminal; in a log file a bar redrawn every step would flood it, so
+    there the plain bar prints every 200 steps."""
+    if sys.stdout.isatty():
+        return RichProgressBar()
+    return TQDMProgressBar(refresh_rate=200)
+
+
+def finished_row(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["row"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); delete it to run {run_dir} again") from err
 
 
 def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     """Train and test one preset. Returns the results row (rank 0) or None (other ranks)."""
     rates = apply_dropout(preset, opts.dropout)
-    name = f"{preset.task}-{preset.name}-dropout_{opts.dropout}-seed{opts.seed}"
+    name = run_name(preset, opts.dropout, opts.seed)
     run_dir = Path(opts.run_dir or Path(opts.runs_dir) / name)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    resume_from = None
     if opts.resume:
-        check_checkpoint(last)
-    elif any(ckpt_dir.glob("*.ckpt")):
-        raise ConfigError(f"{ckpt_dir} already holds checkpoints of an earlier run: pass --resume to continue it, "
-                          f"or --run-dir to start a new run elsewhere")
+        done = finished_row(run_dir)
+        if done is not None:
+            log.info("%s finished earlier (its row is in %s): skipped", run_dir, RUNS_FILE)
+            return {**done, "skipped": True}
+        if last.exists():
+            check_checkpoint(last)
+            resume_from = str(last)
+        else:
+            log.info("%s holds no last.ckpt: starting %s from scratch", ckpt_dir, name)
+    elif any(ckpt_dir.glob("*.ckpt")) or (run_dir / RESULT_FILE).exists():
+        raise ConfigError(f"{run_dir} already holds an earlier run: pass --resume to continue it (a finished "
+                          f"run is skipped), or --run-dir to start a new run elsewhere")
 
     read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
     commit = git_commit()  # the code that trains, not what the tree holds when the run ends
@@ -119,10 +156,12 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     throughput = TokenThroughput()
     cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
     trainer_kwargs = {**preset.trainer, **cli_trainer}
-    bar = []
-    if trainer_kwargs.get("enable_progress_bar", True):
-        # Redrawing the bar every step floods a log file; a terminal gets every step.
-        bar = [TQDMProgressBar(refresh_rate=1 if sys.stdout.isatty() else 200)]
+    bar = [progress_bar()] if trainer_kwargs.get("enable_progress_bar", True) else []
+    loggers = make_loggers(run_dir, opts, preset, {
+        "task": preset.task, "preset": preset.name, "dropout": opts.dropout, "dropout_rates": rates,
+        "seed": opts.seed, "model": preset.model, "data": preset.data, "trainer": trainer_kwargs,
+        "paper": preset.paper, "config_file": str(preset.path), "git_commit": commit, "command": opts.command})
+    step_stats = [LearningRateMonitor(logging_interval="step"), GradNorm()] if loggers else []
     try:
         trainer = L.Trainer(
             default_root_dir=run_dir,
@@ -134,11 +173,11 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
                                 monitor=model.monitor[0], mode=model.monitor[1]),
                 EpochSeed(opts.seed),
                 throughput,
+                *step_stats,
                 *bar,
                 *opts.callbacks,
             ],
-            logger=make_loggers(run_dir, opts.wandb, name, {"preset": preset.name, "dropout": opts.dropout,
-                                                              "seed": opts.seed, **preset.model, **preset.data}),
+            logger=loggers or False,
             plugins=[AtomicCheckpointIO()],
             # PTB lays out its own per-rank columns; shuffled tasks take Lightning's sampler.
             use_distributed_sampler=not getattr(dm, "lays_out_ranks", False),
@@ -147,11 +186,44 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     except (TypeError, ValueError, lightning_misconfig()) as err:
         raise ConfigError(f"bad trainer setting in {preset.path} or the command line: {err}") from err
 
+    try:
+        row = _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughput, commit, run_dir,
+                            resume_from)
+    except BaseException:
+        wandb_log.finish(loggers, failed=True)
+        raise
+    paper = paper_numbers(preset, opts.dropout)
+    wandb_log.finish(loggers, summary=row and {
+        **{k: float(v) for k, v in row.items() if k.startswith(("train_", "valid_", "test_")) and _is_number(v)},
+        **{f"paper/{k}": v for k, v in paper.items()}})
+    return row
+
+
+def _is_number(text: Any) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def paper_numbers(preset: Preset, dropout: str) -> dict[str, float]:
+    """The paper's figures for this preset run with this dropout setting: `paper:` holds either
+    one setting's numbers (the preset's default_dropout) or `on:`/`off:` blocks."""
+    paper = preset.paper or {}
+    if set(paper) & {"on", "off"}:
+        return dict(paper.get(dropout) or {})
+    return dict(paper) if dropout == preset.default_dropout else {}
+
+
+def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughput, commit, run_dir,
+                  resume_from) -> dict[str, Any] | None:
+    ckpt_dir = run_dir / "checkpoints"
     start = time.perf_counter()
     interrupted = BenchError(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
                              f"to continue (no results row was written)")
     try:
-        trainer.fit(model, datamodule=dm, ckpt_path=str(last) if opts.resume else None)
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
     except SystemExit:  # Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1)
         if trainer.interrupted:
             raise interrupted from None
@@ -167,8 +239,16 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     metrics = {**fit_metrics, **{k: float(v) for d in test_metrics for k, v in d.items()}}
     row = results_row(preset, opts, trainer, model, metrics, rates, cli_trainer, throughput, wall, commit, run_dir)
     path = append_row(opts.results_dir, row)
+    # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
+    _write_atomic(run_dir / RESULT_FILE, json.dumps({"row": row, "data": preset.data}, indent=1) + "\n")
     log.info("results row appended to %s", path)
     return row
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def results_row(preset: Preset, opts: RunOptions, trainer: L.Trainer, model: L.LightningModule,

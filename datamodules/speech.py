@@ -40,6 +40,7 @@ import torch
 import torchaudio
 from torch import Tensor
 from torch.utils.data import DataLoader, StackDataset
+from tqdm import tqdm
 
 from benchmark import fetch
 from benchmark.errors import DataError
@@ -273,7 +274,10 @@ class SpeechDataModule(L.LightningDataModule):
         if self.sets:
             return
         splits = find_splits(self.data_root, self.corpus, self.valid_speakers, self.test_speakers)
-        raw = {s: [self._features(u) for u in splits[s]] for s in ("train", "valid", "test")}
+        # Cached features load in seconds; a cold cache computes fbanks for every utterance.
+        raw = {s: [self._features(u) for u in tqdm(splits[s], desc=f"features {self.corpus} {s}", unit="utt",
+                                                   leave=False, mininterval=2)]
+               for s in ("train", "valid", "test")}
         train = torch.cat([f for f, _ in raw["train"]])
         mean, std = train.mean(0), train.std(0).clamp_min(1e-5)  # training statistics only
         for split, items in raw.items():

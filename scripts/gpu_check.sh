@@ -8,7 +8,7 @@
 # fp32 (TF32 matmuls) costs little.
 # Before the call, here: mkdir -p .gpudata/ptb && cp ../shared/data/ptb/*.txt .gpudata/ptb/
 # Call: run(command="bash scripts/gpu_check.sh", carry=[".gpudata"], timeout_s=590)
-# The GPU image has torch and lightning; wandb is not needed (--wandb off).
+# The GPU image has torch and lightning; wandb is not needed (--logger csv).
 set -euo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 DATA=${DATA:-.gpudata}
@@ -26,4 +26,4 @@ python3 scripts/bench_throughput.py --data-root "$DATA" --accelerator cuda --loo
     --backbones fused stacked --presets small medium large --steps 300 200 100 --reps 1 \
     --out "$OUT/throughput_gpu.csv"
 python3 -m benchmark.cli run --task ptb --preset medium --accelerator gpu --devices 1 --precision 32-true \
-    --data-root "$DATA" --results-dir "$OUT" --runs-dir /tmp/runs --wandb off 2>&1 | grep -v "it/s"
+    --data-root "$DATA" --results-dir "$OUT" --runs-dir /tmp/runs --logger csv 2>&1 | grep -v "it/s"

@@ -28,6 +28,7 @@ def collapse(labels: list[int]) -> list[int]:
 
 class FrameClassifier(L.LightningModule):
     monitor = ("valid_frame_acc", "max")
+    headline = "test_frame_acc"  # the leaderboard's number for this task
     result_keys = ("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per",
                    "train_eval_frame_acc", "train_eval_per")
     test_streams = ("test", "train_eval")  # test_dataloader order: held-out test, then the training set

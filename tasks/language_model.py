@@ -15,10 +15,12 @@ from torchmetrics import MeanMetric
 
 from benchmark.backbone import DropoutLSTM, Impl, State, init_uniform_
 from benchmark.callbacks import log_due
+from benchmark.ensemble import mixture_nll
 
 
 class LanguageModel(L.LightningModule):
-    monitor = ("valid_ppl", "min")  # which checkpoint is "best"
+    monitor = ("valid_ppl", "min")  # which checkpoint is "best"; its metric is the learning curve
+    headline = "test_ppl"  # the leaderboard's number for this task
     result_keys = ("train_ppl", "valid_ppl", "test_ppl")  # metrics (and their prefixes) for results rows
 
     def __init__(
@@ -104,6 +106,27 @@ class LanguageModel(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.test_nll[dataloader_idx].update(self._nll(batch, f"test{dataloader_idx}"), weight=batch[1].numel())
         self.test_columns[dataloader_idx] = batch[1].size(1) * self.trainer.world_size
+
+    @classmethod
+    @torch.no_grad()
+    def ensemble_eval(cls, members: list["LanguageModel"], dm: L.LightningDataModule) -> dict[str, tuple[list[float], float]]:
+        """Perplexity of each member and of their averaged distribution on the valid and test streams,
+        each read as the paper reads test: windows in order, state carried, no dropout."""
+        out = {}
+        for metric, loader in (("valid_ppl", dm.val_dataloader()), ("test_ppl", dm.test_dataloader()[0])):
+            states: list[State | None] = [None] * len(members)
+            member_nll, mix_nll, words = torch.zeros(len(members)), torch.zeros(()), 0
+            for x, y in loader:
+                logps = []
+                for i, m in enumerate(members):
+                    logits, states[i] = m(x, states[i])
+                    logps.append(logits.float().log_softmax(-1))
+                nll, mix = mixture_nll(logps, y)
+                member_nll += nll
+                mix_nll += mix
+                words += y.numel()
+            out[metric] = ((member_nll / words).exp().tolist(), float((mix_nll / words).exp()))
+        return out
 
     def on_test_epoch_end(self) -> None:
         # 0: whole test stream as one column (the paper's protocol); 1: the B-column training layout.

@@ -196,7 +196,7 @@ def test_end_to_end_run_with_the_offline_encoder(tmp_path):
     write_coco(tmp_path / "c", n=20)
     write_coco(tmp_path / "o", n=4, split_field=False)
     opts = RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
-                      wandb="off", command="test")
+                      command="test")
     row = run(tiny_caption_preset(tmp_path), opts)
     for key in ("test_bleu1", "test_bleu4", "test_bleu4_greedy", "test_ppl", "test_other_bleu4", "test_other_ppl",
                 "valid_ppl", "valid_bleu4_greedy", "train_ppl"):
@@ -214,7 +214,7 @@ def test_random_encoder_only_when_asked_and_the_row_says_so(tmp_path):
     preset.data["pretrained"] = False
     preset.trainer["max_epochs"] = 1
     row = run(preset, RunOptions(dropout="off", data_root=tmp_path, results_dir=tmp_path / "r",
-                                 runs_dir=tmp_path / "runs", wandb="off", command="test"))
+                                 runs_dir=tmp_path / "runs", command="test"))
     assert "RANDOM" in row["encoder"] and "data.pretrained=False" in row["overrides"]
     with pytest.raises(DataError, match="unknown image encoder"):
         build_encoder("vgg_unknown")
@@ -267,7 +267,7 @@ def test_finetuning_trains_the_cnn_from_pixels(tmp_path):
     preset.model["encoder_lr"] = 0.01
     preset.trainer["max_epochs"] = 1
     row = run(preset, RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "r",
-                                 runs_dir=tmp_path / "runs", wandb="off", command="test"))
+                                 runs_dir=tmp_path / "runs", command="test"))
     assert row["encoder"] == "efficientnet_lite0 (ImageNet weights), fine-tuned"
     ckpt = torch.load(tmp_path / "runs" / "captioning-quick-dropout_on-seed0" / "checkpoints" / "last.ckpt",
                       weights_only=False)

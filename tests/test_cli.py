@@ -10,7 +10,7 @@ from benchmark.errors import ConfigError
 from benchmark.leaderboard import COLUMNS, build
 from benchmark.results import append_row, read_rows
 
-FAST = ["--wandb", "off", "--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
+FAST = ["--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
         "--max-steps", "2", "--set", "trainer.limit_val_batches=1", "--set", "trainer.limit_test_batches=1",
         "--set", "trainer.enable_progress_bar=false", "--set", "trainer.enable_model_summary=false"]
 
@@ -27,7 +27,9 @@ def test_unknown_preset_lists_the_known_ones(tmp_path, capsys):
 
 def test_unknown_task(tmp_path, capsys):
     assert bench(tmp_path, "--task", "chess") == 2
-    assert "unknown task 'chess'; known tasks: captioning, ptb, speech, translation" in capsys.readouterr().err
+    assert "unknown task(s) chess; known: captioning, ptb, speech, translation or all" in capsys.readouterr().err
+    assert bench(tmp_path, "--task", "ptb,chess,speech") == 2  # a list fails as a whole, before any training
+    assert "unknown task(s) chess" in capsys.readouterr().err
 
 
 def test_unknown_flag_and_bad_values_exit_2(tmp_path, capsys):
@@ -79,14 +81,23 @@ def test_leaderboard_sets_the_paper_beside_the_setting_it_ran(tmp_path):
     rows = (("off", "0", "999.0"), ("off", "0", "116.0"), ("off", "1", "118.0"), ("on", "0", "100.0"))
     for dropout, seed, ppl in rows:  # as `bench run` writes them; seed 0 of `off` ran twice
         append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": dropout, "seed": seed, "overrides": "",
-                              "test_ppl": ppl, "command": "bench run --task ptb"})
+                              "train_ppl": "40.0", "valid_ppl": "120.0", "test_ppl": ppl,
+                              "finished_utc": f"2026-11-26T10:0{seed}:00Z", "command": "bench run --task ptb"})
     append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": "off", "seed": "1",
                           "overrides": "trainer.max_steps=2", "test_ppl": "900.0"})
-    board = {(r["dropout"], r["metric"]): r for r in read_rows(build(tmp_path))}
-    assert board[("off", "test_ppl")]["ours"] == "117.00" and board[("off", "test_ppl")]["runs"] == "2"
-    assert board[("off", "test_ppl")]["paper"] == "114.5" and board[("off", "test_ppl")]["vs_paper_pct"] == "+2.2"
-    assert board[("on", "test_ppl")]["paper"] == ""  # the paper ran small without dropout only
-    assert "| ptb | small | off | test_ppl | 117.00 |" in (tmp_path / "leaderboard.md").read_text()
+    append_row(tmp_path, {"task": "ptb", "preset": "small", "dropout": "off", "seed": "0+1", "ensemble": "2",
+                          "overrides": "", "test_ppl": "105.0", "command": "bench ensemble --task ptb"})
+    board = {(r["dropout"], r["ensemble"]): r for r in read_rows(build(tmp_path))}
+    off = board[("off", "")]
+    assert (off["metric"], off["mean"], off["std"], off["seeds"]) == ("test_ppl", "117.00", "1.41", "2")
+    assert (off["paper"], off["diff"], off["diff_pct"]) == ("114.5", "2.50", "+2.2")
+    assert (off["split_metric"], off["train"], off["valid"], off["test"]) == ("ppl", "40.00", "120.00", "117.00")
+    assert board[("on", "")]["paper"] == "" and board[("on", "")]["std"] == ""  # the paper ran small without dropout
+    assert board[("off", "2")]["mean"] == "105.00" and board[("off", "2")]["seeds"] == "1"
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "## ptb: Word-level perplexity on the Penn Tree Bank (Sec. 4.1, Table 1)" in md
+    assert "| small | off | 2 | **117.00 ± 1.41** | 114.5 | 2.50 | 40.00 | 120.00 | 117.00 |" in md
+    assert "| small (ensemble of 2) | off | 1 | **105.00** |" in md
 
 
 def test_small_preset_on_uses_a_rate_marked_not_from_the_paper():
@@ -148,7 +159,7 @@ def test_task_all_reports_a_task_without_data_and_runs_on(tmp_path, monkeypatch,
     monkeypatch.setattr(fetch, "download", offline)
     assert bench(tmp_path, "--task", "all", "--preset", "quick", "--data-root", str(tmp_path / "empty")) == 2
     err = capsys.readouterr().err
-    assert "captioning/quick:" in err and "flickr8k/images: image folder not found" in err
-    assert "translation/quick: could not download tatoeba-fra-eng: no network" in err
-    assert "no data for captioning, translation (see above); the other tasks ran" in err
+    assert "captioning-quick-dropout_on-seed0:" in err and "flickr8k/images: image folder not found" in err
+    assert "translation-quick-dropout_on-seed0: could not download tatoeba-fra-eng: no network" in err
+    assert "2 of 2 runs failed" in err and "rerun with --resume to retry only those" in err
     assert not (tmp_path / "results" / "runs.csv").exists()

@@ -20,7 +20,7 @@ from tests.conftest import tiny_preset
 
 def opts(tmp_path, data_root, **kw) -> RunOptions:
     return RunOptions(data_root=data_root, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
-                      wandb="off", **kw)
+                      **kw)
 
 
 def read_csv(path):
@@ -145,8 +145,14 @@ def test_corrupt_checkpoint_is_named(tmp_path, data_root):
     ckpt.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(BenchError, match=rf"{ckpt}: corrupt or unreadable checkpoint"):
         run(tiny_preset(), opts(tmp_path, data_root, resume=True))
-    with pytest.raises(BenchError, match="no checkpoint to resume from"):
-        run(tiny_preset(), opts(tmp_path / "other", data_root, resume=True))
+    # A finished run is skipped by --resume (a sweep picks up after it), its row not written twice.
+    ckpt.unlink()
+    (ckpt.parent.parent / "result.json").write_text('{"row": {"task": "ptb", "test_ppl": "99.0"}, "data": {}}')
+    assert run(tiny_preset(), opts(tmp_path, data_root, resume=True)) == {"task": "ptb", "test_ppl": "99.0",
+                                                                            "skipped": True}
+    assert not (tmp_path / "results" / "runs.csv").exists()
+    with pytest.raises(BenchError, match="already holds an earlier run: pass --resume"):
+        run(tiny_preset(), opts(tmp_path, data_root))
 
 
 def test_interrupted_run_writes_no_row(tmp_path, data_root):

@@ -30,6 +30,6 @@ def test_a_few_steps_on_real_ptb_learn(tmp_path, real_data_root):
     preset = tiny_preset(hidden_size=32)
     preset.data.update(batch_size=20, bptt=20, train_tokens=40_000)
     preset.trainer.update(max_epochs=1, limit_val_batches=10, limit_test_batches=10, enable_progress_bar=True)
-    row = run(preset, RunOptions(data_root=real_data_root, results_dir=tmp_path, runs_dir=tmp_path, wandb="off"))
+    row = run(preset, RunOptions(data_root=real_data_root, results_dir=tmp_path, runs_dir=tmp_path))
     # uniform guessing over 10k words is perplexity 10,000; one pass over 40k tokens gets far below it
     assert float(row["valid_ppl"]) < 1500 and float(row["train_ppl"]) < 3000

@@ -162,7 +162,7 @@ def test_timit_sample_splits_and_a_short_run_learns(tmp_path):
     assert {k: len(v) for k, v in splits.items()} == {"train": 80, "valid": 24, "test": 24}  # SA left out
     preset.trainer.update(max_epochs=2, enable_progress_bar=False)
     preset.data["cache_dir"] = str(tmp_path / "cache")
-    row = run(preset, RunOptions(data_root=root, results_dir=tmp_path, runs_dir=tmp_path, wandb="off"))
+    row = run(preset, RunOptions(data_root=root, results_dir=tmp_path, runs_dir=tmp_path))
     # 39 classes: chance is far below 20%; two epochs on 80 utterances already beat it
     assert float(row["test_frame_acc"]) > 0.2 and 0 < float(row["test_per"]) < 1.5
     assert float(row["train_eval_frame_acc"]) > 0.2  # the training set rescored without dropout

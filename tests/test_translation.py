@@ -161,7 +161,7 @@ def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
     (tmp_path / "news.en").write_text("\n".join(EN) + "\n")
     (tmp_path / "news.fr").write_text("\n".join(FR) + "\n")
     opts = RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
-                      wandb="off", command="test")
+                      command="test")
     row = run(tiny_translation_preset(tmp_path), opts)
     for key in ("test_ppl", "test_bleu", "test_bleu_greedy", "test_chrf", "test_news_bleu", "test_news_ppl",
                 "valid_ppl", "valid_bleu_greedy", "train_ppl"):
@@ -198,7 +198,7 @@ def test_real_tatoeba_slice_trains_and_scores(tatoeba_root, tmp_path):
     preset.trainer.update({"max_epochs": 1, "limit_val_batches": 2, "limit_test_batches": 2,
                            "enable_model_summary": False, "enable_progress_bar": False})
     row = run(preset, RunOptions(dropout="on", data_root=tatoeba_root, results_dir=tmp_path / "r",
-                                 runs_dir=tmp_path / "runs", wandb="off", command="test"))
+                                 runs_dir=tmp_path / "runs", command="test"))
     assert float(row["test_ppl"]) < 3000 and float(row["test_newstest2013_ppl"]) > float(row["test_ppl"])
 
 

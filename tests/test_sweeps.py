@@ -1,0 +1,186 @@
+"""The benchmark layer: sweeps (tasks x dropout x seeds), resuming them, the leaderboard's plots,
+W&B offline logging and model averaging."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.ensemble import mixture_nll, run_ensemble
+from benchmark.leaderboard import build
+from benchmark.results import append_row, read_rows
+
+TINY = ["--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
+        "--set", "trainer.max_epochs=2", "--set", "trainer.enable_progress_bar=false",
+        "--set", "trainer.enable_model_summary=false"]
+
+
+def bench(tmp_path, *args) -> int:
+    return main(["run", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), *args])
+
+
+def test_dry_run_prints_every_planned_config(tmp_path, capsys):
+    assert bench(tmp_path, "--task", "ptb,speech", "--preset", "quick", "--dropout", "on,off", "--seeds", "2",
+                 "--dry-run") == 0
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if line.startswith("# ")]
+    assert len(heads) == 2 * 2 * 2
+    assert f"# ptb/quick dropout=off seed=1 -> {tmp_path / 'runs' / 'ptb-quick-dropout_off-seed1'} (new)" in heads
+    assert "  dropout: 0.0" in out and "  dropout: 0.5" in out  # off zeroes the rates, on keeps them
+    assert not (tmp_path / "runs").exists()
+
+
+def test_seeds_dropouts_and_loggers_parse(tmp_path, capsys):
+    from benchmark.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--task", "all", "--dropout", "on,off", "--seeds", "0,3",
+                                      "--logger", "csv,wandb"])
+    assert (args.dropout, args.seeds, args.logger) == (("on", "off"), (0, 3), ("csv", "wandb"))
+    assert build_parser().parse_args(["run", "--task", "ptb", "--seeds", "3"]).seeds == (0, 1, 2)
+    for bad in (["--dropout", "on,maybe"], ["--seeds", "0"], ["--logger", "tensorboard"],
+                ["--seed", "1", "--seeds", "2"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", "--task", "ptb", *bad])
+    assert bench(tmp_path, "--task", "ptb", "--dropout", "on,off", "--run-dir", str(tmp_path / "x")) == 2
+    assert "--run-dir names one run's folder, but this command plans 2 runs" in capsys.readouterr().err
+
+
+def test_list_shows_presets_with_their_numbers(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "LSTM 2x650" in out and "test_ppl 82.7" in out  # ptb medium: size and the paper's number
+    assert "quick" in out.split("translation:")[1]
+
+
+def test_sweep_resumes_where_it_stopped(tmp_path, data_root, capsys):
+    """Both dropout settings with one seed; a rerun with --resume skips the finished runs and adds no
+    rows; an interrupted run (checkpoint, no result) continues from its checkpoint."""
+    args = ("--task", "ptb", "--preset", "small", "--dropout", "on,off", "--data-root", str(data_root), *TINY)
+    assert bench(tmp_path, *args) == 0
+    rows = read_rows(tmp_path / "results" / "runs.csv")
+    assert [(r["dropout"], r["seed"]) for r in rows] == [("on", "0"), ("off", "0")]
+    assert "bench run: 2 runs in" in capsys.readouterr().out
+
+    # "interrupt" the off run after its last checkpoint was written: its result marker is gone
+    off = tmp_path / "runs" / "ptb-small-dropout_off-seed0"
+    (off / "result.json").unlink()
+    assert bench(tmp_path, *args, "--resume") == 0
+    out = capsys.readouterr().out
+    assert "ptb-small-dropout_on-seed0" in out and "skipped (finished earlier)" in out
+    rows = read_rows(tmp_path / "results" / "runs.csv")
+    assert len(rows) == 3 and rows[-1]["dropout"] == "off" and rows[-1]["epochs"] == "2"  # resumed at epoch 2
+    assert bench(tmp_path, *args) == 2  # without --resume the folders are not overwritten
+    assert "already holds an earlier run: pass --resume" in capsys.readouterr().err
+
+
+def test_damaged_last_line_is_left_out_and_said(tmp_path, caplog):
+    path = tmp_path / "runs.csv"
+    path.write_text("task,test_ppl,seed\nptb,100.0,0\nptb,101.0,1\nptb,10")
+    assert read_rows(path) == [{"task": "ptb", "test_ppl": "100.0", "seed": "0"},
+                               {"task": "ptb", "test_ppl": "101.0", "seed": "1"}]
+    assert "last line is damaged" in caplog.text
+    path.write_text("task,test_ppl,seed\nptb,100\nptb,101.0,1\n")
+    with pytest.raises(Exception, match="data line 1 has 2 fields"):
+        read_rows(path)
+
+
+def write_metrics_csv(run_dir: Path, train: list[float], valid: list[float]) -> None:
+    """Lightning's CSVLogger layout: step rows with train_loss, epoch rows with train/valid ppl."""
+    (run_dir / "csv").mkdir(parents=True)
+    with open(run_dir / "csv" / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "step", "train_loss", "train_ppl", "valid_ppl"])
+        for e, (t, v) in enumerate(zip(train, valid)):
+            w.writerow([e, 10 * e + 5, 5.0, "", ""])
+            w.writerow([e, 10 * e + 9, "", "", v])
+            w.writerow([e, 10 * e + 9, "", t, ""])
+
+
+def test_learning_curves_plot_on_and_off_from_the_run_logs(tmp_path):
+    import matplotlib.image
+
+    for dropout, train, valid in (("off", [300, 120, 60, 30], [250, 180, 170, 200]),
+                                  ("on", [400, 200, 140, 120], [280, 190, 160, 150])):
+        run_dir = tmp_path / "runs" / f"ptb-quick-dropout_{dropout}-seed0"
+        write_metrics_csv(run_dir, train, valid)
+        append_row(tmp_path / "results", {"task": "ptb", "preset": "quick", "dropout": dropout, "seed": "0",
+                                          "overrides": "", "test_ppl": str(valid[-1]), "run_dir": str(run_dir),
+                                          "finished_utc": "2026-11-26T10:00:00Z"})
+    build(tmp_path / "results")
+    png = tmp_path / "results" / "curves-ptb-quick.png"
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 300 and image.std() > 0.05  # a drawn figure, not a blank canvas
+    # red (off) and blue (on) lines are both on it
+    rgb = image[..., :3]
+    assert ((rgb[..., 0] > 0.7) & (rgb[..., 2] < 0.3)).sum() > 200
+    assert ((rgb[..., 2] > 0.6) & (rgb[..., 0] < 0.3)).sum() > 200
+
+
+def test_mixture_nll_averages_distributions():
+    p1 = torch.tensor([[0.7, 0.2, 0.1]]).log()
+    p2 = torch.tensor([[0.1, 0.6, 0.3]]).log()
+    y = torch.tensor([1])
+    members, mix = mixture_nll([p1, p2], y)
+    torch.testing.assert_close(members, torch.tensor([-math.log(0.2), -math.log(0.6)]))
+    torch.testing.assert_close(mix, torch.tensor(-math.log(0.4)))
+    _, same = mixture_nll([p1, p1], y)  # an ensemble of one model twice is that model
+    torch.testing.assert_close(same, torch.tensor(-math.log(0.2)))
+
+
+def test_ensemble_of_two_runs_scores_members_as_their_own_test_did(tmp_path, data_root, capsys):
+    for seed in (0, 1):
+        assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", "on", "--seed", str(seed),
+                     "--data-root", str(data_root), *TINY) == 0
+    runs = [tmp_path / "runs" / f"ptb-small-dropout_on-seed{s}" for s in (0, 1)]
+    assert main(["ensemble", "--task", "ptb", "--runs", *map(str, runs), "--data-root", str(data_root),
+                 "--results-dir", str(tmp_path / "results")]) == 0
+    assert "test_ppl: ensemble of 2" in capsys.readouterr().out
+    single, ens = read_rows(tmp_path / "results" / "runs.csv")[:2], read_rows(tmp_path / "results" / "runs.csv")[2]
+    members = [float(x) for x in ens["members_test_ppl"].split()]
+    for m, row in zip(members, single):  # the same protocol as each run's own test: one column, state carried
+        assert m == pytest.approx(float(row["test_ppl"]), rel=1e-4)
+    # Averaging distributions never does worse than the members' geometric mean (Jensen).
+    assert float(ens["test_ppl"]) <= math.sqrt(members[0] * members[1]) + 1e-6
+    assert (ens["ensemble"], ens["seed"], ens["dropout"]) == ("2", "0+1", "on")
+    with pytest.raises(Exception, match="no result.json"):
+        run_ensemble("ptb", [tmp_path, runs[0]], data_root, tmp_path / "results")
+
+
+def test_wandb_offline_run_holds_config_steps_summary_and_the_leaderboard(tmp_path, data_root, monkeypatch, caplog):
+    """--logger csv,wandb with no account: one offline run per training run (no run attaches to the
+    one before it), then the leaderboard as a table artifact."""
+    from benchmark import wandb_log
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setattr(wandb_log, "_told_offline", False)
+    assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", "off,on", "--data-root",
+                 str(data_root), "--logger", "csv,wandb", "--set", "trainer.log_every_n_steps=1", *TINY) == 0
+    assert caplog.text.count("logging offline") == 1  # said once for the whole sweep
+    files = {}
+    for dropout in ("off", "on"):
+        run_dir = tmp_path / "runs" / f"ptb-small-dropout_{dropout}-seed0"
+        assert (run_dir / "csv" / "metrics.csv").is_file()
+        found = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(found) == 1
+        files[dropout] = found[0]
+    keys = wandb_log.offline_run_keys(files["off"])
+    assert {"task", "preset", "dropout", "seed", "model", "data", "trainer", "paper", "git_commit"} <= keys["config"]
+    assert {"train_loss", "lr-SGD", "grad_norm", "tok/s", "train_ppl", "valid_ppl", "test_ppl"} <= keys["history"]
+    assert {"test_ppl", "valid_ppl", "paper/test_ppl"} <= keys["summary"]  # small without dropout: Table 1
+    assert "paper/test_ppl" not in wandb_log.offline_run_keys(files["on"])["summary"]
+
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--logger", "wandb",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    board = list((tmp_path / "runs" / "leaderboard").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(board) == 1
+    keys = wandb_log.offline_run_keys(board[0])
+    assert "leaderboard" in keys["artifacts"] and any(k.startswith("leaderboard") for k in keys["history"])
+    assert json.loads((tmp_path / "runs" / "ptb-small-dropout_on-seed0" / "result.json").read_text())["row"]
