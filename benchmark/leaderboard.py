@@ -53,10 +53,12 @@ class TaskMetrics:
         self.paper_by_dropout = {d: paper_numbers(p, d) for d in ("on", "off")}
 
 
-def _fmt(x: float | None) -> str:
+def _fmt(x: float | None, like: float | None = None) -> str:
+    """4 decimals for accuracies (<= 1), 2 for perplexities and BLEU; `like` picks by another value
+    (a difference is written as precisely as the number it is the difference of)."""
     if x is None:
         return ""
-    return f"{x:.4f}" if abs(x) <= 1 else f"{x:.2f}"  # accuracies vs perplexities, BLEU, seconds
+    return f"{x:.4f}" if abs(x if like is None else like) <= 1 else f"{x:.2f}"
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -84,11 +86,11 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
             "task": task, "preset": preset, "dropout": dropout, "ensemble": ensemble,
             "metric": tm.headline, "mean": _fmt(ours), "std": _fmt(stdev(values)) if len(values) > 1 else "",
             "seeds": len(values), "paper": "" if ref is None else ref,
-            "diff": "" if ref is None else _fmt(ours - ref),
+            "diff": "" if ref is None else _fmt(ours - ref, like=ours),
             "diff_pct": "" if ref is None else f"{100 * (ours - ref) / ref:+.1f}",
             "split_metric": tm.curve,
             **{s: _fmt(_mean(rows, f"{s}_{tm.curve}")) for s in ("train", "valid", "test")},
-            "epochs": last.get("epochs", ""), "wall_s": _fmt(_mean(rows, "wall_s")),
+            "epochs": last.get("epochs", ""), "wall_s": f"{_mean(rows, 'wall_s'):.0f}" if _mean(rows, "wall_s") else "",
             "tokens_per_s": f"{_mean(rows, 'tokens_per_s'):.0f}" if _mean(rows, "tokens_per_s") else "",
             "device": last.get("device", ""), "precision": last.get("precision", ""),
             "devices": last.get("devices", ""), "commit": last.get("git_commit", ""),
@@ -118,7 +120,7 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {setting} | {r['dropout']} | {r['seeds']} | **{ours}** | {r['paper']} | {r['diff']} | "
                          f"{r['train']} | {r['valid']} | {r['test']} | {r['epochs']} | {r['wall_s']} | "
                          f"{r['device']} |")
-        lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in trs]
+        lines += ["", "Commands:", ""] + [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in trs)]
     return "\n".join(lines) + "\n"
 
 
@@ -143,6 +145,7 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     latest: dict[tuple[str, str, str], dict[str, str]] = {}
     for row in sorted(runs, key=lambda r: r.get("finished_utc", ""), reverse=True):  # newest first
@@ -174,9 +177,14 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
             continue
         if tm.curve == "ppl":
             ax.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("epoch")
         ax.set_ylabel({"ppl": "perplexity per word (log scale)", "frame_acc": "frame accuracy"}.get(tm.curve, tm.curve))
         ax.set_title(f"{task}/{preset}: train (dashed) vs valid (solid)")
+        fig.text(0.01, 0.01, "train: mean over the epoch, dropout active; valid: end of epoch, no dropout",
+                 fontsize=7, color="0.4")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
+from tqdm import tqdm
 
 from benchmark.backbone import DropoutLSTM, Impl, State, init_uniform_
 from benchmark.callbacks import log_due
@@ -116,7 +117,7 @@ class LanguageModel(L.LightningModule):
         for metric, loader in (("valid_ppl", dm.val_dataloader()), ("test_ppl", dm.test_dataloader()[0])):
             states: list[State | None] = [None] * len(members)
             member_nll, mix_nll, words = torch.zeros(len(members)), torch.zeros(()), 0
-            for x, y in loader:
+            for x, y in tqdm(loader, desc=f"ensemble {metric.split('_')[0]}", unit="window", mininterval=2):
                 logps = []
                 for i, m in enumerate(members):
                     logits, states[i] = m(x, states[i])

@@ -22,7 +22,7 @@ def bench(tmp_path, *args) -> int:
 def test_unknown_preset_lists_the_known_ones(tmp_path, capsys):
     assert bench(tmp_path, "--task", "ptb", "--preset", "huge") == 2
     err = capsys.readouterr().err
-    assert "unknown preset 'huge'" in err and "large, medium, quick, small" in err
+    assert "unknown preset 'huge'" in err and "large, medium, paper, quick, small" in err
 
 
 def test_unknown_task(tmp_path, capsys):

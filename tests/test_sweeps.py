@@ -184,3 +184,14 @@ def test_wandb_offline_run_holds_config_steps_summary_and_the_leaderboard(tmp_pa
     keys = wandb_log.offline_run_keys(board[0])
     assert "leaderboard" in keys["artifacts"] and any(k.startswith("leaderboard") for k in keys["history"])
     assert json.loads((tmp_path / "runs" / "ptb-small-dropout_on-seed0" / "result.json").read_text())["row"]
+
+
+def test_paper_numbers_for_both_dropout_settings():
+    from benchmark.config import load_preset
+    from benchmark.runner import paper_numbers
+
+    tr = load_preset("translation", "paper")
+    assert paper_numbers(tr, "on") == {"test_ppl": 5.0, "test_bleu": 29.03}
+    assert paper_numbers(tr, "off") == {"test_ppl": 5.8, "test_bleu": 25.9}  # YAML's bare `off:` is not False
+    small = load_preset("ptb", "small")  # one setting: the numbers belong to the preset's default_dropout
+    assert paper_numbers(small, "off")["test_ppl"] == 114.5 and paper_numbers(small, "on") == {}
