@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--wandb-mode", choices=("auto", "online", "offline"), default="auto",
                    help="auto: online with WANDB_API_KEY or `wandb login`, else offline (sync later)")
     r.add_argument("--wandb-project", default="rnnreg-bench")
+    # Before --logger: `--wandb off` (csv only) or auto/online/offline (csv + W&B in that mode). Kept so
+    # that the commands recorded in older results rows still run.
+    r.add_argument("--wandb", choices=("auto", "online", "offline", "off"), default=None, help=argparse.SUPPRESS)
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. --set model.backbone=stacked (repeatable)")
     r.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
@@ -207,6 +210,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.wandb is not None:
+        args.logger = ("csv",) if args.wandb == "off" else ("csv", "wandb")
+        args.wandb_mode = "auto" if args.wandb == "off" else args.wandb
     plan = plan_runs(args)
     devices = _devices(args.devices)
     trainer = {"accelerator": args.accelerator, "devices": devices, "num_nodes": args.num_nodes,

@@ -195,3 +195,8 @@ def test_paper_numbers_for_both_dropout_settings():
     assert paper_numbers(tr, "off") == {"test_ppl": 5.8, "test_bleu": 25.9}  # YAML's bare `off:` is not False
     small = load_preset("ptb", "small")  # one setting: the numbers belong to the preset's default_dropout
     assert paper_numbers(small, "off")["test_ppl"] == 114.5 and paper_numbers(small, "on") == {}
+
+
+def test_the_older_wandb_flag_still_parses_so_recorded_commands_rerun(tmp_path, capsys):
+    assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--wandb", "off", "--dry-run") == 0
+    assert "# ptb/small dropout=off seed=0" in capsys.readouterr().out
