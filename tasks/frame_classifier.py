@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
+from benchmark import text_metrics
 from benchmark.backbone import DropoutLSTM, Impl, init_uniform_
 from benchmark.callbacks import log_due
 
@@ -32,6 +33,7 @@ class FrameClassifier(L.LightningModule):
     result_keys = ("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per",
                    "train_eval_frame_acc", "train_eval_per")
     test_streams = ("test", "train_eval")  # test_dataloader order: held-out test, then the training set
+    num_samples = 5  # test utterances written out as phone sequences
 
     def __init__(
         self,
@@ -52,6 +54,7 @@ class FrameClassifier(L.LightningModule):
         self.rnn = DropoutLSTM(input_size, hidden_size, num_layers, dropout, impl=backbone)
         self.head = nn.Linear(hidden_size, num_classes)
         init_uniform_(self, init_scale)
+        self.samples: list[list[str]] = []  # (reference, predicted) phone sequences of a few test utterances
         self.register_buffer("fold", torch.tensor(fold_ids + [-1]), persistent=False)  # [-1]: IGNORE -> -1
         self.counts = nn.ModuleDict({
             f"{stage}_{name}": SumMetric()
@@ -86,6 +89,10 @@ class FrameClassifier(L.LightningModule):
             if r:
                 refs.append(" ".join(map(str, r)))
                 hyps.append(" ".join(map(str, h)) or "<none>")
+        if stage == "test" and len(self.samples) < self.num_samples:
+            names = self.hparams.score_names
+            self.samples += [[" ".join(names[int(i)] for i in r.split()), " ".join(names[int(i)] for i in h.split())
+                              if h != "<none>" else h] for r, h in zip(refs, hyps)][: self.num_samples - len(self.samples)]
         if refs:
             out = jiwer.process_words(refs, hyps)
             self.counts[f"{stage}_edits"].update(out.substitutions + out.deletions + out.insertions)
@@ -122,9 +129,15 @@ class FrameClassifier(L.LightningModule):
         # model on the training set without dropout, the like-for-like number beside `test_*`.
         self._step(batch, self.test_streams[dataloader_idx])
 
+    def on_test_epoch_start(self) -> None:
+        self.samples: list[list[str]] = []
+
     def on_test_epoch_end(self) -> None:
         for stage in self.test_streams:
             self._log_epoch(stage)
+        # A few test utterances' phone sequences beside their reference: <run>/samples/test.txt, a W&B table.
+        rows = text_metrics.gather(self.samples)
+        text_metrics.log_samples(self, "test", ["reference", "predicted"], rows[: self.num_samples])
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

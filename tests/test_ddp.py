@@ -98,6 +98,8 @@ def test_speech_on_two_gloo_ranks(tmp_path):
     with open(tmp_path / "results" / "runs.csv") as f:
         row = next(csv.DictReader(f))
     assert row["devices"] == "2" and 0 <= float(row["test_frame_acc"]) <= 1
+    samples = (tmp_path / "run" / "samples" / "test.txt").read_text()  # phone sequences, both ranks' utterances
+    assert samples.count("reference: SIL AA SIL") == 2 and samples.count("predicted:") == 2
 
 
 @pytest.mark.slow
@@ -114,3 +116,16 @@ def test_captioning_on_two_gloo_ranks(tmp_path):
     with open(tmp_path / "results" / "runs.csv") as f:
         row = next(csv.DictReader(f))
     assert row["devices"] == "2" and float(row["test_ppl"]) > 1 and 0 <= float(row["test_bleu4"]) <= 100
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_under_ddp(tmp_path, data_root):
+    """Both dropout settings in one command on 2 ranks: every rank walks the same plan, rank 0 writes."""
+    _run_ddp([*BENCH, "run", "--task", "ptb", "--preset", "small", "--dropout", "on,off", "--data-root",
+              str(data_root), "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
+              "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--max-steps", "3", "--threads", "1",
+              "--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
+              "--set", "trainer.enable_progress_bar=false"])
+    with open(tmp_path / "results" / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dropout"], r["devices"]) for r in rows] == [("on", "2"), ("off", "2")]

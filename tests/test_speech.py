@@ -166,6 +166,8 @@ def test_timit_sample_splits_and_a_short_run_learns(tmp_path):
     # 39 classes: chance is far below 20%; two epochs on 80 utterances already beat it
     assert float(row["test_frame_acc"]) > 0.2 and 0 < float(row["test_per"]) < 1.5
     assert float(row["train_eval_frame_acc"]) > 0.2  # the training set rescored without dropout
+    samples = (tmp_path / "speech-timit-sample-quick-dropout_on-seed0" / "samples" / "test.txt").read_text()
+    assert samples.count("reference: sil ") == 5 and samples.count("predicted:") == 5  # 39-class phone names
 
 
 @pytest.mark.real_data
