@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmark.errors import BenchError, DataError
+from benchmark.errors import BenchError, RunInterrupted
 
 DEFAULT_DATA_ROOT = os.environ.get("RNNREG_DATA_ROOT", "data")
 
@@ -244,7 +244,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             row = run(preset, opts)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunInterrupted):
+            if len(plan) > 1:  # the user stopped the whole sweep, not one run
+                print(f"bench: sweep stopped at {name} ({len(outcomes)} of {len(plan)} runs done); the same "
+                      f"command with --resume skips the finished runs and continues this one", file=sys.stderr)
             raise
         except Exception as err:  # noqa: BLE001 - a sweep reports one run's failure and goes on
             if len(plan) == 1:

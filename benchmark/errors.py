@@ -11,3 +11,7 @@ class DataError(BenchError):
 
 class ConfigError(BenchError):
     """A preset, config key or flag is unknown or has a bad value."""
+
+
+class RunInterrupted(BenchError):
+    """Ctrl+C (or a SIGTERM Lightning turned into a graceful stop): a sweep stops here too."""

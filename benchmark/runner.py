@@ -24,7 +24,7 @@ from benchmark import backbone, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, import_class, overrides_of
-from benchmark.errors import BenchError, ConfigError
+from benchmark.errors import ConfigError, RunInterrupted
 from benchmark.results import RUNS_FILE, append_row, read_rows
 
 log = logging.getLogger("benchmark")
@@ -220,7 +220,7 @@ def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughp
                   resume_from) -> dict[str, Any] | None:
     ckpt_dir = run_dir / "checkpoints"
     start = time.perf_counter()
-    interrupted = BenchError(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
+    interrupted = RunInterrupted(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
                              f"to continue (no results row was written)")
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=resume_from)

@@ -200,3 +200,19 @@ def test_paper_numbers_for_both_dropout_settings():
 def test_the_older_wandb_flag_still_parses_so_recorded_commands_rerun(tmp_path, capsys):
     assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--wandb", "off", "--dry-run") == 0
     assert "# ptb/small dropout=off seed=0" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_whole_sweep(tmp_path, monkeypatch, capsys):
+    from benchmark import runner
+    from benchmark.errors import RunInterrupted
+
+    calls = []
+
+    def interrupted(preset, opts):
+        calls.append(opts.dropout)
+        raise RunInterrupted("run interrupted; rerun with --resume")
+
+    monkeypatch.setattr(runner, "run", interrupted)
+    assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--dropout", "on,off") == 2
+    assert calls == ["on"]  # the off run never started
+    assert "sweep stopped at ptb-quick-dropout_on-seed0 (0 of 2 runs done)" in capsys.readouterr().err
