@@ -71,9 +71,9 @@ class GradNorm(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not log_due(trainer, trainer.fit_loop.epoch_loop.batch_idx):
             return
-        norms = [p.grad.detach().norm() for p in pl_module.parameters() if p.grad is not None]
-        if norms:
-            pl_module.log("grad_norm", torch.stack(norms).norm())
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            pl_module.log("grad_norm", torch.nn.utils.get_total_norm(grads))
 
 
 class EpochSeed(L.Callback):

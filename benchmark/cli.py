@@ -198,7 +198,6 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import copy
     import time
 
     import yaml
@@ -220,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "max_steps": args.max_steps}
     if args.dry_run:
         for preset, dropout, seed in plan:
-            shown = copy.deepcopy(preset)
+            shown = preset  # this run's own copy (plan_runs)
             config.apply_dropout(shown, dropout)
             run_dir = args.run_dir or args.runs_dir / run_name(shown, dropout, seed)
             state = ("finished: skipped with --resume" if finished_row(run_dir) else
@@ -305,9 +304,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             length = f"{t['max_epochs']} ep" if "max_epochs" in t else f"{t.get('max_steps', '?')} steps"
             data = next((str(v) for k, v in p.data.items() if k in ("train", "captions", "corpus")),
                         p.datamodule.rsplit(".", 1)[-1])
-            paper = ", ".join(f"{k} {v}" for k, v in (p.paper or {}).items() if not isinstance(v, dict))
-            paper = paper or "; ".join(f"{d}: " + ", ".join(f"{k} {v}" for k, v in (p.paper.get(d) or {}).items())
-                                       for d in ("off", "on") if (p.paper or {}).get(d)) or "-"
+            paper = "; ".join(f"{d}: " + ", ".join(f"{k} {v}" for k, v in config.paper_numbers(p, d).items())
+                              for d in ("off", "on") if config.paper_numbers(p, d)) or "-"
             print(f"  {name:<20} LSTM {size:<8} dropout {p.default_dropout:<3} ({rates:<12}) {length:<7} "
                   f"data {data[:40]:<40} paper: {paper}")
     return 0

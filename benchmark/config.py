@@ -121,6 +121,15 @@ def load_preset(task: str, preset: str, overrides: list[str] = (), config_dir: P
     )
 
 
+def paper_numbers(preset: Preset, dropout: str) -> dict[str, float]:
+    """The paper's figures for this preset run with this dropout setting: `paper:` holds either
+    one setting's numbers (the preset's default_dropout) or `on:`/`off:` blocks."""
+    paper = preset.paper or {}
+    if set(paper) & {"on", "off"}:
+        return dict(paper.get(dropout) or {})
+    return dict(paper) if dropout == preset.default_dropout else {}
+
+
 def dropout_keys(model: dict[str, Any]) -> list[str]:
     return [k for k in model if k == "dropout" or k.endswith("_dropout")]
 

@@ -46,11 +46,9 @@ class TaskMetrics:
             module = config.import_class(p.module, p.path)
         except ConfigError:  # a preset since deleted: its rows still show, without the paper's numbers
             return
-        from benchmark.runner import paper_numbers
-
         self.headline = getattr(module, "headline", self.headline)
         self.curve = module.monitor[0].removeprefix("valid_")
-        self.paper_by_dropout = {d: paper_numbers(p, d) for d in ("on", "off")}
+        self.paper_by_dropout = {d: config.paper_numbers(p, d) for d in ("on", "off")}
 
 
 def _fmt(x: float | None, like: float | None = None) -> str:
@@ -82,6 +80,7 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
         ours = mean(values)
         ref = tm.paper_by_dropout.get(dropout, {}).get(tm.headline)
         last = max(rows, key=lambda r: r.get("finished_utc", ""))
+        wall, rate = _mean(rows, "wall_s"), _mean(rows, "tokens_per_s")
         out.append({
             "task": task, "preset": preset, "dropout": dropout, "ensemble": ensemble,
             "metric": tm.headline, "mean": _fmt(ours), "std": _fmt(stdev(values)) if len(values) > 1 else "",
@@ -90,8 +89,8 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
             "diff_pct": "" if ref is None else f"{100 * (ours - ref) / ref:+.1f}",
             "split_metric": tm.curve,
             **{s: _fmt(_mean(rows, f"{s}_{tm.curve}")) for s in ("train", "valid", "test")},
-            "epochs": last.get("epochs", ""), "wall_s": f"{_mean(rows, 'wall_s'):.0f}" if _mean(rows, "wall_s") else "",
-            "tokens_per_s": f"{_mean(rows, 'tokens_per_s'):.0f}" if _mean(rows, "tokens_per_s") else "",
+            "epochs": last.get("epochs", ""), "wall_s": f"{wall:.0f}" if wall else "",
+            "tokens_per_s": f"{rate:.0f}" if rate else "",
             "device": last.get("device", ""), "precision": last.get("precision", ""),
             "devices": last.get("devices", ""), "commit": last.get("git_commit", ""),
             "date": last.get("finished_utc", "")[:10], "command": last.get("command", ""),

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from benchmark import backbone, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
-from benchmark.config import Preset, apply_dropout, import_class, overrides_of
+from benchmark.config import Preset, apply_dropout, import_class, overrides_of, paper_numbers
 from benchmark.errors import ConfigError, RunInterrupted
 from benchmark.results import RUNS_FILE, append_row, read_rows
 
@@ -205,15 +205,6 @@ def _is_number(text: Any) -> bool:
         return True
     except (TypeError, ValueError):
         return False
-
-
-def paper_numbers(preset: Preset, dropout: str) -> dict[str, float]:
-    """The paper's figures for this preset run with this dropout setting: `paper:` holds either
-    one setting's numbers (the preset's default_dropout) or `on:`/`off:` blocks."""
-    paper = preset.paper or {}
-    if set(paper) & {"on", "off"}:
-        return dict(paper.get(dropout) or {})
-    return dict(paper) if dropout == preset.default_dropout else {}
 
 
 def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughput, commit, run_dir,
