@@ -12,6 +12,9 @@ from pathlib import Path
 from benchmark.errors import BenchError, RunInterrupted
 
 DEFAULT_DATA_ROOT = os.environ.get("RNNREG_DATA_ROOT", "data")
+# A user's own rows: apart from results/, the project's published reference (made with
+# `--results-dir results` by whoever publishes it), so the two never blend in one table.
+DEFAULT_RESULTS_DIR = Path("runs/results")
 
 
 def _positive_int(text: str) -> int:
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="N seeds (0..N-1) or a list; every task x dropout runs with each")
     r.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT),
                    help="folder holding ptb/ etc. (env RNNREG_DATA_ROOT; default ./data)")
-    r.add_argument("--results-dir", type=Path, default=Path("results"))
+    r.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
+                   help="where runs.csv and test outputs go (default runs/results; results/ is the project's "
+                        "published reference)")
     r.add_argument("--runs-dir", type=Path, default=Path("runs"), help="checkpoints and logs go to RUNS_DIR/<run>")
     r.add_argument("--run-dir", type=Path, default=None, help="exact folder for a single run's checkpoints and logs")
     r.add_argument("--resume", action="store_true",
@@ -77,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("leaderboard", help="results/runs.csv + the paper's numbers -> results/leaderboard.csv, "
                                            "LEADERBOARD.md and learning-curve plots")
-    b.add_argument("--results-dir", type=Path, default=Path("results"))
+    b.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
+                   help="the runs.csv to read and where the board goes (default runs/results; results/ for the "
+                        "published reference)")
     b.add_argument("--logger", type=_loggers, default=("csv",), metavar="csv|wandb",
                    help="wandb: also log the leaderboard as a W&B table artifact")
     b.add_argument("--wandb-mode", choices=("auto", "online", "offline"), default="auto")
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", choices=("last", "best"), default="last",
                    help="each member's last epoch (what its own test scored) or its best by validation")
     e.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
-    e.add_argument("--results-dir", type=Path, default=Path("results"))
+    e.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     e.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch (default: the preset's)")
     return p
 
@@ -203,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import yaml
 
     from benchmark import config
-    from benchmark.runner import RunOptions, finished_row, run, run_name
+    from benchmark.runner import RunOptions, finished_row, make_datamodule, run, run_name, settings_hash
 
     if args.threads:
         import torch
@@ -220,11 +227,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for preset, dropout, seed in plan:
             shown = preset  # this run's own copy (plan_runs)
+            dm = make_datamodule(shown, args.data_root)
+            chash = settings_hash(shown, dm, trainer, args.data_root)
+            absent = [p for p in dm.data_files() if not p.exists()]
             config.apply_dropout(shown, dropout)
-            run_dir = args.run_dir or args.runs_dir / run_name(shown, dropout, seed)
+            run_dir = args.run_dir or args.runs_dir / run_name(shown, dropout, seed, chash)
             state = ("finished: skipped with --resume" if finished_row(run_dir) else
                      "resumes from last.ckpt" if (run_dir / "checkpoints" / "last.ckpt").exists() else "new")
-            print(f"# {shown.task}/{shown.name} dropout={dropout} seed={seed} -> {run_dir} ({state})")
+            if absent:
+                state += f"; {absent[0]} not downloaded yet: the hash changes once it is"
+            print(f"# {shown.task}/{shown.name} dropout={dropout} seed={seed} config_hash={chash} -> {run_dir} "
+                  f"({state})")
             print(yaml.safe_dump({"config_file": str(shown.path), "model": shown.model, "data": shown.data,
                                   "trainer": {**shown.trainer, **{k: v for k, v in trainer.items() if v is not None}},
                                   "paper": shown.paper or None}, sort_keys=False))
@@ -233,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes: list[tuple[str, str, str]] = []  # (run, status, summary)
     start = time.perf_counter()
     for preset, dropout, seed in plan:
-        name = run_name(preset, dropout, seed)
+        name = f"{preset.task}-{preset.name}-dropout_{dropout}-seed{seed}"
         opts = RunOptions(
             dropout=dropout, seed=seed, data_root=args.data_root, results_dir=args.results_dir,
             runs_dir=args.runs_dir, run_dir=args.run_dir, resume=args.resume, loggers=args.logger,
@@ -260,7 +273,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         shown = {k: v for k, v in row.items() if k.startswith(("train_", "valid_", "test_")) and k != "train_loss"}
         summary = ", ".join(f"{k}={v}" for k, v in shown.items())
-        status = "skipped (finished earlier)" if row.get("skipped") else f"done in {time.perf_counter() - t0:.0f} s"
+        skipped = row.get("skipped")
+        status = (f"skipped (finished earlier, at {skipped})" if isinstance(skipped, str) else
+                  "skipped (finished earlier)" if skipped else f"done in {time.perf_counter() - t0:.0f} s")
         print(f"{preset.task}/{preset.name} dropout {dropout} seed {seed}: {summary}")
         outcomes.append((name, status, summary))
     if len(plan) > 1 and outcomes:

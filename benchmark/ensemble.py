@@ -9,6 +9,7 @@ ensemble beside its members measured the same way.
 from __future__ import annotations
 
 import json
+import platform
 import shlex
 import sys
 import time
@@ -56,7 +57,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     for (ckpt, _), row in zip(members, rows):
         if row["task"] != task:
             raise ConfigError(f"{ckpt}: a {row['task']} run, not {task}")
-    presets = {(r["preset"], r.get("overrides", "")) for r in rows}
+    presets = {(r["preset"], r.get("overrides", ""), r.get("config_hash", "")) for r in rows}
     if len(presets) > 1:
         raise ConfigError(f"members come from different settings {sorted(presets)}; ensemble runs of one preset")
     preset = config.load_preset(task, rows[0]["preset"])
@@ -85,6 +86,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
         "seed": "+".join(str(r["seed"]) for r in rows),
         "ensemble": len(models),
         "overrides": rows[0].get("overrides", ""),
+        "config_hash": rows[0].get("config_hash", ""),
         **{k: f"{v[1]:.4f}" for k, v in scores.items()},
         **{f"members_{k}": " ".join(f"{x:.4f}" for x in v[0]) for k, v in scores.items()},
         "epochs": rows[0].get("epochs", ""),
@@ -92,6 +94,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
         "device": rows[0].get("device", ""),
         "precision": rows[0].get("precision", ""),
         "devices": 1,
+        "host": platform.node(),
         "git_commit": rows[0].get("git_commit", ""),
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "run_dir": " ".join(str(c) for c, _ in members),

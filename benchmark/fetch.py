@@ -7,6 +7,7 @@ land by atomic rename, so an interrupted download never leaves a half-written da
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
@@ -21,6 +22,8 @@ from tqdm import tqdm
 
 from benchmark.errors import DataError
 
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Dataset:
@@ -204,8 +207,10 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
     known = read_sums(sums_file) if sums_file.is_file() else {}
     sizes = {a.url: _remote_size(a.url, timeout) for a in ds.archives}
     total = sum(s or 0 for s in sizes.values())
-    if not yes:
-        listing = "\n".join(f"    {a.url}  ({(sizes[a.url] or 0) / 1e9:.2f} GB)" for a in ds.archives)
+    listing = "\n".join(f"    {a.url}  ({(sizes[a.url] or 0) / 1e9:.2f} GB)" for a in ds.archives)
+    if yes:
+        log.info("%s: %.1f GB from its publisher (%s) into %s:\n%s", ds.name, total / 1e9, ds.homepage, folder, listing)
+    else:
         raise DataError(f"{ds.name} is {total / 1e9:.1f} GB to download into {folder}:\n{listing}\n"
                         f"  Rerun with --yes to download it; or fetch those files yourself, put them in "
                         f"{folder / '.downloads'}/ and rerun with --yes to check and unpack them (see {ds.homepage}).")
@@ -217,10 +222,17 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
         path = downloads / name
         if not path.is_file():
             part = path.with_suffix(path.suffix + ".part")
+            # An interrupted download continues where it stopped (an HTTP range request); a server
+            # that ignores the range sends the whole file, which then replaces the part.
+            have = part.stat().st_size if part.is_file() else 0
+            request = urllib.request.Request(a.url, headers={"Range": f"bytes={have}-"} if have else {})
             try:
-                with urllib.request.urlopen(a.url, timeout=timeout) as resp, open(part, "wb") as out:
-                    size = int(resp.headers.get("Content-Length") or 0) or sizes[a.url]
-                    with tqdm(total=size, unit="B", unit_scale=True, desc=f"download {name}") as bar:
+                with urllib.request.urlopen(request, timeout=timeout) as resp:
+                    resumed = have and getattr(resp, "status", 200) == 206
+                    size = (have if resumed else 0) + int(resp.headers.get("Content-Length") or 0) or sizes[a.url]
+                    with open(part, "ab" if resumed else "wb") as out, \
+                            tqdm(total=size, initial=have if resumed else 0, unit="B", unit_scale=True,
+                                 desc=f"download {name}") as bar:
                         for chunk in iter(lambda: resp.read(1 << 20), b""):
                             out.write(chunk)
                             bar.update(len(chunk))
@@ -229,7 +241,7 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
                                 f"it at {path}, then rerun (see {ds.homepage})") from err
             if size and part.stat().st_size != size:
                 raise DataError(f"{a.url}: got {part.stat().st_size} bytes, the server announced {size}; rerun to "
-                                f"download it again")
+                                f"continue the download")
             os.replace(part, path)
         digest = sha256_of(path)
         if name in known and known[name] != digest:

@@ -1,12 +1,19 @@
-"""results/runs.csv + each preset's `paper:` numbers -> results/leaderboard.csv, LEADERBOARD.md and
-one learning-curve plot per task and preset.
+"""results/runs.csv + each preset's `paper:` numbers -> leaderboard.csv, effects.csv, LEADERBOARD.md
+and one learning-curve plot per task and preset, all in the same results folder.
 
-One leaderboard row per task x preset x dropout (and per ensemble size): the task's headline metric
-(`headline` on its LightningModule) as mean and std over seeds, the paper's figure for that setting
-and our difference from it, the train/valid/test values of the task's learning-curve metric
-(perplexity or frame accuracy), and where, how long and from which commit. Only runs of a preset as
-named count (rows with `overrides` stay in runs.csv, off the board); a seed run twice counts by its
-latest row.
+Rows pool only when they share a `config_hash` (benchmark/identity.py): the same model, data,
+trainer settings, precision and data files. Per task and preset the newest hash is the current
+setting; rows of older hashes (or from before hashes existed) are listed as superseded and never
+pooled. Only runs of a preset as named count (rows with `overrides` stay in runs.csv, off the
+board); a seed run twice counts by its latest row.
+
+leaderboard.csv: one row per task x preset x hash x dropout (x ensemble size): the task's headline
+metric (`headline` on its LightningModule) as mean and std over seeds, the same for the
+best-by-validation checkpoint, the paper's figure for that setting and our difference from it, the
+train/valid/test values of the learning-curve metric, and where, how long and from which commit.
+
+effects.csv: dropout on minus off per task x preset x hash, paired by seed, with a 95% t-interval
+(benchmark/stats.py), and for BLEU tasks sacrebleu's paired bootstrap per seed.
 """
 
 from __future__ import annotations
@@ -17,16 +24,21 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
 
-from benchmark import config
+from benchmark import config, stats
 from benchmark.errors import ConfigError
 from benchmark.results import RUNS_FILE, read_rows, write_rows_atomic
 
 log = logging.getLogger(__name__)
 LEADERBOARD_FILE = "leaderboard.csv"
+EFFECTS_FILE = "effects.csv"
 MARKDOWN_FILE = "LEADERBOARD.md"
-COLUMNS = ["task", "preset", "dropout", "ensemble", "metric", "mean", "std", "seeds", "paper", "diff", "diff_pct",
-           "split_metric", "train", "valid", "test", "epochs", "wall_s", "tokens_per_s", "device", "precision",
-           "devices", "commit", "date", "command"]
+LEGACY = "legacy"  # the hash shown for rows written before runs had one
+COLUMNS = ["task", "preset", "config_hash", "status", "dropout", "ensemble", "metric", "mean", "std", "seeds",
+           "best_mean", "best_std", "paper", "diff", "diff_pct", "split_metric", "train", "valid", "test", "epochs",
+           "best_epoch", "wall_s", "tokens_per_s", "device", "host", "precision", "devices", "commit", "date",
+           "command"]
+EFFECT_COLUMNS = ["task", "preset", "config_hash", "metric", "better", "pairs", "off_mean", "on_mean", "diff",
+                  "ci_low", "ci_high", "verdict", "bootstrap"]
 # What each task's table is, as the paper has it.
 TITLES = {
     "ptb": "Word-level perplexity on the Penn Tree Bank (Sec. 4.1, Table 1)",
@@ -64,62 +76,163 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return mean(values) if values else None
 
 
-def board_rows(runs: list[dict[str, str]]) -> list[dict]:
-    groups: dict[tuple[str, str, str, str], list[dict[str, str]]] = defaultdict(list)
+def _hash(row: dict[str, str]) -> str:
+    return row.get("config_hash") or LEGACY
+
+
+def current_hashes(runs: list[dict[str, str]]) -> dict[tuple[str, str], str]:
+    """(task, preset) -> the hash of its newest run of the preset as named: the current setting."""
+    newest: dict[tuple[str, str], dict[str, str]] = {}
     for row in runs:
-        if row.get("overrides"):
+        if row.get("overrides") or row.get("ensemble"):
             continue
-        groups[(row["task"], row["preset"], row["dropout"], row.get("ensemble") or "")].append(row)
+        key = (row["task"], row["preset"])
+        if key not in newest or row.get("finished_utc", "") >= newest[key].get("finished_utc", ""):
+            newest[key] = row
+    return {key: _hash(row) for key, row in newest.items()}
+
+
+def groups(runs: list[dict[str, str]]) -> dict[tuple[str, str, str, str, str], list[dict[str, str]]]:
+    """(task, preset, hash, dropout, ensemble) -> its rows, one per seed (the latest)."""
+    out: dict[tuple[str, str, str, str, str], dict[str, dict[str, str]]] = defaultdict(dict)
+    for row in sorted(runs, key=lambda r: r.get("finished_utc", "")):
+        if not row.get("overrides"):
+            key = (row["task"], row["preset"], _hash(row), row["dropout"], row.get("ensemble") or "")
+            out[key][row["seed"]] = row
+    return {k: list(v.values()) for k, v in sorted(out.items())}
+
+
+def _stat(rows: list[dict], key: str) -> tuple[str, str, list[float]]:
+    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    if not values:
+        return "", "", values
+    return _fmt(mean(values)), _fmt(stdev(values), like=mean(values)) if len(values) > 1 else "", values
+
+
+def board_rows(runs: list[dict[str, str]]) -> list[dict]:
+    current = current_hashes(runs)
     out = []
-    for (task, preset, dropout, ensemble), rows in sorted(groups.items()):
-        rows = list({r["seed"]: r for r in rows}.values())
+    for (task, preset, chash, dropout, ensemble), rows in groups(runs).items():
         tm = TaskMetrics(task, preset)
-        values = [float(r[tm.headline]) for r in rows if r.get(tm.headline)]
+        ours, std, values = _stat(rows, tm.headline)
         if not values:
             continue
-        ours = mean(values)
+        best, best_std, _ = _stat(rows, f"best_{tm.headline}")
         ref = tm.paper_by_dropout.get(dropout, {}).get(tm.headline)
         last = max(rows, key=lambda r: r.get("finished_utc", ""))
         wall, rate = _mean(rows, "wall_s"), _mean(rows, "tokens_per_s")
         out.append({
-            "task": task, "preset": preset, "dropout": dropout, "ensemble": ensemble,
-            "metric": tm.headline, "mean": _fmt(ours), "std": _fmt(stdev(values)) if len(values) > 1 else "",
-            "seeds": len(values), "paper": "" if ref is None else ref,
-            "diff": "" if ref is None else _fmt(ours - ref, like=ours),
-            "diff_pct": "" if ref is None else f"{100 * (ours - ref) / ref:+.1f}",
+            "task": task, "preset": preset, "config_hash": chash,
+            "status": "current" if current.get((task, preset)) == chash else "superseded",
+            "dropout": dropout, "ensemble": ensemble, "metric": tm.headline, "mean": ours, "std": std,
+            "seeds": len(values), "best_mean": best, "best_std": best_std, "paper": "" if ref is None else ref,
+            "diff": "" if ref is None else _fmt(mean(values) - ref, like=mean(values)),
+            "diff_pct": "" if ref is None else f"{100 * (mean(values) - ref) / ref:+.1f}",
             "split_metric": tm.curve,
             **{s: _fmt(_mean(rows, f"{s}_{tm.curve}")) for s in ("train", "valid", "test")},
-            "epochs": last.get("epochs", ""), "wall_s": f"{wall:.0f}" if wall else "",
-            "tokens_per_s": f"{rate:.0f}" if rate else "",
-            "device": last.get("device", ""), "precision": last.get("precision", ""),
+            "epochs": last.get("epochs", ""), "best_epoch": last.get("best_epoch", ""),
+            "wall_s": f"{wall:.0f}" if wall else "", "tokens_per_s": f"{rate:.0f}" if rate else "",
+            "device": last.get("device", ""), "host": last.get("host", ""), "precision": last.get("precision", ""),
             "devices": last.get("devices", ""), "commit": last.get("git_commit", ""),
             "date": last.get("finished_utc", "")[:10], "command": last.get("command", ""),
         })
     return out
 
 
-def markdown(rows: list[dict]) -> str:
-    """One table per task, laid out like the paper's: setting, then train / valid / test."""
+def _bootstraps(on: list[dict], off: list[dict], results_dir: Path) -> str:
+    """Per seed with both outputs files: `seed 0: 21.3 -> 23.0 (p=0.001)`, sacrebleu's paired bootstrap."""
+    parts = []
+    off_by_seed = {r["seed"]: r for r in off}
+    for row in sorted(on, key=lambda r: r["seed"]):
+        other = off_by_seed.get(row["seed"])
+        files = [results_dir / "outputs" / f"{Path(r.get('run_dir', '')).name}.jsonl.gz" for r in (other, row)
+                 if r is not None]
+        if len(files) < 2 or not all(f.is_file() for f in files):
+            continue
+        result = stats.bleu_bootstrap(*files)
+        if result is not None:
+            parts.append(f"seed {row['seed']}: {result.off:.2f} -> {result.on:.2f} (p={result.p_value:.4f})")
+    return "; ".join(parts)
+
+
+def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
+    """Dropout on minus off, paired by seed, for every current setting run both ways."""
+    grouped, out = groups(runs), []
+    for (task, preset), chash in sorted(current_hashes(runs).items()):
+        on, off = grouped.get((task, preset, chash, "on", ""), []), grouped.get((task, preset, chash, "off", ""), [])
+        if not on or not off:
+            continue
+        tm = TaskMetrics(task, preset)
+        for metric in (tm.headline, f"best_{tm.headline}"):
+            by_seed = [{int(r["seed"]): float(r[metric]) for r in rows if r.get(metric)} for rows in (on, off)]
+            effect = stats.paired_effect(*by_seed)
+            if effect is None:
+                continue
+            lower = stats.lower_is_better(metric)
+            out.append({
+                "task": task, "preset": preset, "config_hash": chash, "metric": metric,
+                "better": "lower" if lower else "higher", "pairs": effect.pairs,
+                "off_mean": _fmt(mean(by_seed[1].values())), "on_mean": _fmt(mean(by_seed[0].values())),
+                "diff": _fmt(effect.diff, like=mean(by_seed[1].values())),
+                "ci_low": _fmt(effect.low, like=mean(by_seed[1].values())),
+                "ci_high": _fmt(effect.high, like=mean(by_seed[1].values())),
+                "verdict": effect.verdict(lower),
+                "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
+            })
+    return out
+
+
+def _table(trs: list[dict]) -> list[str]:
+    head, curve = trs[0]["metric"], trs[0]["split_metric"]
+    lines = [f"| setting | dropout | seeds | **{head}** (last epoch) | best-valid checkpoint | paper | Δ | "
+             f"train {curve} | valid {curve} | test {curve} | epochs | wall s | device |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in trs:
+        setting = r["preset"] + (f" (ensemble of {r['ensemble']})" if r["ensemble"] else "")
+        ours = r["mean"] + (f" ± {r['std']}" if r["std"] else "")
+        best = r["best_mean"] + (f" ± {r['best_std']}" if r["best_std"] else "")
+        best += f" (epoch {r['best_epoch']})" if r["best_mean"] and r["best_epoch"] and not r["std"] else ""
+        lines.append(f"| {setting} | {r['dropout']} | {r['seeds']} | **{ours}** | {best} | {r['paper']} | "
+                     f"{r['diff']} | {r['train']} | {r['valid']} | {r['test']} | {r['epochs']} | {r['wall_s']} | "
+                     f"{r['device']} |")
+    return lines
+
+
+def _effect_lines(effects: list[dict]) -> list[str]:
+    lines = []
+    for e in effects:
+        ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
+        lines.append(f"- {e['preset']} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
+                     f"over {e['pairs']} paired seed(s): {e['verdict']}.")
+        if e["bootstrap"]:
+            lines.append(f"  - paired bootstrap per seed (sacrebleu, off -> on): {e['bootstrap']}")
+    return lines
+
+
+def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
+    """One table per task, laid out like the paper's, then dropout's effect beyond seed noise."""
     lines = ["# Leaderboard", "",
-             "<!-- generated by `bench leaderboard` from results/runs.csv; do not edit -->",
-             "Mean over seeds (± sample std when there are several). *paper*: the paper's number for the same "
-             "setting, where it reports one. Learning curves: `curves-<task>-<preset>.png`."]
+             "<!-- generated by `bench leaderboard` from runs.csv; do not edit -->",
+             "Mean over seeds (± sample std when there are several). The headline scores the model as training "
+             "left it (last epoch); *best-valid checkpoint* scores the epoch with the best validation metric. "
+             "*paper*: the paper's number for the same setting, where it reports one. Rows pool only within one "
+             "`config_hash` (settings and data files). Learning curves: `curves-<task>-<preset>.png`."]
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_task[r["task"]].append(r)
     for task, trs in by_task.items():
-        head, curve = trs[0]["metric"], trs[0]["split_metric"]
-        lines += ["", f"## {task}: {TITLES.get(task, task)}", "",
-                  f"| setting | dropout | seeds | **{head}** | paper | Δ | train {curve} | valid {curve} | "
-                  f"test {curve} | epochs | wall s | device |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in trs:
-            setting = r["preset"] + (f" (ensemble of {r['ensemble']})" if r["ensemble"] else "")
-            ours = r["mean"] + (f" ± {r['std']}" if r["std"] else "")
-            lines.append(f"| {setting} | {r['dropout']} | {r['seeds']} | **{ours}** | {r['paper']} | {r['diff']} | "
-                         f"{r['train']} | {r['valid']} | {r['test']} | {r['epochs']} | {r['wall_s']} | "
-                         f"{r['device']} |")
-        lines += ["", "Commands:", ""] + [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in trs)]
+        current = [r for r in trs if r["status"] == "current"]
+        lines += ["", f"## {task}: {TITLES.get(task, task)}", ""]
+        if current:
+            lines += _table(current)
+        task_effects = [e for e in effects if e["task"] == task]
+        if task_effects:
+            lines += ["", "Dropout's effect:", ""] + _effect_lines(task_effects)
+        old = sorted({(r["preset"], r["config_hash"]) for r in trs if r["status"] == "superseded"})
+        if old:
+            lines += ["", "Superseded (older settings or code, not pooled): " +
+                      ", ".join(f"{p} `{h}`" for p, h in old) + "; their rows stay in runs.csv."]
+        lines += ["", "Commands:", ""] + [f"- `{c}`" for c in dict.fromkeys(r["command"] for r in current)]
     return "\n".join(lines) + "\n"
 
 
@@ -136,40 +249,44 @@ def _curve(metrics_csv: Path, metric: str) -> dict[str, dict[int, float]]:
     return out
 
 
+def _seed_curves(rows: list[dict[str, str]], metric: str) -> list[dict[str, dict[int, float]]]:
+    paths = [Path(r["run_dir"]) / "csv" / "metrics.csv" for r in rows if r.get("run_dir")]
+    return [_curve(p, metric) for p in paths if p.is_file()]
+
+
+def _draw(ax, curves: list[dict[str, dict[int, float]]], color: str, dropout: str) -> int:
+    """Mean over seeds as a line, min to max over seeds as a band; train dashed, valid solid."""
+    drawn = 0
+    for split, style in (("train", "--"), ("valid", "-")):
+        epochs = sorted(set.intersection(*(set(c[split]) for c in curves))) if curves else []
+        if not epochs:
+            continue
+        values = [[c[split][e] for c in curves] for e in epochs]
+        ax.plot(epochs, [mean(v) for v in values], style, color=color, marker=".",
+                label=f"dropout {dropout}, {split} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        if len(curves) > 1:
+            ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.15,
+                            linewidth=0)
+        drawn += 1
+    return drawn
+
+
 def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
-    """curves-<task>-<preset>.png: train (dashed) and valid (solid) curve metric per epoch, dropout
-    on vs off on one figure; the gap between the dashed and solid line of one colour is the
-    overfitting the paper's dropout closes. Each line is the lowest seed's latest run."""
+    """curves-<task>-<preset>.png for each current setting: train (dashed) and valid (solid) curve
+    metric per epoch, dropout on vs off, the mean over seeds with a min-max band; the gap between
+    the dashed and solid line of one colour is the overfitting the paper's dropout closes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    latest: dict[tuple[str, str, str], dict[str, str]] = {}
-    for row in sorted(runs, key=lambda r: r.get("finished_utc", ""), reverse=True):  # newest first
-        if row.get("overrides") or row.get("ensemble"):
-            continue
-        key = (row["task"], row["preset"], row["dropout"])
-        if key not in latest or int(row["seed"]) < int(latest[key]["seed"]):
-            latest[key] = row
-    written = []
-    for task, preset in sorted({(t, p) for t, p, _ in latest}):
+    grouped, written = groups(runs), []
+    for (task, preset), chash in sorted(current_hashes(runs).items()):
         tm = TaskMetrics(task, preset)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        drawn = 0
-        for dropout, color in (("off", "tab:red"), ("on", "tab:blue")):
-            row = latest.get((task, preset, dropout))
-            metrics_csv = Path(row["run_dir"]) / "csv" / "metrics.csv" if row and row.get("run_dir") else None
-            if metrics_csv is None or not metrics_csv.is_file():
-                continue
-            curves = _curve(metrics_csv, tm.curve)
-            for split, style in (("train", "--"), ("valid", "-")):
-                if curves[split]:
-                    epochs = sorted(curves[split])
-                    ax.plot(epochs, [curves[split][e] for e in epochs], style, color=color, marker=".",
-                            label=f"dropout {dropout}, {split}")
-                    drawn += 1
+        drawn = sum(_draw(ax, _seed_curves(grouped.get((task, preset, chash, d, ""), []), tm.curve), color, d)
+                    for d, color in (("off", "tab:red"), ("on", "tab:blue")))
         if not drawn:
             plt.close(fig)
             log.info("%s/%s: no run folder with a CSV log here; its plot is left as it was", task, preset)
@@ -181,11 +298,11 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
             ax.yaxis.set_minor_formatter(plain)
         ax.set_xlabel("epoch")
         ax.set_ylabel({"ppl": "perplexity per word (log scale)", "frame_acc": "frame accuracy"}.get(tm.curve, tm.curve))
-        ax.set_title(f"{task}/{preset}: train (dashed) vs valid (solid)")
-        fig.text(0.01, 0.01, "train: mean over the epoch, dropout active; valid: end of epoch, no dropout",
-                 fontsize=7, color="0.4")
+        ax.set_title(f"{task}/{preset} ({chash}): train (dashed) vs valid (solid)")
+        fig.text(0.01, 0.01, "mean over seeds, band: min to max; train: mean over the epoch, dropout active; "
+                 "valid: end of epoch, no dropout", fontsize=6.5, color="0.4")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         fig.tight_layout()
         path = Path(results_dir) / f"curves-{task}-{preset}.png"
         fig.savefig(path, dpi=110)
@@ -195,14 +312,16 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
 
 
 def build(results_dir: Path, plots: bool = True) -> Path:
-    runs = read_rows(Path(results_dir) / RUNS_FILE)
-    out = board_rows(runs)
-    path = Path(results_dir) / LEADERBOARD_FILE
+    results_dir = Path(results_dir)
+    runs = read_rows(results_dir / RUNS_FILE)
+    out, effects = board_rows(runs), effect_rows(runs, results_dir)
+    path = results_dir / LEADERBOARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     write_rows_atomic(path, out, COLUMNS)
+    write_rows_atomic(results_dir / EFFECTS_FILE, effects, EFFECT_COLUMNS)
     md = path.parent / MARKDOWN_FILE
     tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(markdown(out))
+    tmp.write_text(markdown(out, effects))
     tmp.replace(md)
     if plots:
         for png in plot_curves(runs, results_dir):

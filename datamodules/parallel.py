@@ -320,6 +320,13 @@ class ParallelTextDataModule(L.LightningDataModule):
         """Test dataloader order: the held-out test split, then each named test set."""
         return ["test", *(f"test_{name}" for name in self.test_sets)]
 
+    def data_files(self) -> list[Path]:
+        """What the run reads: the settings hash covers their names and sizes (a sacrebleu test set
+        by name has no file here; its name is in the settings)."""
+        specs = [self.train_spec, self.valid_spec, self.test_spec, *self.test_sets.values()]
+        paths = [p for spec in specs if spec for key, p in spec.items() if key in ("tab", "src", "ref")]
+        return [Path(p).expanduser() if Path(p).expanduser().is_absolute() else self.data_root / p for p in paths]
+
     def prepare_data(self) -> None:
         # Tatoeba and the WMT dev sets have public archives with known hashes: fetched when absent.
         # For anything else read_corpus() names the missing file and where to get it.

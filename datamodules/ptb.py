@@ -141,6 +141,10 @@ class PTBDataModule(L.LightningDataModule):
     def folder(self) -> Path:
         return self.data_root / PTB.name
 
+    def data_files(self) -> list[Path]:
+        """What the run reads: the settings hash covers their names and sizes."""
+        return [self.folder / n for n in PTB.sha256]
+
     def prepare_data(self) -> None:
         missing = [n for n in PTB.sha256 if not (self.folder / n).is_file()]
         if missing and not self.allow_download:

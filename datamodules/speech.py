@@ -242,6 +242,10 @@ class SpeechDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
         self.sets: dict[str, StackDataset] = {}  # split -> (features, labels) per utterance
 
+    def data_files(self) -> list[Path]:
+        """What the run reads: the settings hash covers their names and sizes."""
+        return [self.data_root / self.corpus]
+
     def prepare_data(self) -> None:
         # NLTK's sample has a public archive and known file hashes; AN4 needs alignments published
         # nowhere and TIMIT is licensed, so for those find_splits() says what to put where.

@@ -45,10 +45,13 @@ class Captioner(TextGenerator):
         backbone: Impl = "fused",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_decay: float = 1.0,
+        decay_after: int = 1000,
         beam: int = 3,
         length_alpha: float = 0.0,
         max_len: int = 20,
         num_samples: int = 5,
+        valid_decode: bool = True,
         finetune: list | None = None,
         encoder_lr: float = 1e-4,
     ) -> None:
@@ -101,7 +104,10 @@ class Captioner(TextGenerator):
         groups = [{"params": [p for p in self.parameters() if p not in cnn], "lr": hp.lr}]
         if cnn:
             groups.append({"params": list(cnn), "lr": hp.encoder_lr})
-        return torch.optim.Adam(groups, weight_decay=hp.weight_decay)
+        opt = torch.optim.Adam(groups, weight_decay=hp.weight_decay)
+        # Epoch e (0-based) runs at lr / decay^max(0, e + 1 - decay_after), as in the PTB task.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: hp.lr_decay ** -max(0, e + 1 - hp.decay_after))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def _collect(self, batch: dict, stage: str, beams: tuple[int, ...]) -> None:
@@ -112,6 +118,8 @@ class Captioner(TextGenerator):
 
     def _score(self, stage: str, rows: list[tuple], beams: tuple[int, ...]) -> None:
         refs = [r[0] for r in rows]
+        if stage.startswith("test"):  # images come in a fixed order: the position is the key
+            self.write_outputs(stage, [str(i) for i in range(len(rows))], [r[1] for r in rows], refs)
         orders = (1, 2, 3, 4) if stage.startswith("test") else (4,)
         for j, beam in enumerate(beams):
             hyps = [r[1 + j] for r in rows]

@@ -31,7 +31,8 @@ class FrameClassifier(L.LightningModule):
     monitor = ("valid_frame_acc", "max")
     headline = "test_frame_acc"  # the leaderboard's number for this task
     result_keys = ("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per",
-                   "train_eval_frame_acc", "train_eval_per")
+                   "train_eval_frame_acc", "train_eval_per", "best_test_frame_acc", "best_test_per")
+    output_prefix = ""  # set by the runner while it tests the best checkpoint: "best_"
     test_streams = ("test", "train_eval")  # test_dataloader order: held-out test, then the training set
     num_samples = 5  # test utterances written out as phone sequences
 
@@ -137,7 +138,7 @@ class FrameClassifier(L.LightningModule):
             self._log_epoch(stage)
         # A few test utterances' phone sequences beside their reference: <run>/samples/test.txt, a W&B table.
         rows = text_metrics.gather(self.samples)
-        text_metrics.log_samples(self, "test", ["reference", "predicted"], rows[: self.num_samples])
+        text_metrics.log_samples(self, f"{self.output_prefix}test", ["reference", "predicted"], rows[: self.num_samples])
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -22,7 +22,8 @@ from benchmark.ensemble import mixture_nll
 class LanguageModel(L.LightningModule):
     monitor = ("valid_ppl", "min")  # which checkpoint is "best"; its metric is the learning curve
     headline = "test_ppl"  # the leaderboard's number for this task
-    result_keys = ("train_ppl", "valid_ppl", "test_ppl")  # metrics (and their prefixes) for results rows
+    result_keys = ("train_ppl", "valid_ppl", "test_ppl", "best_test_ppl")  # metrics (and prefixes) for results rows
+    output_prefix = ""  # set by the runner while it tests the best checkpoint
 
     def __init__(
         self,

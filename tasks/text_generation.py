@@ -13,7 +13,9 @@ Everything else (the training step, perplexity, which beams run where, samples) 
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import lightning as L
 import torch.nn.functional as F
@@ -28,8 +30,9 @@ log = logging.getLogger(__name__)
 
 class TextGenerator(L.LightningModule):
     monitor = ("valid_ppl", "min")
-    result_keys = ("train_ppl", "valid_", "test_")
+    result_keys = ("train_ppl", "valid_", "test_", "best_test_")
     targets_key = "tgt_out"  # the batch entry holding w1 .. wn <eos> <pad> .., time-major
+    output_prefix = ""  # set by the runner while it tests the best checkpoint: "best_"
 
     def init_scoring(self, test_streams: list[str]) -> None:
         self.test_streams = list(test_streams)
@@ -97,11 +100,29 @@ class TextGenerator(L.LightningModule):
     def write_samples(self, stage: str, columns: list[str], rows: list[list[str]]) -> None:
         """A few outputs beside their references: per epoch for validation, once per test set."""
         if stage.startswith("test") or not self.trainer.sanity_checking:
-            name = stage if stage.startswith("test") else f"{stage}-epoch{self.current_epoch:03d}"
+            name = f"{self.output_prefix}{stage}" if stage.startswith("test") else f"{stage}-epoch{self.current_epoch:03d}"
             text_metrics.log_samples(self, name, columns, text_metrics.spread(rows, self.hparams.num_samples))
 
+    def write_outputs(self, stage: str, keys: list[str], hyps: list[str], refs: list[list[str]]) -> Path | None:
+        """Every test hypothesis (the headline decoding) beside its references, one JSON line each, in
+        <run>/outputs/<prefix><stage>.jsonl: what sacrebleu's paired bootstrap compares between the
+        dropout-on and -off runs of a seed. Rank 0, after the ranks' rows are gathered."""
+        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return None
+        path = Path(self.trainer.default_root_dir) / "outputs" / f"{self.output_prefix}{stage}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stream = f"{self.output_prefix}{stage}"
+        path.write_text("".join(json.dumps({"stream": stream, "key": k, "hyp": h, "refs": r}, ensure_ascii=False) + "\n"
+                                for k, h, r in zip(keys, hyps, refs)), encoding="utf-8")
+        return path
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._collect(batch, "valid", (1,))  # greedy only: beam search every epoch costs too much
+        # Greedy only (beam search every epoch costs too much); `valid_decode: false` scores
+        # perplexity alone, which is what the checkpoint monitor reads, and decodes only at test.
+        if self.hparams.valid_decode:
+            self._collect(batch, "valid", (1,))
+        else:
+            self._loss(batch, "valid")
 
     def on_validation_epoch_end(self) -> None:
         self._finish("valid", (1,))

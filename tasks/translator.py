@@ -65,6 +65,7 @@ class Translator(TextGenerator):
         max_len_b: int = 10,
         max_len: int = 200,
         num_samples: int = 5,
+        valid_decode: bool = True,
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -123,6 +124,8 @@ class Translator(TextGenerator):
     def _score(self, stage: str, rows: list[tuple], beams: tuple[int, ...]) -> None:
         rows = group_by_source(rows) if stage in self.hparams.multi_ref_streams else [(s, [r], *h) for s, r, *h in rows]
         refs = [r[1] for r in rows]
+        if stage.startswith("test"):
+            self.write_outputs(stage, [r[0] for r in rows], [r[2] for r in rows], refs)
         for j, beam in enumerate(beams):
             hyps = [r[2 + j] for r in rows]
             score, self.bleu_signatures[stage] = text_metrics.bleu(hyps, refs)

@@ -48,3 +48,12 @@ def real_data_root() -> Path:
     if not (REAL_DATA_ROOT / "ptb" / "ptb.train.txt").is_file():
         pytest.skip(f"real data not found under {REAL_DATA_ROOT} (set RNNREG_DATA_ROOT)")
     return REAL_DATA_ROOT
+
+
+def find_run(root: Path, name: str) -> Path:
+    """The folder of run `<task>-<preset>-dropout_<x>-seed<N>` under `root`, whatever its settings
+    hash (the folder is `<task>-<preset>-<hash>-dropout_<x>-seed<N>`); exactly one must exist."""
+    stem, sep, rest = name.partition("-dropout_")
+    found = sorted(Path(root).glob(f"{stem}-*-dropout_{rest}"))
+    assert len(found) == 1, f"expected one run folder {stem}-<hash>-dropout_{rest} in {root}, found {found}"
+    return found[0]

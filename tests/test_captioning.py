@@ -18,7 +18,7 @@ from datamodules.captions import CaptionsDataModule, FeatureCache, ImageEntry, a
 from datamodules.image_encoders import build_encoder
 from datamodules.vocab import SPECIALS
 from tasks.captioner import Captioner
-from tests.conftest import REAL_DATA_ROOT
+from tests.conftest import REAL_DATA_ROOT, find_run
 
 WORDS = ["a dog runs on the grass .", "A black dog is running outside!", "two people sit on a bench",
          "A man rides a red bike.", "children play in the water", "a brown dog jumps , over a log"]
@@ -203,7 +203,7 @@ def test_end_to_end_run_with_the_offline_encoder(tmp_path):
         assert key in row, key
     assert row["encoder"] == "efficientnet_lite0 (ImageNet weights)"
     assert row["bleu_signature"].startswith("test: nrefs:5|") and "; test_other: nrefs:5|" in row["bleu_signature"]
-    samples = (tmp_path / "runs" / "captioning-quick-dropout_on-seed0" / "samples" / "test.txt").read_text()
+    samples = (find_run(tmp_path / "runs", "captioning-quick-dropout_on-seed0") / "samples" / "test.txt").read_text()
     assert "references:" in samples and "beam 2:" in samples and "greedy:" in samples
 
 
@@ -269,7 +269,7 @@ def test_finetuning_trains_the_cnn_from_pixels(tmp_path):
     row = run(preset, RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "r",
                                  runs_dir=tmp_path / "runs", command="test"))
     assert row["encoder"] == "efficientnet_lite0 (ImageNet weights), fine-tuned"
-    ckpt = torch.load(tmp_path / "runs" / "captioning-quick-dropout_on-seed0" / "checkpoints" / "last.ckpt",
+    ckpt = torch.load(find_run(tmp_path / "runs", "captioning-quick-dropout_on-seed0") / "checkpoints" / "last.ckpt",
                       weights_only=False)
     start = build_encoder("efficientnet_lite0").net.state_dict()
     trained = {k[len("cnn."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("cnn.")}

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from benchmark.config import load_preset
 from benchmark.errors import BenchError, ConfigError
-from benchmark.runner import RunOptions, run
+from benchmark.runner import RunOptions, make_datamodule, run, settings_hash
 from datamodules.ptb import PTBDataModule
 from tasks.language_model import LanguageModel
-from tests.conftest import tiny_preset
+from tests.conftest import find_run, tiny_preset
 
 
 def opts(tmp_path, data_root, **kw) -> RunOptions:
@@ -86,7 +86,7 @@ def test_sanity_check_does_not_disturb_training(tmp_path, data_root):
         preset.trainer.update(max_epochs=1, num_sanity_val_steps=sanity)
         o = opts(tmp_path / f"s{sanity}", data_root)
         run(preset, o)
-        losses.append(step_losses(tmp_path / f"s{sanity}" / "runs" / "ptb-small-dropout_on-seed0"))
+        losses.append(step_losses(find_run(tmp_path / f"s{sanity}" / "runs", "ptb-small-dropout_on-seed0")))
     assert losses[0] == losses[1] and len(losses[0]) > 0
 
 
@@ -96,8 +96,8 @@ def test_fixed_seed_repeats_the_same_numbers(tmp_path, data_root):
         rows.append(run(tiny_preset(), opts(tmp_path / str(i), data_root, seed=3)))
     for key in ("train_ppl", "valid_ppl", "test_ppl", "test_ppl_b4"):
         assert rows[0][key] == rows[1][key]
-    assert step_losses(tmp_path / "0" / "runs" / "ptb-small-dropout_on-seed3") == \
-        step_losses(tmp_path / "1" / "runs" / "ptb-small-dropout_on-seed3")
+    assert step_losses(find_run(tmp_path / "0" / "runs", "ptb-small-dropout_on-seed3")) == \
+        step_losses(find_run(tmp_path / "1" / "runs", "ptb-small-dropout_on-seed3"))
     other = run(tiny_preset(), opts(tmp_path / "2", data_root, seed=4))
     assert other["train_ppl"] != rows[0]["train_ppl"]
 
@@ -121,7 +121,7 @@ def test_resume_after_a_crash_ends_with_the_same_numbers(tmp_path, data_root):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(p, crashed)
     assert not (tmp_path / "b" / "results" / "runs.csv").exists()  # no partial results row
-    ckpts = tmp_path / "b" / "runs" / "ptb-small-dropout_on-seed0" / "checkpoints"
+    ckpts = find_run(tmp_path / "b" / "runs", "ptb-small-dropout_on-seed0") / "checkpoints"
     assert (ckpts / "last.ckpt").is_file()
     with pytest.raises(ConfigError, match="--resume"):  # never overwrite a run by accident
         p2 = preset()
@@ -132,7 +132,7 @@ def test_resume_after_a_crash_ends_with_the_same_numbers(tmp_path, data_root):
     resumed = run(p3, opts(tmp_path / "b", data_root, resume=True))
     for key in ("train_ppl", "valid_ppl", "test_ppl", "test_ppl_b4", "steps", "epochs"):
         assert resumed[key] == straight[key], key
-    a = torch.load(tmp_path / "a" / "runs" / "ptb-small-dropout_on-seed0" / "checkpoints" / "last.ckpt",
+    a = torch.load(find_run(tmp_path / "a" / "runs", "ptb-small-dropout_on-seed0") / "checkpoints" / "last.ckpt",
                    weights_only=False)["state_dict"]
     b = torch.load(ckpts / "last.ckpt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -140,7 +140,9 @@ def test_resume_after_a_crash_ends_with_the_same_numbers(tmp_path, data_root):
 
 
 def test_corrupt_checkpoint_is_named(tmp_path, data_root):
-    ckpt = tmp_path / "runs" / "ptb-small-dropout_on-seed0" / "checkpoints" / "last.ckpt"
+    preset = tiny_preset()
+    chash = settings_hash(preset, make_datamodule(preset, data_root), {}, data_root)
+    ckpt = tmp_path / "runs" / f"ptb-small-{chash}-dropout_on-seed0" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(BenchError, match=rf"{ckpt}: corrupt or unreadable checkpoint"):
@@ -153,6 +155,9 @@ def test_corrupt_checkpoint_is_named(tmp_path, data_root):
     assert not (tmp_path / "results" / "runs.csv").exists()
     with pytest.raises(BenchError, match="already holds an earlier run: pass --resume"):
         run(tiny_preset(), opts(tmp_path, data_root))
+    # One finished at code that differs from today's is still not rerun, but it is said so.
+    (ckpt.parent.parent / "result.json").write_text('{"row": {"git_commit": "0123456789ab"}, "data": {}}')
+    assert run(tiny_preset(), opts(tmp_path, data_root, resume=True))["skipped"] == "older code"
 
 
 def test_interrupted_run_writes_no_row(tmp_path, data_root):
@@ -184,6 +189,6 @@ def test_dropout_off_zeroes_every_rate(tmp_path, data_root):
     preset.trainer.update(max_epochs=1, limit_val_batches=2, limit_test_batches=2)
     row = run(preset, opts(tmp_path, data_root, dropout="off"))
     assert row["dropout_rate"] == "dropout=0.0" and row["dropout"] == "off"
-    ckpt = torch.load(tmp_path / "runs" / "ptb-small-dropout_off-seed0" / "checkpoints" / "last.ckpt",
+    ckpt = torch.load(find_run(tmp_path / "runs", "ptb-small-dropout_off-seed0") / "checkpoints" / "last.ckpt",
                       weights_only=False)
     assert ckpt["hyper_parameters"]["dropout"] == 0.0

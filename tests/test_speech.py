@@ -13,7 +13,7 @@ from benchmark.errors import DataError
 from datamodules.phones import PHONE_SETS, TIMIT_FOLDING
 from datamodules.speech import IGNORE, Features, SpeechDataModule, Utterance, find_splits, frame_labels, pad_batch, read_phn
 from tasks.frame_classifier import FrameClassifier, collapse
-from tests.conftest import REAL_DATA_ROOT
+from tests.conftest import REAL_DATA_ROOT, find_run
 
 RATE = 16_000
 
@@ -166,7 +166,7 @@ def test_timit_sample_splits_and_a_short_run_learns(tmp_path):
     # 39 classes: chance is far below 20%; two epochs on 80 utterances already beat it
     assert float(row["test_frame_acc"]) > 0.2 and 0 < float(row["test_per"]) < 1.5
     assert float(row["train_eval_frame_acc"]) > 0.2  # the training set rescored without dropout
-    samples = (tmp_path / "speech-timit-sample-quick-dropout_on-seed0" / "samples" / "test.txt").read_text()
+    samples = (find_run(tmp_path, "speech-timit-sample-quick-dropout_on-seed0") / "samples" / "test.txt").read_text()
     assert samples.count("reference: sil ") == 5 and samples.count("predicted:") == 5  # 39-class phone names
 
 

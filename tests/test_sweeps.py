@@ -15,6 +15,7 @@ from benchmark.cli import main
 from benchmark.ensemble import mixture_nll, run_ensemble
 from benchmark.leaderboard import build
 from benchmark.results import append_row, read_rows
+from tests.conftest import find_run
 
 TINY = ["--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
         "--set", "trainer.max_epochs=2", "--set", "trainer.enable_progress_bar=false",
@@ -31,7 +32,11 @@ def test_dry_run_prints_every_planned_config(tmp_path, capsys):
     out = capsys.readouterr().out
     heads = [line for line in out.splitlines() if line.startswith("# ")]
     assert len(heads) == 2 * 2 * 2
-    assert f"# ptb/quick dropout=off seed=1 -> {tmp_path / 'runs' / 'ptb-quick-dropout_off-seed1'} (new)" in heads
+    off1 = next(h for h in heads if h.startswith("# ptb/quick dropout=off seed=1 "))
+    chash = off1.split("config_hash=")[1].split()[0]
+    assert off1.endswith(f"-> {tmp_path / 'runs' / f'ptb-quick-{chash}-dropout_off-seed1'} (new)")
+    on1 = next(h for h in heads if h.startswith("# ptb/quick dropout=on seed=1 "))
+    assert f"config_hash={chash} " in on1  # on and off of one setting share a hash: they pair
     assert "  dropout: 0.0" in out and "  dropout: 0.5" in out  # off zeroes the rates, on keeps them
     assert not (tmp_path / "runs").exists()
 
@@ -68,7 +73,7 @@ def test_sweep_resumes_where_it_stopped(tmp_path, data_root, capsys):
     assert "bench run: 2 runs in" in capsys.readouterr().out
 
     # "interrupt" the off run after its last checkpoint was written: its result marker is gone
-    off = tmp_path / "runs" / "ptb-small-dropout_off-seed0"
+    off = find_run(tmp_path / "runs", "ptb-small-dropout_off-seed0")
     (off / "result.json").unlink()
     assert bench(tmp_path, *args, "--resume") == 0
     out = capsys.readouterr().out
@@ -137,7 +142,7 @@ def test_ensemble_of_two_runs_scores_members_as_their_own_test_did(tmp_path, dat
     for seed in (0, 1):
         assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", "on", "--seed", str(seed),
                      "--data-root", str(data_root), *TINY) == 0
-    runs = [tmp_path / "runs" / f"ptb-small-dropout_on-seed{s}" for s in (0, 1)]
+    runs = [find_run(tmp_path / "runs", f"ptb-small-dropout_on-seed{s}") for s in (0, 1)]
     assert main(["ensemble", "--task", "ptb", "--runs", *map(str, runs), "--data-root", str(data_root),
                  "--results-dir", str(tmp_path / "results")]) == 0
     assert "test_ppl: ensemble of 2" in capsys.readouterr().out
@@ -166,7 +171,7 @@ def test_wandb_offline_run_holds_config_steps_summary_and_the_leaderboard(tmp_pa
     assert caplog.text.count("logging offline") == 1  # said once for the whole sweep
     files = {}
     for dropout in ("off", "on"):
-        run_dir = tmp_path / "runs" / f"ptb-small-dropout_{dropout}-seed0"
+        run_dir = find_run(tmp_path / "runs", f"ptb-small-dropout_{dropout}-seed0")
         assert (run_dir / "csv" / "metrics.csv").is_file()
         found = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(found) == 1
@@ -183,7 +188,7 @@ def test_wandb_offline_run_holds_config_steps_summary_and_the_leaderboard(tmp_pa
     assert len(board) == 1
     keys = wandb_log.offline_run_keys(board[0])
     assert "leaderboard" in keys["artifacts"] and any(k.startswith("leaderboard") for k in keys["history"])
-    assert json.loads((tmp_path / "runs" / "ptb-small-dropout_on-seed0" / "result.json").read_text())["row"]
+    assert json.loads((find_run(tmp_path / "runs", "ptb-small-dropout_on-seed0") / "result.json").read_text())["row"]
 
 
 def test_paper_numbers_for_both_dropout_settings():

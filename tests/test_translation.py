@@ -15,7 +15,7 @@ from benchmark.runner import RunOptions, run
 from datamodules.parallel import LengthBuckets, Pair, ParallelTextDataModule, collate, hash_split, read_corpus
 from datamodules.vocab import SPECIALS, WordVocab
 from tasks.translator import Translator, group_by_source
-from tests.conftest import REAL_DATA_ROOT
+from tests.conftest import REAL_DATA_ROOT, find_run
 
 EN = ["I am here .", "You are tall .", "He runs .", "We eat bread .", "They sing songs .", "She is happy .",
       "The cat sleeps .", "I like tea .", "It is cold .", "We are friends ."]
@@ -168,7 +168,7 @@ def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
         assert key in row, key
     assert 1 < float(row["test_ppl"]) < 50 and 0 <= float(row["test_bleu"]) <= 100
     assert int(row["tokens_per_s"]) > 0
-    run_dir = tmp_path / "runs" / "translation-quick-dropout_on-seed0"
+    run_dir = find_run(tmp_path / "runs", "translation-quick-dropout_on-seed0")
     samples = (run_dir / "samples" / "test_news.txt").read_text()
     assert "source: He runs ." in samples and "beam 3:" in samples and "greedy:" in samples
     assert (run_dir / "samples" / "valid-epoch001.txt").is_file()

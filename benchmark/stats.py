@@ -1,0 +1,93 @@
+"""Is dropout's effect beyond seed noise? Paired comparisons of dropout on against off.
+
+Two tests, for two kinds of noise:
+- across seeds: on minus off of the headline metric, paired by seed (the same seed draws the same
+  initial weights and data order with either setting), with a Student-t 95% interval over the
+  pairs. This is the claim the leaderboard makes: it covers everything a seed changes.
+- across test sentences, within one seed: sacrebleu's paired bootstrap resampling between the on
+  and off outputs of the same test set (BLEU tasks only). It says whether one seed's BLEU gap is
+  more than the test set's sampling noise, not whether it would repeat with another seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, stdev
+
+from scipy import stats as scipy_stats
+
+LOWER_IS_BETTER = ("ppl", "per", "loss", "wer")
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(metric.endswith(k) or f"_{k}_" in metric for k in LOWER_IS_BETTER)
+
+
+@dataclass
+class Effect:
+    pairs: int
+    diff: float  # mean of on - off over the paired seeds
+    low: float | None  # 95% t-interval; None with a single pair
+    high: float | None
+
+    def verdict(self, lower_better: bool) -> str:
+        if self.low is None:
+            return "one seed: a smoke test, no claim"
+        if self.low > 0 or self.high < 0:
+            helps = (self.high < 0) if lower_better else (self.low > 0)
+            return "dropout better, beyond seed noise" if helps else "dropout worse, beyond seed noise"
+        return "not beyond seed noise (the interval holds 0)"
+
+
+def paired_effect(on: dict[int, float], off: dict[int, float], confidence: float = 0.95) -> Effect | None:
+    """on - off over the seeds both have, with a t-interval (n - 1 degrees of freedom)."""
+    seeds = sorted(set(on) & set(off))
+    if not seeds:
+        return None
+    diffs = [on[s] - off[s] for s in seeds]
+    if len(diffs) == 1:
+        return Effect(1, diffs[0], None, None)
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * stdev(diffs) / math.sqrt(len(diffs))
+    return Effect(len(diffs), mean(diffs), mean(diffs) - half, mean(diffs) + half)
+
+
+def read_outputs(path: Path, stream: str = "test") -> dict[str, tuple[str, list[str]]]:
+    """key -> (hypothesis, references) of one test stream from a run's outputs file."""
+    out = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec["stream"] == stream:
+                out[rec["key"]] = (rec["hyp"], rec["refs"])
+    return out
+
+
+@dataclass
+class Bootstrap:
+    off: float
+    on: float
+    p_value: float
+
+
+def bleu_bootstrap(off_file: Path, on_file: Path, stream: str = "test", samples: int = 1000) -> Bootstrap | None:
+    """sacrebleu's paired bootstrap (BLEU, 1000 resamples, its fixed seed) between the off and on
+    outputs of one seed; None when the two files do not hold the same test sentences."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    from benchmark.text_metrics import reference_streams
+
+    off, on = read_outputs(off_file, stream), read_outputs(on_file, stream)
+    if not off or set(off) != set(on):
+        return None
+    keys = sorted(off)
+    refs = reference_streams([off[k][1] for k in keys])
+    test = PairedTest([("off", [off[k][0] for k in keys]), ("on", [on[k][0] for k in keys])], {"BLEU": BLEU()},
+                      references=refs, test_type="bs", n_samples=samples)
+    _, scores = test()
+    base, system = scores["BLEU"]
+    return Bootstrap(off=base.score, on=system.score, p_value=system.p_value)

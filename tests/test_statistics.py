@@ -1,0 +1,85 @@
+"""Dropout's effect in the leaderboard: paired seeds, a t-interval, settings that never pool, and
+sacrebleu's paired bootstrap between the on and off outputs of a seed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from scipy import stats as scipy_stats
+
+from benchmark import stats
+from benchmark.leaderboard import build
+from benchmark.results import append_row, read_rows
+
+
+def test_paired_effect_is_a_t_interval_over_the_seed_differences():
+    on, off = {0: 10.0, 1: 12.0, 2: 11.0}, {0: 8.0, 1: 9.0, 2: 9.5, 3: 1.0}  # seed 3 has no pair
+    e = stats.paired_effect(on, off)
+    diffs = [2.0, 3.0, 1.5]
+    low, high = scipy_stats.t.interval(0.95, 2, loc=sum(diffs) / 3, scale=scipy_stats.sem(diffs))
+    assert e.pairs == 3 and e.diff == pytest.approx(13 / 6)
+    assert (e.low, e.high) == (pytest.approx(low), pytest.approx(high))
+    assert e.verdict(lower_better=False) == "dropout better, beyond seed noise"
+    assert e.verdict(lower_better=True) == "dropout worse, beyond seed noise"
+    noisy = stats.paired_effect({0: 1.0, 1: 3.0}, {0: 2.0, 1: 1.0})
+    assert noisy.low < 0 < noisy.high and "not beyond seed noise" in noisy.verdict(False)
+    assert stats.paired_effect({0: 1.0}, {0: 2.0}).verdict(False) == "one seed: a smoke test, no claim"
+    assert stats.paired_effect({0: 1.0}, {1: 2.0}) is None
+    assert stats.lower_is_better("test_ppl") and stats.lower_is_better("best_test_per")
+    assert not stats.lower_is_better("test_bleu") and not stats.lower_is_better("test_frame_acc")
+
+
+def _row(dropout, seed, acc, chash, when, **kw):
+    return {"task": "speech", "preset": "quick", "dropout": dropout, "seed": str(seed), "overrides": "",
+            "config_hash": chash, "test_frame_acc": str(acc), "finished_utc": when, "command": "bench run", **kw}
+
+
+def test_rows_pool_only_within_one_settings_hash_and_older_ones_are_superseded(tmp_path):
+    for seed, (on, off) in enumerate([(0.60, 0.50), (0.62, 0.55), (0.61, 0.52)]):
+        append_row(tmp_path, _row("on", seed, on, "aaaa", f"2026-11-30T10:0{seed}:00Z", best_test_frame_acc=on + 0.01))
+        append_row(tmp_path, _row("off", seed, off, "aaaa", f"2026-11-30T10:0{seed}:30Z", best_test_frame_acc=0.58))
+    append_row(tmp_path, _row("on", 0, 0.10, "old0", "2026-11-29T10:00:00Z"))  # an older setting of the preset
+    append_row(tmp_path, _row("off", 0, 0.99, "", "2026-11-28T10:00:00Z"))  # from before rows had a hash
+    board = read_rows(build(tmp_path, plots=False))
+    current = {r["dropout"]: r for r in board if r["status"] == "current"}
+    assert current["on"]["mean"] == "0.6100" and current["on"]["seeds"] == "3" and current["on"]["config_hash"] == "aaaa"
+    assert current["off"]["mean"] == "0.5233" and current["on"]["best_mean"] == "0.6200"
+    assert {(r["config_hash"], r["status"]) for r in board} >= {("old0", "superseded"), ("legacy", "superseded")}
+    effects = {e["metric"]: e for e in read_rows(tmp_path / "effects.csv")}
+    head = effects["test_frame_acc"]
+    assert head["pairs"] == "3" and head["diff"] == "0.0867" and head["verdict"] == "dropout better, beyond seed noise"
+    assert float(head["ci_low"]) > 0
+    assert effects["best_test_frame_acc"]["diff"] == "0.0400"
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "over 3 paired seed(s): dropout better, beyond seed noise." in md
+    assert "Superseded (older settings or code, not pooled): quick `legacy`, quick `old0`" in md
+
+
+def _outputs(path, hyps, refs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for i, (h, r) in enumerate(zip(hyps, refs)):
+            f.write(json.dumps({"stream": "test", "key": str(i), "hyp": h, "refs": r}) + "\n")
+
+
+def test_bleu_effect_carries_a_paired_bootstrap_per_seed(tmp_path):
+    refs = [[f"the cat number {i} sat on the mat", f"a cat {i} sat on a mat"] for i in range(40)]
+    good = [r[0] for r in refs]
+    bad = [f"dog {i} stood" for i in range(40)]
+    for seed in (0, 1):
+        for dropout, hyps, bleu in (("on", good, 90 + seed), ("off", bad, 5 + seed)):
+            name = f"translation-quick-h1-dropout_{dropout}-seed{seed}"
+            _outputs(tmp_path / "outputs" / f"{name}.jsonl.gz", hyps, refs)
+            append_row(tmp_path, {"task": "translation", "preset": "quick", "dropout": dropout, "seed": str(seed),
+                                  "overrides": "", "config_hash": "h1", "test_bleu": str(bleu), "run_dir": f"runs/{name}",
+                                  "finished_utc": f"2026-11-30T10:0{seed}:00Z", "command": "bench run"})
+    effect = next(e for e in read_rows(tmp_path / "effects.csv") if e["metric"] == "test_bleu") \
+        if (tmp_path / "effects.csv").exists() else None
+    assert effect is None
+    build(tmp_path, plots=False)
+    effect = next(e for e in read_rows(tmp_path / "effects.csv") if e["metric"] == "test_bleu")
+    assert effect["pairs"] == "2" and effect["verdict"] == "dropout better, beyond seed noise"
+    parts = effect["bootstrap"].split("; ")
+    assert len(parts) == 2 and parts[0].startswith("seed 0: ") and "-> 100.00 (p=0.0010)" in parts[0]
