@@ -32,7 +32,8 @@ $(VENV)/.installed: pyproject.toml
 # built, and make fails at the end.
 bench: setup
 	status=0; \
-	if echo ",$(TASK)," | grep -qE ',(all|captioning),' && [ ! -f $(DATA_ROOT)/flickr8k/captions.json ]; then \
+	if [ "$(PRESET)" = quick ] && echo ",$(TASK)," | grep -qE ',(all|captioning),' \
+			&& [ ! -f $(DATA_ROOT)/flickr8k/captions.json ]; then \
 		$(BIN)/bench fetch flickr8k --yes --data-root $(DATA_ROOT) || status=$$?; fi; \
 	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on,off --seeds $(SEEDS) \
 		--logger $(LOGGER) --data-root $(DATA_ROOT) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) \

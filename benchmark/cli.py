@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="train and test task presets; each finished run appends a row to results/runs.csv")
+    r = sub.add_parser("run", help="train and test task presets; each finished run appends a row to "
+                                          "<results-dir>/runs.csv")
     r.add_argument("--task", required=True, help="a task (a folder of configs/), a comma list, or 'all'")
     r.add_argument("--preset", default=None, help="a preset of each task (configs/<task>/<preset>.yaml) or a "
                                                    "YAML path; default: each task's 'small', else 'quick'")
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "continues from its last epoch checkpoint, the rest start")
     r.add_argument("--dry-run", action="store_true", help="print each run's resolved config and folder; train nothing")
     r.add_argument("--logger", type=_loggers, default=("csv",), metavar="csv|wandb|csv,wandb",
-                   help="where metrics go besides results/runs.csv (default csv: <run>/csv/metrics.csv)")
+                   help="where metrics go besides runs.csv (default csv: <run>/csv/metrics.csv)")
     r.add_argument("--wandb-mode", choices=("auto", "online", "offline"), default="auto",
                    help="auto: online with WANDB_API_KEY or `wandb login`, else offline (sync later)")
     r.add_argument("--wandb-project", default="rnnreg-bench")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", aliases=["presets"], help="tasks and presets with their key numbers")
 
-    b = sub.add_parser("leaderboard", help="results/runs.csv + the paper's numbers -> results/leaderboard.csv, "
+    b = sub.add_parser("leaderboard", help="<results-dir>/runs.csv + the paper's numbers -> leaderboard.csv, effects.csv, "
                                            "LEADERBOARD.md and learning-curve plots")
     b.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
                    help="the runs.csv to read and where the board goes (default runs/results; results/ for the "
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the W&B leaderboard run is kept")
 
     e = sub.add_parser("ensemble", help="average the predicted distributions of saved models (the paper's "
-                                        "Table 1 model averaging); appends an ensemble row to results/runs.csv")
+                                        "Table 1 model averaging); appends an ensemble row to <results-dir>/runs.csv")
     e.add_argument("--task", required=True, help="a task whose module can ensemble (ptb)")
     e.add_argument("--runs", type=Path, nargs="+", required=True,
                    help="run folders (or checkpoint files) of the members: same task, preset and vocabulary")

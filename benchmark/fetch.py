@@ -221,28 +221,7 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
         name = a.url.rsplit("/", 1)[-1]
         path = downloads / name
         if not path.is_file():
-            part = path.with_suffix(path.suffix + ".part")
-            # An interrupted download continues where it stopped (an HTTP range request); a server
-            # that ignores the range sends the whole file, which then replaces the part.
-            have = part.stat().st_size if part.is_file() else 0
-            request = urllib.request.Request(a.url, headers={"Range": f"bytes={have}-"} if have else {})
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as resp:
-                    resumed = have and getattr(resp, "status", 200) == 206
-                    size = (have if resumed else 0) + int(resp.headers.get("Content-Length") or 0) or sizes[a.url]
-                    with open(part, "ab" if resumed else "wb") as out, \
-                            tqdm(total=size, initial=have if resumed else 0, unit="B", unit_scale=True,
-                                 desc=f"download {name}") as bar:
-                        for chunk in iter(lambda: resp.read(1 << 20), b""):
-                            out.write(chunk)
-                            bar.update(len(chunk))
-            except (urllib.error.URLError, OSError, TimeoutError) as err:
-                raise DataError(f"could not download {a.url}: {err}. Fetch it on a machine with network and put "
-                                f"it at {path}, then rerun (see {ds.homepage})") from err
-            if size and part.stat().st_size != size:
-                raise DataError(f"{a.url}: got {part.stat().st_size} bytes, the server announced {size}; rerun to "
-                                f"continue the download")
-            os.replace(part, path)
+            _download_resumable(a.url, path, sizes[a.url], timeout, ds.homepage)
         digest = sha256_of(path)
         if name in known and known[name] != digest:
             raise DataError(f"{path}: sha256 {digest} differs from the {known[name]} recorded in {sums_file} at the "
@@ -259,3 +238,40 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
         module, _, func = ds.after.rpartition(".")
         getattr(__import__(module, fromlist=[func]), func)(folder)
     return folder
+
+
+def _download_resumable(url: str, path: Path, expected: int | None, timeout: float, homepage: str) -> None:
+    """url -> path through path.part. An interrupted download continues where it stopped (an HTTP
+    range request); a server that ignores the range sends the whole file, which replaces the part."""
+    part = path.with_suffix(path.suffix + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    if expected and have > expected:  # not a prefix of this file: start over
+        part.unlink()
+        have = 0
+    if not (expected and have == expected):  # a complete part (killed before the rename) needs no request
+        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                resumed = bool(have) and getattr(resp, "status", 200) == 206
+                length = int(resp.headers.get("Content-Length") or 0)
+                size = (have if resumed else 0) + length if length else expected
+                with open(part, "ab" if resumed else "wb") as out, \
+                        tqdm(total=size, initial=have if resumed else 0, unit="B", unit_scale=True,
+                             desc=f"download {path.name}") as bar:
+                    for chunk in iter(lambda: resp.read(1 << 20), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except urllib.error.HTTPError as err:
+            if not (err.code == 416 and have):  # 416 with a part: nothing left to send
+                raise DataError(f"could not download {url}: {err}. Fetch it on a machine with network and put "
+                                f"it at {path}, then rerun (see {homepage})") from err
+            size = expected
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            raise DataError(f"could not download {url}: {err}. Fetch it on a machine with network and put "
+                            f"it at {path}, then rerun (see {homepage})") from err
+    else:
+        size = expected
+    if size and part.stat().st_size != size:
+        raise DataError(f"{url}: got {part.stat().st_size} bytes, the server announced {size}; rerun to "
+                        f"continue the download")
+    os.replace(part, path)

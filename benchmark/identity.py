@@ -10,6 +10,7 @@ other settings. Covered:
     data                      the DataModule's arguments
     trainer                   every key but placement ones (progress bar, logger...), precision and
                               the device count included: DDP changes the global batch of most tasks
+                              (the leaderboard also keys rows by the world size they ran with)
     data files                names and sizes of every file the DataModule reads (`data_files()`),
                               so a re-encoded copy of a data set does not pool with the publisher's
 
@@ -34,7 +35,9 @@ def data_fingerprint(paths: list[Path], root: Path) -> str:
     that does not exist yet counts as missing (its download changes the fingerprint)."""
     h = hashlib.sha256()
     for path in sorted({Path(p) for p in paths}):
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        # Hidden entries (a download's temporary folder, .DS_Store) are not data.
+        files = sorted(f for f in path.rglob("*") if f.is_file() and not any(
+            part.startswith(".") for part in f.relative_to(path).parts)) if path.is_dir() else [path]
         for f in files:
             try:
                 rel = f.relative_to(root).as_posix()
@@ -49,7 +52,10 @@ def _normalise_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in trainer.items() if k not in PLACEMENT_KEYS and v is not None}
     precision = str(out.get("precision", "32-true"))
     out["precision"] = "32-true" if precision == "32" else precision
-    out["devices"] = str(out.get("devices", 1))
+    # The device count as asked: a list of ids counts as its length; "auto" (Lightning's default)
+    # stays "auto", and the leaderboard also keys rows by the world size each one really ran with.
+    devices = out.get("devices", "auto")
+    out["devices"] = str(len(devices) if isinstance(devices, (list, tuple)) else devices)
     out["num_nodes"] = str(out.get("num_nodes", 1))
     return out
 

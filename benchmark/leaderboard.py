@@ -77,7 +77,10 @@ def _mean(rows: list[dict], key: str) -> float | None:
 
 
 def _hash(row: dict[str, str]) -> str:
-    return row.get("config_hash") or LEGACY
+    """What a row pools by: its settings hash, and the world size it ran with when that is not 1
+    (a preset that leaves `devices` to Lightning's "auto" runs DDP on a machine with several GPUs)."""
+    devices = row.get("devices") or "1"
+    return (row.get("config_hash") or LEGACY) + ("" if devices == "1" else f"@{devices}")
 
 
 def current_hashes(runs: list[dict[str, str]]) -> dict[tuple[str, str], str]:
@@ -145,8 +148,7 @@ def _bootstraps(on: list[dict], off: list[dict], results_dir: Path) -> str:
     off_by_seed = {r["seed"]: r for r in off}
     for row in sorted(on, key=lambda r: r["seed"]):
         other = off_by_seed.get(row["seed"])
-        files = [results_dir / "outputs" / f"{Path(r.get('run_dir', '')).name}.jsonl.gz" for r in (other, row)
-                 if r is not None]
+        files = [results_dir / r["outputs"] for r in (other, row) if r is not None and r.get("outputs")]
         if len(files) < 2 or not all(f.is_file() for f in files):
             continue
         result = stats.bleu_bootstrap(*files)
@@ -168,6 +170,8 @@ def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
             effect = stats.paired_effect(*by_seed)
             if effect is None:
                 continue
+            paired = sorted(set(by_seed[0]) & set(by_seed[1]))  # the means, like the difference, over these
+            by_seed = [{s: d[s] for s in paired} for d in by_seed]
             lower = stats.lower_is_better(metric)
             out.append({
                 "task": task, "preset": preset, "config_hash": chash, "metric": metric,
@@ -189,6 +193,7 @@ def _table(trs: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in trs:
         setting = r["preset"] + (f" (ensemble of {r['ensemble']})" if r["ensemble"] else "")
+        setting += " (legacy: before settings hashes)" if r["config_hash"] == LEGACY else f" `{r['config_hash']}`"
         ours = r["mean"] + (f" ± {r['std']}" if r["std"] else "")
         best = r["best_mean"] + (f" ± {r['best_std']}" if r["best_std"] else "")
         best += f" (epoch {r['best_epoch']})" if r["best_mean"] and r["best_epoch"] and not r["std"] else ""

@@ -111,8 +111,13 @@ def code_changed_since(commit: str) -> bool:
     if not sha or sha == "unknown":
         return False
     against = ["HEAD"] if commit.endswith("-dirty") else []
-    result = subprocess.run(["git", "diff", "--quiet", sha, *against, "--", *CODE_PATHS], cwd=PROJECT_DIR,
-                            capture_output=True)
+    try:
+        result = subprocess.run(["git", "diff", "--quiet", sha, *against, "--", *CODE_PATHS], cwd=PROJECT_DIR,
+                                capture_output=True)
+    except OSError:  # no git here: nothing to compare with
+        return False
+    # 1: they differ; 128: a commit this checkout does not hold (another clone's): it cannot be
+    # told, and is said to differ, since the code it ran cannot be shown to be this one.
     return result.returncode != 0
 
 
@@ -207,8 +212,8 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
             callbacks=[
                 # last.ckpt after every epoch, whatever the metric did (what --resume reads); Lightning's
                 # save_last alone only writes it when a top-k checkpoint is saved.
+                best,  # first: ddp_spawn hands back only the first checkpoint callback's paths
                 ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False, every_n_epochs=1),
-                best,
                 EpochSeed(opts.seed),
                 throughput,
                 *step_stats,
@@ -232,7 +237,8 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         raise
     paper = paper_numbers(preset, opts.dropout)
     wandb_log.finish(loggers, summary=row and {
-        **{k: float(v) for k, v in row.items() if k.startswith(("train_", "valid_", "test_")) and _is_number(v)},
+        **{k: float(v) for k, v in row.items()
+           if k.startswith(("train_", "valid_", "test_", "best_test_")) and _is_number(v)},
         **{f"paper/{k}": v for k, v in paper.items()}})
     return row
 
@@ -266,7 +272,15 @@ def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughp
     # The best-by-validation checkpoint too: the headline scores the last epoch (the paper's fixed
     # schedules), and the best shows how much of the gap early stopping would close.
     if best_epoch is not None and best_epoch != last_epoch:
-        best_metrics = _test(trainer, model, dm, best.best_model_path, "best_")
+        # Loading a checkpoint also restores the callbacks' state (the throughput counters would go
+        # back to the best epoch's), and the loggers hold the last epoch's test: keep both as they are.
+        counted, loggers = throughput.state_dict(), trainer.loggers
+        trainer.loggers = []
+        try:
+            best_metrics = _test(trainer, model, dm, best.best_model_path, "best_")
+        finally:
+            trainer.loggers = loggers
+            throughput.load_state_dict(counted)
     elif best_epoch is not None:
         best_metrics = {f"best_{k}": v for k, v in test_metrics.items()}
     wall = time.perf_counter() - start
@@ -277,7 +291,8 @@ def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughp
     row = results_row(preset, opts, trainer, model, metrics, rates, cli_trainer, throughput, wall, commit, run_dir)
     row = {**row, "config_hash": chash, "best_epoch": "" if best_epoch is None else best_epoch,
            "host": platform.node()}
-    save_outputs(run_dir, Path(opts.results_dir), run_dir.name)
+    outputs = save_outputs(run_dir, Path(opts.results_dir), run_name(preset, opts.dropout, opts.seed, chash))
+    row["outputs"] = outputs.relative_to(opts.results_dir).as_posix() if outputs else ""
     path = append_row(opts.results_dir, row)
     # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
     _write_atomic(run_dir / RESULT_FILE, json.dumps({"row": row, "data": preset.data}, indent=1) + "\n")

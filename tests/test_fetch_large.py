@@ -129,3 +129,65 @@ def test_flickr8k_zips_become_coco_format_with_the_official_split(tmp_path):
     splits = assign_splits(read_coco(folder / "images", folder / "captions.json"), None, {}, "s")
     assert [len(splits[k]) for k in ("train", "valid", "test")] == [3, 1, 1]
     assert splits["test"][0].captions[0] == "A dog number 4 runs ."
+
+
+class _RangeServer:
+    """A loopback HTTP server for one blob that honours `Range: bytes=N-` (206), as publishers' do."""
+
+    def __init__(self, blob: bytes) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[str | None] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                rng = self.headers.get("Range")
+                outer.requests.append(rng)
+                start = int(rng.removeprefix("bytes=").rstrip("-")) if rng else 0
+                if start >= len(blob):
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(blob) - start))
+                self.end_headers()
+                self.wfile.write(blob[start:])
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/data.zip"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_an_interrupted_download_continues_where_it_stopped(tmp_path):
+    blob = bytes(range(256)) * 400
+    server = _RangeServer(blob)
+    try:
+        path = tmp_path / "data.zip"
+        part = tmp_path / "data.zip.part"
+        part.write_bytes(blob[:30000])  # what a killed download left
+        fetch._download_resumable(server.url, path, len(blob), 10, "home")
+        assert path.read_bytes() == blob and not part.exists() and server.requests == ["bytes=30000-"]
+        path.unlink()
+        part.write_bytes(blob)  # complete, killed before the rename: no request at all
+        fetch._download_resumable(server.url, path, len(blob), 10, "home")
+        assert path.read_bytes() == blob and len(server.requests) == 1
+        path.unlink()
+        part.write_bytes(blob + b"junk")  # longer than the file: not a prefix of it, start over
+        fetch._download_resumable(server.url, path, len(blob), 10, "home")
+        assert path.read_bytes() == blob and server.requests[-1] is None
+    finally:
+        server.close()

@@ -42,11 +42,13 @@ def test_rows_pool_only_within_one_settings_hash_and_older_ones_are_superseded(t
         append_row(tmp_path, _row("off", seed, off, "aaaa", f"2026-11-30T10:0{seed}:30Z", best_test_frame_acc=0.58))
     append_row(tmp_path, _row("on", 0, 0.10, "old0", "2026-11-29T10:00:00Z"))  # an older setting of the preset
     append_row(tmp_path, _row("off", 0, 0.99, "", "2026-11-28T10:00:00Z"))  # from before rows had a hash
+    append_row(tmp_path, _row("off", 1, 0.97, "aaaa", "2026-11-28T10:00:00Z", devices="2"))  # same hash, 2 ranks
     board = read_rows(build(tmp_path, plots=False))
     current = {r["dropout"]: r for r in board if r["status"] == "current"}
     assert current["on"]["mean"] == "0.6100" and current["on"]["seeds"] == "3" and current["on"]["config_hash"] == "aaaa"
     assert current["off"]["mean"] == "0.5233" and current["on"]["best_mean"] == "0.6200"
-    assert {(r["config_hash"], r["status"]) for r in board} >= {("old0", "superseded"), ("legacy", "superseded")}
+    assert {(r["config_hash"], r["status"]) for r in board} >= {("old0", "superseded"), ("legacy", "superseded"),
+                                                               ("aaaa@2", "superseded")}
     effects = {e["metric"]: e for e in read_rows(tmp_path / "effects.csv")}
     head = effects["test_frame_acc"]
     assert head["pairs"] == "3" and head["diff"] == "0.0867" and head["verdict"] == "dropout better, beyond seed noise"
@@ -54,7 +56,7 @@ def test_rows_pool_only_within_one_settings_hash_and_older_ones_are_superseded(t
     assert effects["best_test_frame_acc"]["diff"] == "0.0400"
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "over 3 paired seed(s): dropout better, beyond seed noise." in md
-    assert "Superseded (older settings or code, not pooled): quick `legacy`, quick `old0`" in md
+    assert "Superseded (older settings or code, not pooled): quick `aaaa@2`, quick `legacy`, quick `old0`" in md
 
 
 def _outputs(path, hyps, refs):
@@ -73,11 +75,8 @@ def test_bleu_effect_carries_a_paired_bootstrap_per_seed(tmp_path):
             name = f"translation-quick-h1-dropout_{dropout}-seed{seed}"
             _outputs(tmp_path / "outputs" / f"{name}.jsonl.gz", hyps, refs)
             append_row(tmp_path, {"task": "translation", "preset": "quick", "dropout": dropout, "seed": str(seed),
-                                  "overrides": "", "config_hash": "h1", "test_bleu": str(bleu), "run_dir": f"runs/{name}",
+                                  "overrides": "", "config_hash": "h1", "test_bleu": str(bleu), "outputs": f"outputs/{name}.jsonl.gz",
                                   "finished_utc": f"2026-11-30T10:0{seed}:00Z", "command": "bench run"})
-    effect = next(e for e in read_rows(tmp_path / "effects.csv") if e["metric"] == "test_bleu") \
-        if (tmp_path / "effects.csv").exists() else None
-    assert effect is None
     build(tmp_path, plots=False)
     effect = next(e for e in read_rows(tmp_path / "effects.csv") if e["metric"] == "test_bleu")
     assert effect["pairs"] == "2" and effect["verdict"] == "dropout better, beyond seed noise"
