@@ -25,6 +25,7 @@ from benchmark.errors import DataError
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Dataset:
     name: str  # folder under the data root
@@ -244,6 +245,11 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
     """url -> path through path.part. An interrupted download continues where it stopped (an HTTP
     range request); a server that ignores the range sends the whole file, which replaces the part."""
     part = path.with_suffix(path.suffix + ".part")
+
+    def unreachable(err: Exception) -> DataError:
+        return DataError(f"could not download {url}: {err}. Fetch it on a machine with network and put it at "
+                         f"{path}, then rerun (see {homepage})")
+
     have = part.stat().st_size if part.is_file() else 0
     if expected and have > expected:  # not a prefix of this file: start over
         part.unlink()
@@ -263,12 +269,10 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
                         bar.update(len(chunk))
         except urllib.error.HTTPError as err:
             if not (err.code == 416 and have):  # 416 with a part: nothing left to send
-                raise DataError(f"could not download {url}: {err}. Fetch it on a machine with network and put "
-                                f"it at {path}, then rerun (see {homepage})") from err
+                raise unreachable(err) from err
             size = expected
         except (urllib.error.URLError, OSError, TimeoutError) as err:
-            raise DataError(f"could not download {url}: {err}. Fetch it on a machine with network and put "
-                            f"it at {path}, then rerun (see {homepage})") from err
+            raise unreachable(err) from err
     else:
         size = expected
     if size and part.stat().st_size != size:

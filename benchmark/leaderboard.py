@@ -170,16 +170,13 @@ def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
             effect = stats.paired_effect(*by_seed)
             if effect is None:
                 continue
-            paired = sorted(set(by_seed[0]) & set(by_seed[1]))  # the means, like the difference, over these
-            by_seed = [{s: d[s] for s in paired} for d in by_seed]
             lower = stats.lower_is_better(metric)
             out.append({
                 "task": task, "preset": preset, "config_hash": chash, "metric": metric,
                 "better": "lower" if lower else "higher", "pairs": effect.pairs,
-                "off_mean": _fmt(mean(by_seed[1].values())), "on_mean": _fmt(mean(by_seed[0].values())),
-                "diff": _fmt(effect.diff, like=mean(by_seed[1].values())),
-                "ci_low": _fmt(effect.low, like=mean(by_seed[1].values())),
-                "ci_high": _fmt(effect.high, like=mean(by_seed[1].values())),
+                "off_mean": _fmt(effect.off), "on_mean": _fmt(effect.on),
+                **{k: _fmt(v, like=effect.off) for k, v in (("diff", effect.diff), ("ci_low", effect.low),
+                                                            ("ci_high", effect.high))},
                 "verdict": effect.verdict(lower),
                 "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
             })

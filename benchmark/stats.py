@@ -30,6 +30,8 @@ def lower_is_better(metric: str) -> bool:
 @dataclass
 class Effect:
     pairs: int
+    on: float  # mean over the paired seeds
+    off: float
     diff: float  # mean of on - off over the paired seeds
     low: float | None  # 95% t-interval; None with a single pair
     high: float | None
@@ -49,10 +51,11 @@ def paired_effect(on: dict[int, float], off: dict[int, float], confidence: float
     if not seeds:
         return None
     diffs = [on[s] - off[s] for s in seeds]
+    means = (mean(on[s] for s in seeds), mean(off[s] for s in seeds))
     if len(diffs) == 1:
-        return Effect(1, diffs[0], None, None)
+        return Effect(1, *means, diffs[0], None, None)
     half = scipy_stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * stdev(diffs) / math.sqrt(len(diffs))
-    return Effect(len(diffs), mean(diffs), mean(diffs) - half, mean(diffs) + half)
+    return Effect(len(diffs), *means, mean(diffs), mean(diffs) - half, mean(diffs) + half)
 
 
 def read_outputs(path: Path, stream: str = "test") -> dict[str, tuple[str, list[str]]]:

@@ -103,17 +103,18 @@ class TextGenerator(L.LightningModule):
             name = f"{self.output_prefix}{stage}" if stage.startswith("test") else f"{stage}-epoch{self.current_epoch:03d}"
             text_metrics.log_samples(self, name, columns, text_metrics.spread(rows, self.hparams.num_samples))
 
-    def write_outputs(self, stage: str, keys: list[str], hyps: list[str], refs: list[list[str]]) -> Path | None:
+    def write_outputs(self, stage: str, hyps: list[str], refs: list[list[str]]) -> Path | None:
         """Every test hypothesis (the headline decoding) beside its references, one JSON line each, in
         <run>/outputs/<prefix><stage>.jsonl: what sacrebleu's paired bootstrap compares between the
-        dropout-on and -off runs of a seed. Rank 0, after the ranks' rows are gathered."""
+        dropout-on and -off runs of a seed. Keyed by position: the test batches come in a fixed order,
+        and a source sentence may repeat in a test set. Rank 0, after the ranks' rows are gathered."""
         if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return None
         path = Path(self.trainer.default_root_dir) / "outputs" / f"{self.output_prefix}{stage}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         stream = f"{self.output_prefix}{stage}"
-        path.write_text("".join(json.dumps({"stream": stream, "key": k, "hyp": h, "refs": r}, ensure_ascii=False) + "\n"
-                                for k, h, r in zip(keys, hyps, refs)), encoding="utf-8")
+        path.write_text("".join(json.dumps({"stream": stream, "key": str(k), "hyp": h, "refs": r}, ensure_ascii=False) + "\n"
+                                for k, (h, r) in enumerate(zip(hyps, refs))), encoding="utf-8")
         return path
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

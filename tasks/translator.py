@@ -125,8 +125,7 @@ class Translator(TextGenerator):
         rows = group_by_source(rows) if stage in self.hparams.multi_ref_streams else [(s, [r], *h) for s, r, *h in rows]
         refs = [r[1] for r in rows]
         if stage.startswith("test"):
-            # keyed by position: batches come in a fixed order, and a source may repeat in a test set
-            self.write_outputs(stage, [str(i) for i in range(len(rows))], [r[2] for r in rows], refs)
+            self.write_outputs(stage, [r[2] for r in rows], refs)
         for j, beam in enumerate(beams):
             hyps = [r[2 + j] for r in rows]
             score, self.bleu_signatures[stage] = text_metrics.bleu(hyps, refs)
