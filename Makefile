@@ -35,7 +35,7 @@ bench: setup
 	if [ "$(PRESET)" = quick ] && echo ",$(TASK)," | grep -qE ',(all|captioning),' \
 			&& [ ! -f $(DATA_ROOT)/flickr8k/captions.json ]; then \
 		$(BIN)/bench fetch flickr8k --yes --data-root $(DATA_ROOT) || status=$$?; fi; \
-	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on,off --seeds $(SEEDS) \
+	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on,off --num-seeds $(SEEDS) \
 		--logger $(LOGGER) --data-root $(DATA_ROOT) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) \
 		--resume $(BENCH_FLAGS) || status=$$?; \
 	$(BIN)/bench leaderboard --logger $(LOGGER) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR); exit $$status

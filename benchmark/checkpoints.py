@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from benchmark.errors import BenchError
+from tasks.nn.errors import BenchError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
-from benchmark.errors import BenchError, RunInterrupted
+from benchmark import config
+from datamodules import download as fetch
+from datamodules.sources import SOURCES
+from tasks import registry
+from tasks.nn.errors import BenchError, ConfigError
 
 DEFAULT_DATA_ROOT = os.environ.get("RNNREG_DATA_ROOT", "data")
 # A user's own rows: apart from results/, the project's published reference (made with
@@ -27,7 +33,15 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    _fetch_parser(sub)
+    sub.add_parser("list", aliases=["presets"], help="tasks and presets with their key numbers")
+    _leaderboard_parser(sub)
+    _ensemble_parser(sub)
+    return p
 
+
+def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="train and test task presets; each finished run appends a row to "
                                           "<results-dir>/runs.csv")
     r.add_argument("--task", required=True, help="a task (a folder of configs/), a comma list, or 'all'")
@@ -38,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the paper's choice for the preset")
     seeds = r.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0)")
-    seeds.add_argument("--seeds", type=_seeds, default=None, metavar="N|S1,S2,...",
-                       help="N seeds (0..N-1) or a list; every task x dropout runs with each")
+    seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
+                       help="these seeds, e.g. 0,7,9; every task x dropout runs with each")
+    seeds.add_argument("--num-seeds", type=_positive_int, default=None, metavar="N",
+                       help="seeds 0..N-1 (what `make bench SEEDS=N` passes)")
     r.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT),
                    help="folder holding ptb/ etc. (env RNNREG_DATA_ROOT; default ./data)")
     r.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
@@ -65,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--test-src", type=Path, default=None,
                    help="translation: score an extra test set, source side (plain lines or WMT .sgm)")
     r.add_argument("--test-ref", type=Path, default=None, help="translation: its reference side, line-aligned")
+    _trainer_arguments(r)
+
+
+def _trainer_arguments(r: argparse.ArgumentParser) -> None:
     t = r.add_argument_group("Trainer pass-throughs")
     t.add_argument("--accelerator", default=None, help="cpu | gpu | auto")
     t.add_argument("--devices", default=None, help="number of devices, a list like 0,1, or auto")
@@ -74,13 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-epochs", type=_positive_int, default=None)
     t.add_argument("--max-steps", type=_positive_int, default=None)
 
+
+def _fetch_parser(sub) -> None:
     f = sub.add_parser("fetch", help="download a data set from its publisher into the data root")
-    f.add_argument("dataset", choices=sorted(FETCHABLE))
+    f.add_argument("dataset", choices=sorted(SOURCES))
     f.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
     f.add_argument("--yes", action="store_true", help="go ahead with a large download (coco2014, wmt14, flickr8k)")
 
-    sub.add_parser("list", aliases=["presets"], help="tasks and presets with their key numbers")
 
+def _leaderboard_parser(sub) -> None:
     b = sub.add_parser("leaderboard", help="<results-dir>/runs.csv + the paper's numbers -> leaderboard.csv, effects.csv, "
                                            "LEADERBOARD.md and learning-curve plots")
     b.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
@@ -92,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--wandb-project", default="rnnreg-bench")
     b.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the W&B leaderboard run is kept")
 
+
+def _ensemble_parser(sub) -> None:
     e = sub.add_parser("ensemble", help="average the predicted distributions of saved models (the paper's "
                                         "Table 1 model averaging); appends an ensemble row to <results-dir>/runs.csv")
     e.add_argument("--task", required=True, help="a task whose module can ensemble (ptb)")
@@ -102,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
     e.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     e.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch (default: the preset's)")
-    return p
 
 
 def _dropouts(text: str) -> tuple[str, ...]:
@@ -112,15 +135,19 @@ def _dropouts(text: str) -> tuple[str, ...]:
     return values
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def _seed_list(text: str) -> tuple[int, ...]:
+    """A comma list of seeds. A bare number is how older commands (and the rows they wrote) said a
+    count: it keeps that meaning, loudly, so a recorded command still repeats its runs."""
     try:
         if "," in text:
             return tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count like 3 or a list like 0,1,7, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a list like 0,1,7, got {text!r}") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"a seed count must be >= 1, got {n}")
+        raise argparse.ArgumentTypeError(f"expected a list like 0,1,7 (or --num-seeds N), got {text!r}")
+    print(f"bench: note: --seeds {n} runs seeds 0..{n - 1}, as it did before --num-seeds; say --num-seeds {n} "
+          f"for that, or --seed {n} for seed {n} alone", file=sys.stderr)
     return tuple(range(n))
 
 
@@ -129,19 +156,6 @@ def _loggers(text: str) -> tuple[str, ...]:
     if not values or set(values) - {"csv", "wandb"}:
         raise argparse.ArgumentTypeError(f"expected csv, wandb or csv,wandb, got {text!r}")
     return values
-
-
-# name -> where its spec lives: a small data set with known sha256s (fetch.Dataset), or a
-# multi-GB one that asks first (fetch.LargeDataset).
-FETCHABLE = {
-    "ptb": "datamodules.ptb.PTB",
-    "timit-sample": "datamodules.speech.TIMIT_SAMPLE",
-    "tatoeba": "datamodules.parallel.TATOEBA",
-    "wmt-dev": "datamodules.parallel.WMT_DEV",
-    "wmt14": "datamodules.parallel.WMT14",
-    "coco2014": "datamodules.captions.COCO2014",
-    "flickr8k": "datamodules.captions.FLICKR8K",
-}
 
 
 def _devices(text: str | None):
@@ -154,15 +168,9 @@ def _devices(text: str | None):
 
 def add_test_files(preset, src: Path | None, ref: Path | None) -> None:
     """--test-src/--test-ref: one more named test set, `test_<name>_*` in the results row."""
-    import re
-
-    from benchmark import config
-    from benchmark.errors import ConfigError
-
     if src is None or ref is None:
         raise ConfigError("--test-src and --test-ref go together: the source file and its reference translation")
-    dm = config.import_class(preset.datamodule, preset.path)
-    if not getattr(dm, "accepts_test_files", False):
+    if not registry.get(preset.task).can(registry.Can.TEST_FILES):
         raise ConfigError(f"--test-src/--test-ref apply to translation presets, not {preset.task}/{preset.name}")
     for path in (src, ref):
         if not path.is_file():
@@ -175,24 +183,18 @@ def add_test_files(preset, src: Path | None, ref: Path | None) -> None:
 def plan_runs(args: argparse.Namespace) -> list[tuple]:
     """Every (preset, dropout, seed) the command asks for, each preset resolved up front: a typo in
     the last task's preset fails before the first task trains."""
-    import copy
-
-    from benchmark import config
-    from benchmark.errors import ConfigError
-
-    known = config.tasks()
+    known = registry.names()
     names = known if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
     unknown = [t for t in names if t not in known]
     if unknown or not names:
         raise ConfigError(f"unknown task(s) {', '.join(unknown) or repr(args.task)}; known: {', '.join(known)} or all")
-    seeds = args.seeds or (args.seed if args.seed is not None else 0,)
+    seeds = (args.seeds or (tuple(range(args.num_seeds)) if args.num_seeds else None)
+             or (args.seed if args.seed is not None else 0,))
     plan = []
     for task in dict.fromkeys(names):
-        presets = config.presets(task)
-        name = args.preset or next((p for p in ("small", "quick") if p in presets), presets[0])
-        base = config.load_preset(task, name, args.overrides)
+        base = config.load_preset(task, args.preset or registry.get(task).default_preset, args.overrides)
         if args.test_src or args.test_ref:
-            if getattr(config.import_class(base.datamodule, base.path), "accepts_test_files", False):
+            if registry.get(task).can(registry.Can.TEST_FILES):
                 add_test_files(base, args.test_src, args.test_ref)
             elif len(names) == 1:
                 add_test_files(base, args.test_src, args.test_ref)  # raises: says which tasks take them
@@ -206,12 +208,8 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import time
-
-    import yaml
-
-    from benchmark import config
-    from benchmark.runner import RunOptions, finished_row, make_datamodule, run, run_name, settings_hash
+    # Lightning and torch load only for the verbs that train or read models: `bench list` stays instant.
+    from benchmark import sweep
 
     if args.threads:
         import torch
@@ -221,83 +219,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.logger = ("csv",) if args.wandb == "off" else ("csv", "wandb")
         args.wandb_mode = "auto" if args.wandb == "off" else args.wandb
     plan = plan_runs(args)
-    devices = _devices(args.devices)
-    trainer = {"accelerator": args.accelerator, "devices": devices, "num_nodes": args.num_nodes,
+    trainer = {"accelerator": args.accelerator, "devices": _devices(args.devices), "num_nodes": args.num_nodes,
                "strategy": args.strategy, "precision": args.precision, "max_epochs": args.max_epochs,
                "max_steps": args.max_steps}
     if args.dry_run:
         for preset, dropout, seed in plan:
-            shown = preset  # this run's own copy (plan_runs)
-            dm = make_datamodule(shown, args.data_root)
-            chash = settings_hash(shown, dm, trainer, args.data_root)
-            absent = [p for p in dm.data_files() if not p.exists()]
-            config.apply_dropout(shown, dropout)
-            run_dir = args.run_dir or args.runs_dir / run_name(shown, dropout, seed, chash)
-            state = ("finished: skipped with --resume" if finished_row(run_dir) else
-                     "resumes from last.ckpt" if (run_dir / "checkpoints" / "last.ckpt").exists() else "new")
-            if absent:
-                state += f"; {absent[0]} not downloaded yet: the hash changes once it is"
-            print(f"# {shown.task}/{shown.name} dropout={dropout} seed={seed} config_hash={chash} -> {run_dir} "
-                  f"({state})")
-            print(yaml.safe_dump({"config_file": str(shown.path), "model": shown.model, "data": shown.data,
-                                  "trainer": {**shown.trainer, **{k: v for k, v in trainer.items() if v is not None}},
-                                  "paper": shown.paper or None}, sort_keys=False))
+            print(sweep.describe(preset, dropout, seed, trainer, args.data_root, args.runs_dir, args.run_dir))
         return 0
-
-    outcomes: list[tuple[str, str, str]] = []  # (run, status, summary)
-    start = time.perf_counter()
-    for preset, dropout, seed in plan:
-        name = f"{preset.task}-{preset.name}-dropout_{dropout}-seed{seed}"
-        opts = RunOptions(
-            dropout=dropout, seed=seed, data_root=args.data_root, results_dir=args.results_dir,
-            runs_dir=args.runs_dir, run_dir=args.run_dir, resume=args.resume, loggers=args.logger,
-            wandb_mode=args.wandb_mode, wandb_project=args.wandb_project, trainer=trainer,
-            command=shlex.join(["bench", *args.argv]),
-        )
-        t0 = time.perf_counter()
-        try:
-            row = run(preset, opts)
-        except (KeyboardInterrupt, RunInterrupted):
-            if len(plan) > 1:  # the user stopped the whole sweep, not one run
-                print(f"bench: sweep stopped at {name} ({len(outcomes)} of {len(plan)} runs done); the same "
-                      f"command with --resume skips the finished runs and continues this one", file=sys.stderr)
-            raise
-        except Exception as err:  # noqa: BLE001 - a sweep reports one run's failure and goes on
-            if len(plan) == 1:
-                raise
-            if not isinstance(err, BenchError):
-                logging.getLogger("benchmark").exception("%s failed", name)
-            print(f"bench: error: {name}: {err}", file=sys.stderr)
-            outcomes.append((name, "FAILED", str(err).splitlines()[0][:100]))
-            continue
-        if row is None:  # a DDP rank other than 0
-            continue
-        shown = {k: v for k, v in row.items() if k.startswith(("train_", "valid_", "test_")) and k != "train_loss"}
-        summary = ", ".join(f"{k}={v}" for k, v in shown.items())
-        skipped = row.get("skipped")
-        status = (f"skipped (finished earlier, at {skipped})" if isinstance(skipped, str) else
-                  "skipped (finished earlier)" if skipped else f"done in {time.perf_counter() - t0:.0f} s")
-        print(f"{preset.task}/{preset.name} dropout {dropout} seed {seed}: {summary}")
-        outcomes.append((name, status, summary))
-    if len(plan) > 1 and outcomes:
-        print(f"\nbench run: {len(plan)} runs in {time.perf_counter() - start:.0f} s")
-        for name, status, _ in outcomes:
-            print(f"  {name:<48} {status}")
-    failed = [n for n, status, _ in outcomes if status == "FAILED"]
-    if failed:
-        print(f"bench: error: {len(failed)} of {len(plan)} runs failed ({', '.join(failed)}); the others kept "
-              f"their results; rerun with --resume to retry only those", file=sys.stderr)
-        return 2
-    return 0
+    options = sweep.RunOptions(
+        data_root=args.data_root, results_dir=args.results_dir, runs_dir=args.runs_dir, run_dir=args.run_dir,
+        resume=args.resume, loggers=args.logger, wandb_mode=args.wandb_mode, wandb_project=args.wandb_project,
+        trainer=trainer, command=shlex.join(["bench", *args.argv]))
+    return sweep.run_all(plan, options)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    import importlib
-
-    from benchmark import fetch
-
-    module, _, name = FETCHABLE[args.dataset].rpartition(".")
-    spec = getattr(importlib.import_module(module), name)
+    spec = SOURCES[args.dataset]
     if isinstance(spec, fetch.LargeDataset):
         folder = fetch.download_large(spec, args.data_root, yes=args.yes)
     else:
@@ -308,9 +245,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """One line per preset: size, dropout rate, training length, data, and the paper's numbers."""
-    from benchmark import config
-
-    for task in config.tasks():
+    for task in registry.names():
         print(f"{task}:")
         for name in config.presets(task):
             p = config.load_preset(task, name)

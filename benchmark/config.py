@@ -1,10 +1,8 @@
 """Named, reproducible presets: `configs/<task>/<preset>.yaml`.
 
-A preset names its LightningModule and DataModule by import path and gives their constructor
-arguments, so adding a task means adding a module, a DataModule and a config folder; nothing here
-changes. Sections:
+A preset gives the constructor arguments of its task's LightningModule and DataModule (which
+classes those are is the task's, in tasks/registry.py). Sections:
 
-    module / datamodule   import paths of the classes
     default_dropout       on | off: what `bench run` does without --dropout (the paper's setting)
     model                 LightningModule kwargs; every `dropout`/`*_dropout` key is the rate for `on`
     data                  DataModule kwargs (data_root comes from the CLI)
@@ -17,17 +15,16 @@ changes. Sections:
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from benchmark.errors import ConfigError
+from tasks import registry
+from tasks.nn.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-SECTIONS = {"module", "datamodule", "default_dropout", "model", "data", "trainer", "paper", "extends", "notes"}
+SECTIONS = {"default_dropout", "model", "data", "trainer", "paper", "extends", "notes"}
 
 
 @dataclass
@@ -45,12 +42,8 @@ class Preset:
     notes: str = ""
 
 
-def tasks(config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.name for p in config_dir.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
-
-
-def presets(task: str, config_dir: Path = CONFIG_DIR) -> list[str]:
-    return sorted(p.stem for p in (config_dir / task).glob("*.yaml"))
+def presets(task: str) -> list[str]:
+    return sorted(p.stem for p in registry.get(task).presets_dir.glob("*.yaml"))
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -70,6 +63,9 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     unknown = set(raw) - SECTIONS
+    if unknown & {"module", "datamodule"}:
+        raise ConfigError(f"{path}: `module:`/`datamodule:` are the task's, not a preset's: they are declared once in "
+                          f"tasks/registry.py; delete them here")
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
     if "extends" in raw:
@@ -83,14 +79,13 @@ def parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def load_preset(task: str, preset: str, overrides: list[str] = (), config_dir: Path = CONFIG_DIR) -> Preset:
+def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
     """Load `configs/<task>/<preset>.yaml` (or a YAML path given as `preset`) and apply
     `section.key=value` overrides."""
-    path = Path(preset) if preset.endswith((".yaml", ".yml")) else config_dir / task / f"{preset}.yaml"
+    spec = registry.get(task)
+    path = Path(preset) if preset.endswith((".yaml", ".yml")) else spec.presets_dir / f"{preset}.yaml"
     if not path.is_file():
-        if not (config_dir / task).is_dir():
-            raise ConfigError(f"unknown task {task!r}; known tasks: {', '.join(tasks(config_dir))}")
-        raise ConfigError(f"unknown preset {preset!r} for task {task!r}; known: {', '.join(presets(task, config_dir))}")
+        raise ConfigError(f"unknown preset {preset!r} for task {task!r}; known: {', '.join(presets(task))}")
     raw = _read(path)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -98,9 +93,6 @@ def load_preset(task: str, preset: str, overrides: list[str] = (), config_dir: P
         if not sep or not dot or section not in ("model", "data", "trainer"):
             raise ConfigError(f"--set {item!r}: expected model.KEY=VALUE, data.KEY=VALUE or trainer.KEY=VALUE")
         raw.setdefault(section, {})[name] = parse_value(value)
-    for key in ("module", "datamodule"):
-        if key not in raw:
-            raise ConfigError(f"{path}: missing `{key}:` (import path of the class)")
     dropout = str(raw.get("default_dropout", "on")).lower()
     if dropout in ("true", "false"):  # YAML 1.1 reads bare on/off as booleans
         dropout = "on" if dropout == "true" else "off"
@@ -108,8 +100,8 @@ def load_preset(task: str, preset: str, overrides: list[str] = (), config_dir: P
         task=task,
         name=path.stem,
         path=path,
-        module=raw["module"],
-        datamodule=raw["datamodule"],
+        module=spec.module,
+        datamodule=spec.datamodule,
         default_dropout=dropout,
         model=dict(raw.get("model") or {}),
         data=dict(raw.get("data") or {}),
@@ -169,11 +161,3 @@ def overrides_of(preset: Preset, trainer: dict[str, Any]) -> str:
             if ours.get(key) != ref.get(key):
                 diffs.append(f"{section}.{key}={ours.get(key)}")
     return " ".join(diffs)
-
-
-def import_class(path: str, source: Path) -> type:
-    module_name, _, cls_name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), cls_name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{source}: cannot import {path!r} ({err})") from err

@@ -17,18 +17,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmark import config
-from benchmark.errors import ConfigError
+from benchmark.checkpoints import check_checkpoint
 from benchmark.results import append_row
+from benchmark.runner import RESULT_FILE
+from tasks import registry
+from tasks.nn.errors import ConfigError
 
 
 def _member(path: Path, which: str) -> tuple[Path, dict[str, Any]]:
     """(checkpoint, result.json) of one member given as a run folder or a checkpoint inside one."""
-    from benchmark.checkpoints import check_checkpoint
-    from benchmark.runner import RESULT_FILE
-
     run_dir = path.parent.parent if path.suffix == ".ckpt" else path
     info_file = run_dir / RESULT_FILE
     if not info_file.is_file():
@@ -50,6 +48,8 @@ def _member(path: Path, which: str) -> tuple[Path, dict[str, Any]]:
 
 def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path, which: str = "last",
                  batch_size: int | None = None, command: str = "") -> dict[str, Any]:
+    if not registry.get(task).can(registry.Can.ENSEMBLE):
+        raise ConfigError(f"task {task} cannot ensemble yet (its registry entry lacks Can.ENSEMBLE)")
     if len(runs) < 2:
         raise ConfigError("an ensemble needs at least 2 --runs")
     members = [_member(Path(r), which) for r in runs]
@@ -61,57 +61,48 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     if len(presets) > 1:
         raise ConfigError(f"members come from different settings {sorted(presets)}; ensemble runs of one preset")
     preset = config.load_preset(task, rows[0]["preset"])
-    module_cls = config.import_class(preset.module, preset.path)
-    if not hasattr(module_cls, "ensemble_eval"):
-        raise ConfigError(f"{preset.module} has no ensemble_eval: task {task} cannot ensemble yet")
     data = {**members[0][1]["data"], **({"batch_size": batch_size} if batch_size else {})}
-    dm = config.import_class(preset.datamodule, preset.path)(data_root=data_root, **data)
+    dm = registry.load_class(preset.datamodule)(data_root=data_root, **data)
     dm.prepare_data()
     dm.setup("test")
-
-    models = []
-    for ckpt, _ in members:
-        model = module_cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
-        if model.hparams.get("vocab_size") != dm.model_kwargs().get("vocab_size"):
-            raise ConfigError(f"{ckpt}: its vocabulary does not match the data ({data_root}); same data root?")
-        models.append(model.eval())
-
+    module_cls = registry.load_class(preset.module)
+    models = [_load(module_cls, ckpt, dm, data_root) for ckpt, _ in members]
     start = time.perf_counter()
     scores = module_cls.ensemble_eval(models, dm)  # {metric: ([member values], ensemble value)}
+    row = _row(task, preset.name, rows, scores, [c for c, _ in members], time.perf_counter() - start, command)
+    append_row(results_dir, row)
+    return row
+
+
+def _load(module_cls: type, ckpt: Path, dm: Any, data_root: Path) -> Any:
+    model = module_cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    if model.hparams.get("vocab_size") != dm.model_kwargs().get("vocab_size"):
+        raise ConfigError(f"{ckpt}: its vocabulary does not match the data ({data_root}); same data root?")
+    return model.eval()
+
+
+def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, tuple[list[float], float]],
+         ckpts: list[Path], seconds: float, command: str) -> dict[str, Any]:
+    """The ensemble's results row: its scores beside its members', measured the same way."""
     dropouts = sorted({r["dropout"] for r in rows})
-    row = {
+    return {
         "task": task,
-        "preset": preset.name,
+        "preset": preset,
         "dropout": dropouts[0] if len(dropouts) == 1 else "mixed",
         "seed": "+".join(str(r["seed"]) for r in rows),
-        "ensemble": len(models),
+        "ensemble": len(rows),
         "overrides": rows[0].get("overrides", ""),
         "config_hash": rows[0].get("config_hash", ""),
         **{k: f"{v[1]:.4f}" for k, v in scores.items()},
         **{f"members_{k}": " ".join(f"{x:.4f}" for x in v[0]) for k, v in scores.items()},
         "epochs": rows[0].get("epochs", ""),
-        "wall_s": f"{time.perf_counter() - start:.1f}",
+        "wall_s": f"{seconds:.1f}",
         "device": rows[0].get("device", ""),
         "precision": rows[0].get("precision", ""),
         "devices": 1,
         "host": platform.node(),
         "git_commit": rows[0].get("git_commit", ""),
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "run_dir": " ".join(str(c) for c, _ in members),
+        "run_dir": " ".join(str(c) for c in ckpts),
         "command": command or shlex.join(["bench", *sys.argv[1:]]),
     }
-    append_row(results_dir, row)
-    return row
-
-
-@torch.no_grad()
-def mixture_nll(member_logps: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL of each member and of their equal-weight mixture on `targets`.
-
-    member_logps: M tensors (..., V) of log-probabilities; targets: (...) word ids. The mixture's
-    log-probability of the target word is logsumexp_m log p_m(y) - log M: averaging whole
-    distributions and then reading off y gives exactly this, without building the average.
-    """
-    lp = torch.stack([m.gather(-1, targets.unsqueeze(-1)).squeeze(-1) for m in member_logps])  # (M, ...)
-    mix = lp.logsumexp(0) - torch.log(torch.tensor(float(len(member_logps))))
-    return -lp.flatten(1).sum(1), -mix.sum()

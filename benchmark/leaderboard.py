@@ -25,8 +25,9 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from benchmark import config, stats
-from benchmark.errors import ConfigError
 from benchmark.results import RUNS_FILE, read_rows, write_rows_atomic
+from tasks import registry
+from tasks.nn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -39,27 +40,16 @@ COLUMNS = ["task", "preset", "config_hash", "status", "dropout", "ensemble", "me
            "command"]
 EFFECT_COLUMNS = ["task", "preset", "config_hash", "metric", "better", "pairs", "off_mean", "on_mean", "diff",
                   "ci_low", "ci_high", "verdict", "bootstrap"]
-# What each task's table is, as the paper has it.
-TITLES = {
-    "ptb": "Word-level perplexity on the Penn Tree Bank (Sec. 4.1, Table 1)",
-    "speech": "Frame-level accuracy, acoustic modeling (Sec. 4.2, Table 2)",
-    "translation": "English to French translation (Sec. 4.3, Table 3)",
-    "captioning": "Image caption generation (Sec. 4.4, Table 4)",
-}
-
-
 class TaskMetrics:
-    """A task's headline metric and learning-curve metric, read off its LightningModule."""
+    """A task's headline and learning-curve metrics (its registry entry) and a preset's paper numbers."""
 
     def __init__(self, task: str, preset: str) -> None:
-        self.headline, self.curve, self.paper_by_dropout = "test_ppl", "ppl", {}
+        spec = registry.get(task)
+        self.title, self.headline, self.curve, self.paper_by_dropout = spec.title, spec.headline, spec.curve, {}
         try:
             p = config.load_preset(task, preset)
-            module = config.import_class(p.module, p.path)
         except ConfigError:  # a preset since deleted: its rows still show, without the paper's numbers
             return
-        self.headline = getattr(module, "headline", self.headline)
-        self.curve = module.monitor[0].removeprefix("valid_")
         self.paper_by_dropout = {d: config.paper_numbers(p, d) for d in ("on", "off")}
 
 
@@ -224,7 +214,7 @@ def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
         by_task[r["task"]].append(r)
     for task, trs in by_task.items():
         current = [r for r in trs if r["status"] == "current"]
-        lines += ["", f"## {task}: {TITLES.get(task, task)}", ""]
+        lines += ["", f"## {task}: {registry.get(task).title}", ""]
         if current:
             lines += _table(current)
         task_effects = [e for e in effects if e["task"] == task]
@@ -316,6 +306,11 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
 def build(results_dir: Path, plots: bool = True) -> Path:
     results_dir = Path(results_dir)
     runs = read_rows(results_dir / RUNS_FILE)
+    unknown = sorted({r["task"] for r in runs} - set(registry.names()))
+    if unknown:  # a task since removed (or a plugin's, not loaded now): its rows stay in runs.csv
+        log.warning("%s: rows of unregistered task(s) %s are left off the board", results_dir / RUNS_FILE,
+                    ", ".join(unknown))
+        runs = [r for r in runs if r["task"] not in unknown]
     out, effects = board_rows(runs), effect_rows(runs, results_dir)
     path = results_dir / LEADERBOARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from benchmark.errors import DataError
+from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
 

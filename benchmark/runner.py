@@ -18,15 +18,18 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from benchmark import backbone, identity, wandb_log
+from benchmark import identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
-from benchmark.config import Preset, apply_dropout, import_class, overrides_of, paper_numbers
-from benchmark.errors import ConfigError, RunInterrupted
+from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers
 from benchmark.results import RUNS_FILE, append_row, read_rows
+from tasks import registry
+from tasks.nn import backbone
+from tasks.nn.errors import ConfigError, RunInterrupted
 
 log = logging.getLogger("benchmark")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -87,7 +90,7 @@ def run_name(preset: Preset, dropout: str, seed: int, chash: str) -> str:
 
 
 def make_datamodule(preset: Preset, data_root: Path) -> L.LightningDataModule:
-    dm_cls = import_class(preset.datamodule, preset.path)
+    dm_cls = registry.load_class(preset.datamodule)
     try:
         return dm_cls(data_root=data_root, **preset.data)
     except TypeError as err:
@@ -154,93 +157,137 @@ def finished_row(run_dir: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: unreadable ({err}); delete it to run {run_dir} again") from err
 
 
+@dataclass
+class Run:
+    """One run's state, from the resolved preset to its results row. `plan` fills the first part,
+    `build` the Lightning objects."""
+
+    preset: Preset  # its dropout rates already set for `opts.dropout`
+    opts: RunOptions
+    spec: registry.TaskSpec
+    dm: L.LightningDataModule
+    chash: str  # config_hash: settings and data files
+    rates: dict[str, float]  # the dropout rates this run trains with
+    run_dir: Path
+    cli_trainer: dict[str, Any]  # trainer settings from the command line, over the preset's
+    resume_from: str | None = None  # last.ckpt of an interrupted run
+    commit: str = ""
+    model: L.LightningModule | None = None
+    trainer: L.Trainer | None = None
+    best: ModelCheckpoint | None = None
+    throughput: TokenThroughput = field(default_factory=TokenThroughput)
+    loggers: list[Logger] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return run_name(self.preset, self.opts.dropout, self.opts.seed, self.chash)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
 def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     """Train and test one preset. Returns the results row (rank 0) or None (other ranks)."""
-    dm = make_datamodule(preset, opts.data_root)
-    dm.prepare_data()  # downloads first: the settings hash covers the data files
-    cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
-    chash = settings_hash(preset, dm, cli_trainer, opts.data_root)
-    rates = apply_dropout(preset, opts.dropout)
-    name = run_name(preset, opts.dropout, opts.seed, chash)
-    run_dir = Path(opts.run_dir or Path(opts.runs_dir) / name)
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    resume_from = None
-    if opts.resume:
-        done = finished_row(run_dir)
-        if done is not None:
-            stale = code_changed_since(done.get("git_commit", ""))
-            if stale:
-                log.warning("%s finished at commit %s and the code has changed since: its result is kept, not "
-                            "rerun; delete the folder (or use another --runs-dir) to run it with this code",
-                            run_dir, done.get("git_commit"))
-            else:
-                log.info("%s finished earlier (its row is in %s): skipped", run_dir, RUNS_FILE)
-            return {**done, "skipped": "older code" if stale else True}
-        if last.exists():
-            check_checkpoint(last)
-            resume_from = str(last)
-        else:
-            log.info("%s holds no last.ckpt: starting %s from scratch", ckpt_dir, name)
-    elif any(ckpt_dir.glob("*.ckpt")) or (run_dir / RESULT_FILE).exists():
-        raise ConfigError(f"{run_dir} already holds an earlier run: pass --resume to continue it (a finished "
-                          f"run is skipped), or --run-dir to start a new run elsewhere")
-
-    read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
-    commit = git_commit()  # the code that trains, not what the tree holds when the run ends
-    L.seed_everything(opts.seed, workers=True, verbose=False)
-    module_cls = import_class(preset.module, preset.path)
-    dm.setup("fit")
+    r = plan(preset, opts)
+    if opts.resume and (done := finished(r)) is not None:
+        return done
+    build(r)
     try:
-        model = module_cls(**preset.model, **dm.model_kwargs())
-    except TypeError as err:
-        raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
-
-    throughput = TokenThroughput()
-    trainer_kwargs = {**preset.trainer, **cli_trainer}
-    bar = [progress_bar()] if trainer_kwargs.get("enable_progress_bar", True) else []
-    loggers = make_loggers(run_dir, opts, preset, {
-        "task": preset.task, "preset": preset.name, "dropout": opts.dropout, "dropout_rates": rates,
-        "seed": opts.seed, "config_hash": chash, "model": preset.model, "data": preset.data, "trainer": trainer_kwargs,
-        "paper": preset.paper, "config_file": str(preset.path), "git_commit": commit, "command": opts.command})
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
-                           monitor=model.monitor[0], mode=model.monitor[1])
-    step_stats = [LearningRateMonitor(logging_interval="step"), GradNorm()] if loggers else []
-    try:
-        trainer = L.Trainer(
-            default_root_dir=run_dir,
-            callbacks=[
-                # last.ckpt after every epoch, whatever the metric did (what --resume reads); Lightning's
-                # save_last alone only writes it when a top-k checkpoint is saved.
-                best,  # first: ddp_spawn hands back only the first checkpoint callback's paths
-                ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False, every_n_epochs=1),
-                EpochSeed(opts.seed),
-                throughput,
-                *step_stats,
-                *bar,
-                *opts.callbacks,
-            ],
-            logger=loggers or False,
-            plugins=[AtomicCheckpointIO()],
-            # PTB lays out its own per-rank columns; shuffled tasks take Lightning's sampler.
-            use_distributed_sampler=not getattr(dm, "lays_out_ranks", False),
-            **trainer_kwargs,
-        )
-    except (TypeError, ValueError, lightning_misconfig()) as err:
-        raise ConfigError(f"bad trainer setting in {preset.path} or the command line: {err}") from err
-
-    try:
-        row = _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughput, commit, run_dir,
-                            resume_from, best, chash)
+        row = fit_and_test(r)
     except BaseException:
-        wandb_log.finish(loggers, failed=True)
+        wandb_log.finish(r.loggers, failed=True)
         raise
     paper = paper_numbers(preset, opts.dropout)
-    wandb_log.finish(loggers, summary=row and {
+    wandb_log.finish(r.loggers, summary=row and {
         **{k: float(v) for k, v in row.items()
            if k.startswith(("train_", "valid_", "test_", "best_test_")) and _is_number(v)},
         **{f"paper/{k}": v for k, v in paper.items()}})
     return row
+
+
+def plan(preset: Preset, opts: RunOptions) -> Run:
+    """The data (downloaded first: the settings hash covers its files), the hash, the folder."""
+    dm = make_datamodule(preset, opts.data_root)
+    dm.prepare_data()
+    cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
+    chash = settings_hash(preset, dm, cli_trainer, opts.data_root)
+    rates = apply_dropout(preset, opts.dropout)
+    r = Run(preset, opts, registry.get(preset.task), dm, chash, rates, Path(opts.run_dir or "."), cli_trainer)
+    r.run_dir = Path(opts.run_dir or Path(opts.runs_dir) / r.name)
+    if not opts.resume and (any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()):
+        raise ConfigError(f"{r.run_dir} already holds an earlier run: pass --resume to continue it (a finished "
+                          f"run is skipped), or --run-dir to start a new run elsewhere")
+    return r
+
+
+def finished(r: Run) -> dict[str, Any] | None:
+    """--resume: a finished run's row (kept even when the code has changed since, with a warning);
+    otherwise None, and an interrupted run continues from its last.ckpt."""
+    done = finished_row(r.run_dir)
+    if done is not None:
+        stale = code_changed_since(done.get("git_commit", ""))
+        if stale:
+            log.warning("%s finished at commit %s and the code has changed since: its result is kept, not "
+                        "rerun; delete the folder (or use another --runs-dir) to run it with this code",
+                        r.run_dir, done.get("git_commit"))
+        else:
+            log.info("%s finished earlier (its row is in %s): skipped", r.run_dir, RUNS_FILE)
+        return {**done, "skipped": "older code" if stale else True}
+    last = r.ckpt_dir / "last.ckpt"
+    if last.exists():
+        check_checkpoint(last)
+        r.resume_from = str(last)
+    else:
+        log.info("%s holds no last.ckpt: starting %s from scratch", r.ckpt_dir, r.name)
+    return None
+
+
+def build(r: Run) -> None:
+    """Seed, model, loggers and Trainer."""
+    preset, opts = r.preset, r.opts
+    read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
+    r.commit = git_commit()  # the code that trains, not what the tree holds when the run ends
+    L.seed_everything(opts.seed, workers=True, verbose=False)
+    r.dm.setup("fit")
+    try:
+        r.model = registry.load_class(preset.module)(**preset.model, **r.dm.model_kwargs())
+    except TypeError as err:
+        raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
+    trainer_kwargs = {**preset.trainer, **r.cli_trainer}
+    r.loggers = make_loggers(r.run_dir, opts, preset, {
+        "task": preset.task, "preset": preset.name, "dropout": opts.dropout, "dropout_rates": r.rates,
+        "seed": opts.seed, "config_hash": r.chash, "model": preset.model, "data": preset.data,
+        "trainer": trainer_kwargs, "paper": preset.paper, "config_file": str(preset.path), "git_commit": r.commit,
+        "command": opts.command})
+    r.best = ModelCheckpoint(dirpath=r.ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                             monitor=r.spec.monitor[0], mode=r.spec.monitor[1])
+    try:
+        r.trainer = L.Trainer(
+            default_root_dir=r.run_dir, callbacks=callbacks(r, trainer_kwargs), logger=r.loggers or False,
+            plugins=[AtomicCheckpointIO()],
+            # PTB and translation lay out their own per-rank batches; the others take Lightning's sampler.
+            use_distributed_sampler=not r.spec.can(registry.Can.OWN_RANK_LAYOUT),
+            **trainer_kwargs,
+        )
+    except (TypeError, ValueError, MisconfigurationException) as err:
+        raise ConfigError(f"bad trainer setting in {preset.path} or the command line: {err}") from err
+
+
+def callbacks(r: Run, trainer_kwargs: dict[str, Any]) -> list[L.Callback]:
+    step_stats = [LearningRateMonitor(logging_interval="step"), GradNorm()] if r.loggers else []
+    bar = [progress_bar()] if trainer_kwargs.get("enable_progress_bar", True) else []
+    return [
+        r.best,  # first: ddp_spawn hands back only the first checkpoint callback's paths
+        # last.ckpt after every epoch, whatever the metric did (what --resume reads); Lightning's
+        # save_last alone only writes it when a top-k checkpoint is saved.
+        ModelCheckpoint(dirpath=r.ckpt_dir, filename="last", enable_version_counter=False, every_n_epochs=1),
+        EpochSeed(r.opts.seed),
+        r.throughput,
+        *step_stats,
+        *bar,
+        *r.opts.callbacks,
+    ]
 
 
 def _is_number(text: Any) -> bool:
@@ -251,53 +298,57 @@ def _is_number(text: Any) -> bool:
         return False
 
 
-def _fit_and_test(preset, opts, trainer, model, dm, rates, cli_trainer, throughput, commit, run_dir,
-                  resume_from, best, chash) -> dict[str, Any] | None:
-    ckpt_dir = run_dir / "checkpoints"
+def fit_and_test(r: Run) -> dict[str, Any] | None:
+    """Fit, test the last epoch and the best checkpoint, and record the row (rank 0)."""
     start = time.perf_counter()
-    interrupted = RunInterrupted(f"run interrupted; its last epoch checkpoint is in {ckpt_dir}: rerun with --resume "
-                             f"to continue (no results row was written)")
-    try:
-        trainer.fit(model, datamodule=dm, ckpt_path=resume_from)
-    except SystemExit:  # Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1)
-        if trainer.interrupted:
-            raise interrupted from None
-        raise
-    if trainer.interrupted:
-        raise interrupted
-    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    last_epoch = trainer.current_epoch  # 1-based once fit ends
-    test_metrics = _test(trainer, model, dm, None, "")
-    best_epoch, best_metrics = _best_epoch(best), {}
+    _fit(r)
+    fit_metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
+    last_epoch = r.trainer.current_epoch  # 1-based once fit ends
+    test_metrics = _test(r.trainer, r.model, r.dm, None, "")
+    best_epoch, best_metrics = _best_epoch(r.best), {}
     # The best-by-validation checkpoint too: the headline scores the last epoch (the paper's fixed
     # schedules), and the best shows how much of the gap early stopping would close.
     if best_epoch is not None and best_epoch != last_epoch:
-        # Loading a checkpoint also restores the callbacks' state (the throughput counters would go
-        # back to the best epoch's), and the loggers hold the last epoch's test: keep both as they are.
-        counted, loggers = throughput.state_dict(), trainer.loggers
-        trainer.loggers = []
-        try:
-            best_metrics = _test(trainer, model, dm, best.best_model_path, "best_")
-        finally:
-            trainer.loggers = loggers
-            throughput.load_state_dict(counted)
+        best_metrics = _test_best(r)
     elif best_epoch is not None:
         best_metrics = {f"best_{k}": v for k, v in test_metrics.items()}
     wall = time.perf_counter() - start
-    if not trainer.is_global_zero:
+    if not r.trainer.is_global_zero:
         return None
-
-    metrics = {**fit_metrics, **test_metrics, **best_metrics}
-    row = results_row(preset, opts, trainer, model, metrics, rates, cli_trainer, throughput, wall, commit, run_dir)
-    row = {**row, "config_hash": chash, "best_epoch": "" if best_epoch is None else best_epoch,
-           "host": platform.node()}
-    outputs = save_outputs(run_dir, Path(opts.results_dir), run_name(preset, opts.dropout, opts.seed, chash))
-    row["outputs"] = outputs.relative_to(opts.results_dir).as_posix() if outputs else ""
-    path = append_row(opts.results_dir, row)
+    row = {**results_row(r, {**fit_metrics, **test_metrics, **best_metrics}, wall),
+           "config_hash": r.chash, "best_epoch": "" if best_epoch is None else best_epoch, "host": platform.node()}
+    outputs = save_outputs(r.run_dir, Path(r.opts.results_dir), r.name)
+    row["outputs"] = outputs.relative_to(r.opts.results_dir).as_posix() if outputs else ""
+    path = append_row(r.opts.results_dir, row)
     # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
-    _write_atomic(run_dir / RESULT_FILE, json.dumps({"row": row, "data": preset.data}, indent=1) + "\n")
+    _write_atomic(r.run_dir / RESULT_FILE, json.dumps({"row": row, "data": r.preset.data}, indent=1) + "\n")
     log.info("results row appended to %s", path)
     return row
+
+
+def _fit(r: Run) -> None:
+    interrupted = RunInterrupted(f"run interrupted; its last epoch checkpoint is in {r.ckpt_dir}: rerun with "
+                                 f"--resume to continue (no results row was written)")
+    try:
+        r.trainer.fit(r.model, datamodule=r.dm, ckpt_path=r.resume_from)
+    except SystemExit:  # Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1)
+        if r.trainer.interrupted:
+            raise interrupted from None
+        raise
+    if r.trainer.interrupted:
+        raise interrupted
+
+
+def _test_best(r: Run) -> dict[str, float]:
+    # Loading a checkpoint also restores the callbacks' state (the throughput counters would go
+    # back to the best epoch's), and the loggers hold the last epoch's test: keep both as they are.
+    counted, loggers = r.throughput.state_dict(), r.trainer.loggers
+    r.trainer.loggers = []
+    try:
+        return _test(r.trainer, r.model, r.dm, r.best.best_model_path, "best_")
+    finally:
+        r.trainer.loggers = loggers
+        r.throughput.load_state_dict(counted)
 
 
 def _test(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule, ckpt_path: str | None,
@@ -344,40 +395,33 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def results_row(preset: Preset, opts: RunOptions, trainer: L.Trainer, model: L.LightningModule,
-                metrics: dict[str, float], rates: dict[str, float], cli_trainer: dict[str, Any],
-                throughput: TokenThroughput, wall: float, commit: str, run_dir: Path) -> dict[str, Any]:
+def results_row(r: Run, metrics: dict[str, float], wall: float) -> dict[str, Any]:
     """One line of results/runs.csv: what ran, where, how fast, and the command to repeat it."""
+    trainer, opts = r.trainer, r.opts
     precision = str(trainer.precision)
     if precision.startswith(("bf16", "16")) and trainer.strategy.root_device.type == "cpu":
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
         if not backbone.cpu_lstm_supports(dtype):
             precision += " (LSTM in fp32: no oneDNN kernel)"
     return {
-        "task": preset.task,
-        "preset": preset.name,
+        "task": r.preset.task,
+        "preset": r.preset.name,
         "dropout": opts.dropout,
-        "dropout_rate": ";".join(f"{k}={v}" for k, v in rates.items()),
+        "dropout_rate": ";".join(f"{k}={v}" for k, v in r.rates.items()),
         "seed": opts.seed,
-        "overrides": overrides_of(preset, cli_trainer),
-        **{k: f"{v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(model.result_keys)},
-        **(model.row_info() if hasattr(model, "row_info") else {}),  # e.g. the BLEU signature, the encoder
+        "overrides": overrides_of(r.preset, r.cli_trainer),
+        **{k: f"{v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(r.spec.result_keys)},
+        **r.model.row_info(),  # e.g. the BLEU signature, the encoder
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_s": f"{wall:.1f}",
-        "tokens_per_s": f"{throughput.tokens_per_second:.0f}",  # PTB: words; speech: frames
-        "train_s_per_epoch": f"{throughput.seconds / max(trainer.current_epoch, 1):.1f}",
+        "tokens_per_s": f"{r.throughput.tokens_per_second:.0f}",  # PTB: words; speech: frames
+        "train_s_per_epoch": f"{r.throughput.seconds / max(trainer.current_epoch, 1):.1f}",
         "device": device_name(trainer),
         "precision": precision,
         "devices": trainer.world_size,
-        "git_commit": commit,
+        "git_commit": r.commit,
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "run_dir": str(run_dir),
+        "run_dir": str(r.run_dir),
         "command": opts.command or shlex.join(["bench", *sys.argv[1:]]),
     }
-
-
-def lightning_misconfig() -> type[Exception]:
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    return MisconfigurationException

@@ -20,6 +20,8 @@ from statistics import mean, stdev
 
 from scipy import stats as scipy_stats
 
+from tasks.nn.references import reference_streams
+
 LOWER_IS_BETTER = ("ppl", "per", "loss", "wer")
 
 
@@ -79,10 +81,8 @@ class Bootstrap:
 def bleu_bootstrap(off_file: Path, on_file: Path, stream: str = "test", samples: int = 1000) -> Bootstrap | None:
     """sacrebleu's paired bootstrap (BLEU, 1000 resamples, its fixed seed) between the off and on
     outputs of one seed; None when the two files do not hold the same test sentences."""
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # sacrebleu loads only when there are BLEU outputs to compare
     from sacrebleu.significance import PairedTest
-
-    from benchmark.text_metrics import reference_streams
 
     off, on = read_outputs(off_file, stream), read_outputs(on_file, stream)
     if not off or set(off) != set(on):

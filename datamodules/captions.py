@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -52,97 +51,17 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from benchmark import fetch
-from benchmark.errors import DataError
+from datamodules import download as fetch
+from datamodules import sources
+from datamodules.base import TaskDataModule
 from datamodules.image_encoders import Encoder, build_encoder
 from datamodules.vocab import WordVocab
+from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "restval": "train", "dev": "valid", "val": "valid", "valid": "valid", "test": "test"}
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-FETCH_HELP = (
-    "COCO: images from https://cocodataset.org/#download (train2014.zip 13 GB, val2014.zip 6 GB) unpacked into "
-    "one images/ folder, annotations_trainval2014.zip's captions_train2014.json and captions_val2014.json merged "
-    "into captions.json (or run `bench fetch coco2014 --yes`), and Karpathy's split file dataset_coco.json "
-    "(https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip). Flickr8k: `bench fetch flickr8k --yes` "
-    "(1 GB), or get Flickr8k_Dataset.zip and Flickr8k_text.zip (https://hockenmaier.cs.illinois.edu/8k-pictures.html) "
-    "into flickr8k/.downloads/ and run that command to unpack them and write flickr8k/captions.json"
-)
-
-
-COCO2014 = fetch.LargeDataset(
-    name="coco",
-    archives=(
-        fetch.Archive("http://images.cocodataset.org/zips/train2014.zip", {"train2014/": "images"}),
-        fetch.Archive("http://images.cocodataset.org/zips/val2014.zip", {"val2014/": "images"}),
-        fetch.Archive("http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
-                      {"annotations/captions_": "annotations"}),
-        fetch.Archive("https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
-                      {"dataset_coco.json": "."}),
-    ),
-    homepage="https://cocodataset.org/#download",
-    after="datamodules.captions.merge_coco_captions",
-)
-
-
-# Flickr8k's publisher hands it out by form (hockenmaier.cs.illinois.edu/8k-pictures.html); these
-# are the widely used copies of its two zips. Full-size images: features differ from the shared
-# 224x224 copy's, so results on the two are not interchangeable.
-FLICKR8K = fetch.LargeDataset(
-    name="flickr8k",
-    archives=(
-        fetch.Archive("https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip",
-                      {"Flicker8k_Dataset/": "images"}),  # sic: the zip's folder is misspelt
-        fetch.Archive("https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip",
-                      {name: "text" for name in ("Flickr8k.token.txt", "Flickr_8k.trainImages.txt",
-                                                 "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt")}),
-    ),
-    homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html",
-    after="datamodules.captions.flickr8k_to_coco",
-)
-
-
-def flickr8k_to_coco(folder: Path) -> Path:
-    """text/Flickr8k.token.txt ("<file>#<n>\t<caption>") + the official split lists -> captions.json
-    in the COCO captions format, each image's split in its `split` field (`unused` if unlisted)."""
-    split_of = {}
-    for split in ("train", "dev", "test"):
-        for name in (folder / "text" / f"Flickr_8k.{split}Images.txt").read_text().split():
-            split_of[name] = split
-    images: dict[str, dict] = {}
-    annotations = []
-    for lineno, line in enumerate((folder / "text" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        key, _, caption = line.partition("\t")
-        name = key.split("#")[0]
-        if not caption or not name:
-            raise DataError(f"{folder / 'text' / 'Flickr8k.token.txt'}:{lineno}: expected '<file>#<n><TAB>caption'")
-        img = images.setdefault(name, {"id": len(images) + 1, "file_name": name,
-                                       "split": split_of.get(name, "unused")})
-        annotations.append({"image_id": img["id"], "id": len(annotations) + 1, "caption": caption.strip()})
-    out = folder / "captions.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"images": list(images.values()), "annotations": annotations}))
-    os.replace(tmp, out)
-    return out
-
-
-def merge_coco_captions(folder: Path) -> Path:
-    """annotations/captions_{train,val}2014.json -> one captions.json (Karpathy's split draws from both)."""
-    merged: dict[str, Any] = {"images": [], "annotations": []}
-    for part in ("train2014", "val2014"):
-        data = _load_json(folder / "annotations" / f"captions_{part}.json")
-        merged["images"] += data["images"]
-        merged["annotations"] += data["annotations"]
-    out = folder / "captions.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged))
-    os.replace(tmp, out)
-    return out
-
 
 def normalize_caption(text: str) -> list[str]:
     """NeuralTalk's caption preprocessing: 'A dog, running.' -> ['a', 'dog', 'running']."""
@@ -159,7 +78,7 @@ class ImageEntry:
 
 def _load_json(path: Path) -> Any:
     if not path.is_file():
-        raise DataError(f"{path}: not found. Put {FETCH_HELP}")
+        raise DataError(f"{path}: not found. Put {sources.FETCH_HELP['captions']}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -342,7 +261,7 @@ def collate(items: list[tuple[Tensor, list[list[int]], list[str]]], pad: int, bo
     }
 
 
-class CaptionsDataModule(L.LightningDataModule):
+class CaptionsDataModule(TaskDataModule):
     def __init__(
         self,
         data_root: str | Path = "data",
@@ -391,7 +310,7 @@ class CaptionsDataModule(L.LightningDataModule):
         if self.sets:
             return
         if not self.images_dir.is_dir():
-            raise DataError(f"{self.images_dir}: image folder not found. Put {FETCH_HELP}")
+            raise DataError(f"{self.images_dir}: image folder not found. Put {sources.FETCH_HELP['captions']}")
         entries = assign_splits(read_coco(self.images_dir, self.captions_json), self.karpathy, self.split,
                                 str(self.split["salt"]))
         for name, spec in self.test_sets.items():

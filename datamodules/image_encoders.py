@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from benchmark.errors import DataError
+from tasks.nn.errors import DataError
 
 TORCHVISION = {"googlenet": 1024, "resnet18": 512, "resnet50": 2048, "resnet101": 2048}
 ENCODERS = (*TORCHVISION, "efficientnet_lite0")

@@ -31,97 +31,23 @@ import functools
 import hashlib
 import html
 import logging
-import os
 import random
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import lightning as L
 import torch
 from sacremoses import MosesTokenizer
 from torch.utils.data import DataLoader, Sampler
 
-from benchmark import fetch
-from benchmark.errors import DataError
+from datamodules import download as fetch
+from datamodules import sources
+from datamodules.base import TaskDataModule
 from datamodules.vocab import WordVocab
+from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
-
-TATOEBA = fetch.Dataset(
-    name="tatoeba-fra-eng",
-    url="https://www.manythings.org/anki/fra-eng.zip",
-    members={"fra.txt": "fra.txt", "_about.txt": "_about.txt"},
-    # The 2019-04-07 export; ManyThings re-exports now and then, and a newer file fails this check.
-    sha256={"fra.txt": "0bb85dbaa1c896844649094d7eaf2e34bee34e84fe362b26ce7e8f2e12aae104",
-            "_about.txt": "79f39a53dbddaf7ab43c801f231089174a611f23987244056f9e3cb5aa79358b"},
-    homepage="https://www.manythings.org/anki/",
-)
-
-WMT_DEV = fetch.Dataset(
-    name="wmt/dev",
-    url="https://www.statmt.org/wmt14/dev.tgz",
-    members={f"newstest{y}.{lang}": f"dev/newstest{y}.{lang}" for y in (2012, 2013) for lang in ("en", "fr")},
-    sha256={"newstest2012.en": "f9e51f85c4948033fc7d77ef427f4d88908a8dd3f778970f62d0baafac3ff97e",
-            "newstest2012.fr": "29aa5aff172127f6adf5625cc2f8e44f579d524700e84f1ec0eb14f4f19719e4",
-            "newstest2013.en": "ace268a1d9724ca76f6d8e5c720ffdc08f01bdce45630ed8b269dc7918e1c16e",
-            "newstest2013.fr": "909b63be5df3eb8c13e1d5967bf3f0adfdb9f6ed5e638c5bffff563ee2ff7f41"},
-    homepage="https://www.statmt.org/wmt14/translation-task.html",
-)
-PUBLISHED = (TATOEBA, WMT_DEV)  # fetched on first use when a corpus spec points into their folder
-
-# Sutskever et al. trained on Schwenk's 12M-pair selection of these corpora, which is not published
-# in this form; `bench fetch wmt14` gives the full WMT'14 English-French training data (~36M pairs).
-WMT14_CORPORA = ("europarl-v7.fr-en", "commoncrawl.fr-en", "undoc.2000.fr-en", "news-commentary-v9.fr-en",
-                 "giga-fren.release2.fixed")
-WMT14 = fetch.LargeDataset(
-    name="wmt14",
-    archives=(
-        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz",
-                      {"training/europarl-v7.fr-en.": "parts"}),
-        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz", {"commoncrawl.fr-en.": "parts"}),
-        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-un.tgz", {"un/undoc.2000.fr-en.": "parts"}),
-        fetch.Archive("https://www.statmt.org/wmt14/training-parallel-nc-v9.tgz",
-                      {"training/news-commentary-v9.fr-en.": "parts"}),
-        fetch.Archive("https://www.statmt.org/wmt10/training-giga-fren.tar", {"giga-fren.release2.fixed.": "parts"}),
-    ),
-    homepage="https://www.statmt.org/wmt14/translation-task.html",
-    after="datamodules.parallel.concat_wmt14",
-)
-
-
-def concat_wmt14(folder: Path) -> None:
-    """parts/<corpus>.{en,fr}[.gz] -> train.en / train.fr, line-aligned, corpus by corpus."""
-    import gzip
-
-    for lang in ("en", "fr"):
-        out = folder / f"train.{lang}"
-        tmp = out.with_suffix(".tmp")
-        with open(tmp, "wb") as dst:
-            for corpus in WMT14_CORPORA:
-                part = folder / "parts" / f"{corpus}.{lang}"
-                src = gzip.open(part.with_suffix(part.suffix + ".gz")) if not part.is_file() else open(part, "rb")
-                with src:
-                    shutil.copyfileobj(src, dst)
-        os.replace(tmp, out)
-    n_en, n_fr = (sum(1 for _ in open(folder / f"train.{lang}", "rb")) for lang in ("en", "fr"))
-    if n_en != n_fr:
-        raise DataError(f"{folder}: train.en has {n_en} lines but train.fr {n_fr}; a corpus archive is damaged")
-
-
-FETCH_HELP = {
-    "tatoeba-fra-eng": "the ManyThings/Tatoeba export (`bench fetch tatoeba`, or unzip "
-                       "https://www.manythings.org/anki/fra-eng.zip so that tatoeba-fra-eng/fra.txt exists)",
-    "wmt": "the WMT news test sets: https://www.statmt.org/wmt14/dev.tgz unpacked, one sentence per line, as "
-           "wmt/dev/newstest2013.en and .fr (the .sgm files work too)",
-    "wmt14": "the WMT'14 English-French training data (`bench fetch wmt14 --yes`, several GB; or by hand from "
-             "https://www.statmt.org/wmt14/translation-task.html: "
-             "(Europarl v7, Common Crawl, UN, News Commentary v9, 10^9 French-English), each corpus's "
-             "English and French files concatenated in the same order into wmt14/train.en and wmt14/train.fr "
-             "(line-aligned); newstest2012/2013 from https://www.statmt.org/wmt14/dev.tgz into wmt/dev/",
-}
 
 _SEG = re.compile(r"<seg[^>]*>(.*)</seg>", re.IGNORECASE)
 
@@ -197,8 +123,8 @@ def _resolve(path: str, data_root: Path) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    if not (data_root / p).exists() and p.parts[0] in FETCH_HELP:
-        raise DataError(f"{data_root / p}: not found. Put {FETCH_HELP[p.parts[0]]} there, or fix --data-root")
+    if not (data_root / p).exists() and p.parts[0] in sources.FETCH_HELP:
+        raise DataError(f"{data_root / p}: not found. Put {sources.FETCH_HELP[p.parts[0]]} there, or fix --data-root")
     return data_root / p
 
 
@@ -275,9 +201,7 @@ class LengthBuckets(Sampler[list[int]]):
         return len(self._batches())
 
 
-class ParallelTextDataModule(L.LightningDataModule):
-    lays_out_ranks = True  # LengthBuckets shards by rank; Lightning's sampler would undo the buckets
-    accepts_test_files = True  # `bench run --test-src/--test-ref` add a test set
+class ParallelTextDataModule(TaskDataModule):
 
     def __init__(
         self,
@@ -332,7 +256,7 @@ class ParallelTextDataModule(L.LightningDataModule):
         # For anything else read_corpus() names the missing file and where to get it.
         specs = [self.train_spec, self.valid_spec, self.test_spec, *self.test_sets.values()]
         paths = [p for spec in specs if spec for key, p in spec.items() if key in ("tab", "src", "ref")]
-        for ds in PUBLISHED:
+        for ds in sources.PUBLISHED:
             wanted = [p for p in paths if Path(p).as_posix().startswith(ds.name + "/")]
             if any(not (self.data_root / p).is_file() for p in wanted):
                 fetch.download(ds, self.data_root)
@@ -381,7 +305,7 @@ class ParallelTextDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         pairs = self.sets[name]
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world = self.rank_world()
         sampler = LengthBuckets([len(p.src) for p in pairs], self.batch_size if shuffle else self.eval_batch_size,
                                 shuffle=shuffle, seed=torch.initial_seed() if shuffle else 0, rank=rank,
                                 world_size=world)

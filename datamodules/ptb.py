@@ -22,33 +22,23 @@ sampler touches them (the datasets are iterable, which Lightning leaves alone).
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from benchmark.errors import DataError
-from benchmark.fetch import Dataset, download
+from datamodules import sources
+from datamodules.base import TaskDataModule
+from datamodules.download import download
+from datamodules.vocab import WordVocab
+from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 EOS, UNK = "<eos>", "<unk>"
 
-PTB = Dataset(
-    name="ptb",
-    url="http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz",
-    members={f"ptb.{s}.txt": f"simple-examples/data/ptb.{s}.txt" for s in SPLITS},
-    sha256={
-        "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
-        "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
-        "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
-    },
-    homepage="https://www.fit.vutbr.cz/~imikolov/rnnlm/",
-)
 
 
 def read_tokens(path: Path) -> list[str]:
@@ -65,30 +55,13 @@ def read_tokens(path: Path) -> list[str]:
     return tokens
 
 
-class Vocab:
-    """Word <-> id, built from the training split only. Most frequent first, ties alphabetical."""
-
-    def __init__(self, train_tokens: list[str]) -> None:
-        counts = Counter(train_tokens)
-        self.itos = sorted(counts, key=lambda w: (-counts[w], w))
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def encode(self, tokens: list[str], source: Path) -> Tensor:
-        unk = self.stoi.get(UNK)
-        ids, n_unk = [], 0
-        for tok in tokens:
-            idx = self.stoi.get(tok)
-            if idx is None:
-                if unk is None:
-                    raise DataError(f"{source}: word {tok!r} is not in the training vocabulary and there is no {UNK}")
-                idx, n_unk = unk, n_unk + 1
-            ids.append(idx)
-        if n_unk:
-            log.warning("%s: %d out-of-vocabulary tokens mapped to %s", source, n_unk, UNK)
-        return torch.tensor(ids, dtype=torch.long)
+def encode_split(vocab: WordVocab, tokens: list[str], source: Path) -> Tensor:
+    """A split's tokens -> ids under the training vocabulary; words it lacks become <unk>, counted."""
+    n_unk = sum(1 for tok in tokens if tok not in vocab.stoi)
+    ids = torch.tensor(vocab.encode(tokens, source), dtype=torch.long)
+    if n_unk:
+        log.warning("%s: %d out-of-vocabulary tokens mapped to %s", source, n_unk, UNK)
+    return ids
 
 
 def batchify(ids: Tensor, batch_size: int) -> Tensor:
@@ -116,10 +89,9 @@ class BPTTWindows(IterableDataset):
             yield self.grid[start:end], self.grid[start + 1 : end + 1]
 
 
-class PTBDataModule(L.LightningDataModule):
+class PTBDataModule(TaskDataModule):
     """Reads `ptb.{train,valid,test}.txt` from `data_root/ptb/` (downloading them if absent)."""
 
-    lays_out_ranks = True  # the runner must not add a DistributedSampler
 
     def __init__(
         self,
@@ -134,30 +106,30 @@ class PTBDataModule(L.LightningDataModule):
             raise DataError(f"batch_size and bptt must be positive, got {batch_size} and {bptt}")
         self.data_root, self.batch_size, self.bptt = Path(data_root), batch_size, bptt
         self.train_tokens, self.allow_download = train_tokens, download
-        self.vocab: Vocab | None = None
+        self.vocab: WordVocab | None = None
         self.ids: dict[str, Tensor] = {}
 
     @property
     def folder(self) -> Path:
-        return self.data_root / PTB.name
+        return self.data_root / sources.PTB.name
 
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes."""
-        return [self.folder / n for n in PTB.sha256]
+        return [self.folder / n for n in sources.PTB.sha256]
 
     def prepare_data(self) -> None:
-        missing = [n for n in PTB.sha256 if not (self.folder / n).is_file()]
+        missing = [n for n in sources.PTB.sha256 if not (self.folder / n).is_file()]
         if missing and not self.allow_download:
             raise DataError(f"{self.folder}: missing {', '.join(missing)}; run `bench fetch ptb` or fix --data-root")
         if missing:
-            download(PTB, self.data_root)
+            download(sources.PTB, self.data_root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
         tokens = {s: read_tokens(self.folder / f"ptb.{s}.txt") for s in SPLITS}
-        self.vocab = Vocab(tokens["train"])
-        self.ids = {s: self.vocab.encode(t, self.folder / f"ptb.{s}.txt") for s, t in tokens.items()}
+        self.vocab = WordVocab.build([tokens["train"]], specials=())  # <unk> and <eos> are PTB's own words
+        self.ids = {s: encode_split(self.vocab, t, self.folder / f"ptb.{s}.txt") for s, t in tokens.items()}
         if self.train_tokens is not None:
             self.ids["train"] = self.ids["train"][: self.train_tokens]
         for split, ids in self.ids.items():
@@ -173,14 +145,8 @@ class PTBDataModule(L.LightningDataModule):
         return {"vocab_size": len(self.vocab)}
 
     # -- distributed layout -------------------------------------------------------------------------
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
     def _columns(self, batch_size: int) -> tuple[int, int]:
-        rank, world = self._rank_world()
+        rank, world = self.rank_world()
         if batch_size % world:
             raise DataError(
                 f"batch_size {batch_size} is not divisible by the world size {world}: the paper's global "

@@ -34,7 +34,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import soundfile as sf
 import torch
 import torchaudio
@@ -42,9 +41,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, StackDataset
 from tqdm import tqdm
 
-from benchmark import fetch
-from benchmark.errors import DataError
+from datamodules import download as fetch
+from datamodules import sources
+from datamodules.base import TaskDataModule
 from datamodules.phones import PHONE_SETS, PhoneSet
+from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,9 @@ TIMIT_CORE_TEST = {
     "MBPM0", "MKLT0", "FNLP0", "MCMJ0", "MJDH0", "FMGD0", "MGRT0", "MNJM0", "FDHC0", "MJLN0", "MPAM0", "FMLD0",
 }
 
-FETCH_HELP = {
-    "an4": "CMU AN4 audio: https://github.com/cmusphinx/an4 (wav/an4_clstk, wav/an4test_clstk). Its phone "
-           "alignments are published nowhere: each utterance needs a TIMIT-style .phn beside it, e.g. from "
-           "forced alignment of etc/an4_*.transcription with pocketsphinx (PyPI wheel, en-us model)",
-    "timit-sample": "NLTK's TIMIT sample: https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/"
-                    "corpora/timit.zip, unpacked so that timit-sample/dr1-fvmh0/sa1.wav exists",
-    "timit": "the LDC TIMIT corpus (LDC93S1, licensed: https://catalog.ldc.upenn.edu/LDC93S1), copied so "
-             "that timit/TRAIN/DR1/FCJF0/SI1027.WAV and .PHN exist (upper or lower case both work)",
-}
 
 
-_SAMPLE_SUMS = fetch.read_sums(Path(__file__).parent / "checksums" / "timit-sample.sha256")
-TIMIT_SAMPLE = fetch.Dataset(
-    name="timit-sample",
-    url="https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/timit.zip",
-    members={name: f"timit/{name}" for name in _SAMPLE_SUMS},
-    sha256=_SAMPLE_SUMS,
-    homepage="https://www.nltk.org/nltk_data/",
-)
+
 
 
 @dataclass(frozen=True)
@@ -100,14 +85,14 @@ def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speaker
     """Utterances of train/valid/test for one corpus under the data root."""
     base = root / corpus
     if not base.is_dir():
-        raise DataError(f"{base}: not found. Put {FETCH_HELP.get(corpus, corpus)} there, or fix --data-root")
+        raise DataError(f"{base}: not found. Put {sources.FETCH_HELP.get(corpus, corpus)} there, or fix --data-root")
     valid, test = {s.lower() for s in valid_speakers}, {s.lower() for s in test_speakers}
     splits: dict[str, list[Utterance]] = {"train": [], "valid": [], "test": []}
     if corpus == "an4":
         for split_dir, default in (("an4_clstk", "train"), ("an4test_clstk", "test")):
             folder = base / "wav" / split_dir
             if not folder.is_dir():
-                raise DataError(f"{folder}: not found. Put {FETCH_HELP['an4']} there")
+                raise DataError(f"{folder}: not found. Put {sources.FETCH_HELP['an4']} there")
             for spk in sorted(p for p in folder.iterdir() if p.is_dir()):
                 split = "valid" if spk.name.lower() in valid else default
                 splits[split] += _utterances(spk, spk.name)
@@ -219,7 +204,7 @@ def pad_batch(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     return {"feats": feats, "labels": labels, "lengths": lengths, "num_tokens": lengths.sum()}
 
 
-class SpeechDataModule(L.LightningDataModule):
+class SpeechDataModule(TaskDataModule):
     def __init__(
         self,
         data_root: str | Path = "data",
@@ -250,9 +235,9 @@ class SpeechDataModule(L.LightningDataModule):
         # NLTK's sample has a public archive and known file hashes; AN4 needs alignments published
         # nowhere and TIMIT is licensed, so for those find_splits() says what to put where.
         if self.corpus == "timit-sample":
-            folder = self.data_root / TIMIT_SAMPLE.name
-            if any(not (folder / n).is_file() for n in TIMIT_SAMPLE.sha256 if n.endswith((".wav", ".phn"))):
-                fetch.download(TIMIT_SAMPLE, self.data_root)
+            folder = self.data_root / sources.TIMIT_SAMPLE.name
+            if any(not (folder / n).is_file() for n in sources.TIMIT_SAMPLE.sha256 if n.endswith((".wav", ".phn"))):
+                fetch.download(sources.TIMIT_SAMPLE, self.data_root)
 
     def _features(self, utt: Utterance) -> tuple[Tensor, Tensor]:
         data = utt.audio.read_bytes()  # read once: hashed for the cache key, decoded only on a miss

@@ -14,7 +14,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmark.backbone import DropoutLSTM  # noqa: E402
+from tasks.nn.backbone import DropoutLSTM  # noqa: E402
 
 
 def best_of(fn, reps: int = 3) -> float:

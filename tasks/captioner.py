@@ -20,15 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark import text_metrics
-from benchmark.backbone import DropoutLSTM, Impl, init_uniform_
 from datamodules.image_encoders import build_encoder
 from datamodules.vocab import WordVocab
+from tasks.nn import text_metrics
+from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.text_generation import TextGenerator, beam_column, beam_suffix
 
 
 class Captioner(TextGenerator):
-    headline = "test_bleu4"  # the leaderboard's number for this task (beam search)
     targets_key = "cap_out"
 
     def __init__(

@@ -9,15 +9,15 @@ labels collapsed into a phone sequence (runs of one label become one phone).
 from __future__ import annotations
 
 import jiwer
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
-from benchmark import text_metrics
-from benchmark.backbone import DropoutLSTM, Impl, init_uniform_
-from benchmark.callbacks import log_due
+from tasks.base import TaskModule
+from tasks.nn import text_metrics
+from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
+from tasks.nn.cadence import log_due
 
 IGNORE = -100
 
@@ -27,12 +27,7 @@ def collapse(labels: list[int]) -> list[int]:
     return [x for i, x in enumerate(labels) if i == 0 or x != labels[i - 1]]
 
 
-class FrameClassifier(L.LightningModule):
-    monitor = ("valid_frame_acc", "max")
-    headline = "test_frame_acc"  # the leaderboard's number for this task
-    result_keys = ("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per",
-                   "train_eval_frame_acc", "train_eval_per", "best_test_frame_acc", "best_test_per")
-    output_prefix = ""  # set by the runner while it tests the best checkpoint: "best_"
+class FrameClassifier(TaskModule):
     test_streams = ("test", "train_eval")  # test_dataloader order: held-out test, then the training set
     num_samples = 5  # test utterances written out as phone sequences
 

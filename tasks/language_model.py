@@ -14,15 +14,13 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from tqdm import tqdm
 
-from benchmark.backbone import DropoutLSTM, Impl, State, init_uniform_
-from benchmark.callbacks import log_due
-from benchmark.ensemble import mixture_nll
+from tasks.base import TaskModule
+from tasks.nn.backbone import DropoutLSTM, Impl, State, init_uniform_
+from tasks.nn.cadence import log_due
+from tasks.nn.mixture import mixture_nll
 
 
-class LanguageModel(L.LightningModule):
-    monitor = ("valid_ppl", "min")  # which checkpoint is "best"; its metric is the learning curve
-    headline = "test_ppl"  # the leaderboard's number for this task
-    result_keys = ("train_ppl", "valid_ppl", "test_ppl", "best_test_ppl")  # metrics (and prefixes) for results rows
+class LanguageModel(TaskModule):
     output_prefix = ""  # set by the runner while it tests the best checkpoint
 
     def __init__(

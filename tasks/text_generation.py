@@ -17,22 +17,19 @@ import json
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
-from benchmark import decoding, text_metrics
-from benchmark.callbacks import log_due
+from tasks.base import TaskModule
+from tasks.nn import decoding, text_metrics
+from tasks.nn.cadence import log_due
 
 log = logging.getLogger(__name__)
 
 
-class TextGenerator(L.LightningModule):
-    monitor = ("valid_ppl", "min")
-    result_keys = ("train_ppl", "valid_", "test_", "best_test_")
+class TextGenerator(TaskModule):
     targets_key = "tgt_out"  # the batch entry holding w1 .. wn <eos> <pad> .., time-major
-    output_prefix = ""  # set by the runner while it tests the best checkpoint: "best_"
 
     def init_scoring(self, test_streams: list[str]) -> None:
         self.test_streams = list(test_streams)

@@ -9,7 +9,7 @@ in, between layers, the decoder's output going to the softmax); the encoder's ow
 
 Scores: perplexity per target word (the <eos> counts as a word), and BLEU/chrF with sacrebleu on
 detokenised output against the raw references, for greedy decoding and for beam search
-(benchmark/decoding.py documents the search and its length normalisation).
+(tasks/nn/decoding.py documents the search and its length normalisation).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from sacremoses import MosesDetokenizer
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from benchmark import text_metrics
-from benchmark.backbone import DropoutLSTM, Impl, init_uniform_
 from datamodules.vocab import WordVocab
+from tasks.nn import text_metrics
+from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.text_generation import TextGenerator, beam_column, beam_suffix
 
 
@@ -40,7 +40,6 @@ def group_by_source(rows: list[tuple]) -> list[tuple]:
 
 
 class Translator(TextGenerator):
-    headline = "test_bleu"  # the leaderboard's number for this task (beam search)
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from benchmark.backbone import (
+from tasks.nn.backbone import (
     DropoutLSTM,
     cpu_lstm_supports,
     fused_to_stacked_state_dict,

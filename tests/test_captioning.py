@@ -11,13 +11,20 @@ import torch
 from torchvision.io import encode_jpeg
 
 from benchmark.config import load_preset
-from benchmark.errors import DataError
 from benchmark.runner import RunOptions, run
 from datamodules import captions as cap
-from datamodules.captions import CaptionsDataModule, FeatureCache, ImageEntry, assign_splits, normalize_caption, read_coco
+from datamodules.captions import (
+    CaptionsDataModule,
+    FeatureCache,
+    ImageEntry,
+    assign_splits,
+    normalize_caption,
+    read_coco,
+)
 from datamodules.image_encoders import build_encoder
 from datamodules.vocab import SPECIALS
 from tasks.captioner import Captioner
+from tasks.nn.errors import DataError
 from tests.conftest import REAL_DATA_ROOT, find_run
 
 WORDS = ["a dog runs on the grass .", "A black dog is running outside!", "two people sit on a bench",
@@ -175,7 +182,7 @@ def test_padding_masked_and_image_feeds_only_the_first_step():
 def test_beam_one_caption_is_greedy():
     m = tiny_captioner(max_len=7)
     feats = torch.randn(5, 6)
-    from benchmark import decoding
+    from tasks.nn import decoding
 
     beam = decoding.beam_search(m.step, m.start(feats), m.vocab.bos, m.vocab.eos, torch.full((5,), 7), beam=1)
     assert m.caption(feats, beam=1) == [" ".join(m.vocab.decode(s)) for s in beam]

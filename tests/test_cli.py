@@ -6,9 +6,9 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.config import apply_dropout, load_preset
-from benchmark.errors import ConfigError
 from benchmark.leaderboard import COLUMNS, build
 from benchmark.results import append_row, read_rows
+from tasks.nn.errors import ConfigError
 
 FAST = ["--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
         "--max-steps", "2", "--set", "trainer.limit_val_batches=1", "--set", "trainer.limit_test_batches=1",
@@ -54,9 +54,11 @@ def test_unknown_model_key_names_the_preset_file(tmp_path, data_root, capsys):
 
 
 def test_missing_data_says_what_to_fetch_and_writes_no_row(tmp_path, monkeypatch, capsys):
-    import datamodules.ptb as ptb
+    import dataclasses
 
-    monkeypatch.setattr(ptb, "PTB", ptb.PTB.__class__(**{**ptb.PTB.__dict__, "url": "file:///nowhere/simple-examples.tgz"}))
+    from datamodules import sources
+
+    monkeypatch.setattr(sources, "PTB", dataclasses.replace(sources.PTB, url="file:///nowhere/simple-examples.tgz"))
     assert bench(tmp_path, "--task", "ptb", "--data-root", str(tmp_path / "empty"), *FAST) == 2
     err = capsys.readouterr().err
     assert "could not download ptb" in err and str(tmp_path / "empty" / "ptb" / "ptb.valid.txt") in err
@@ -141,23 +143,24 @@ def test_extra_translation_test_files_by_path(tmp_path, capsys):
 
 
 def test_fetch_lists_every_data_set():
-    from benchmark.cli import FETCHABLE, build_parser
+    from benchmark.cli import build_parser
+    from datamodules.sources import SOURCES
 
-    assert set(FETCHABLE) == {"ptb", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014", "flickr8k"}
-    for path in FETCHABLE.values():  # every entry names a real spec
-        module, _, name = path.rpartition(".")
-        assert getattr(__import__(module, fromlist=[name]), name).name
+    assert set(SOURCES) == {"ptb", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014", "flickr8k"}
+    assert all(spec.name for spec in SOURCES.values())
+    assert build_parser().parse_args(["fetch", "flickr8k"]).dataset == "flickr8k"
     assert build_parser().parse_args(["fetch", "coco2014", "--yes"]).yes
 
 
 def test_task_all_reports_a_task_without_data_and_runs_on(tmp_path, monkeypatch, capsys):
-    from benchmark import config, fetch
-    from benchmark.errors import DataError
+    from datamodules import download as fetch
+    from tasks import registry
+    from tasks.nn.errors import DataError
 
     def offline(ds, root, timeout=60.0):
         raise DataError(f"could not download {ds.name}: no network")
 
-    monkeypatch.setattr(config, "tasks", lambda *a: ["captioning", "translation"])
+    monkeypatch.setattr(registry, "names", lambda: ["captioning", "translation"])
     monkeypatch.setattr(fetch, "download", offline)
     assert bench(tmp_path, "--task", "all", "--preset", "quick", "--data-root", str(tmp_path / "empty")) == 2
     err = capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import decoding, text_metrics
+from tasks.nn import decoding, text_metrics
 
 BOS, EOS = 0, 1
 

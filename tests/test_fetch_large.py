@@ -11,10 +11,11 @@ import zipfile
 
 import pytest
 
-from benchmark import fetch
-from benchmark.errors import DataError
-from datamodules.captions import COCO2014, read_coco
-from datamodules.parallel import WMT14, read_corpus
+from datamodules import download as fetch
+from datamodules.captions import read_coco
+from datamodules.parallel import read_corpus
+from datamodules.sources import COCO2014, FLICKR8K, WMT14
+from tasks.nn.errors import DataError
 
 
 def coco_archives(src):
@@ -105,7 +106,7 @@ def test_missing_wmt14_names_the_fetch_command(tmp_path):
 
 
 def test_flickr8k_zips_become_coco_format_with_the_official_split(tmp_path):
-    from datamodules.captions import FLICKR8K, assign_splits
+    from datamodules.captions import assign_splits
     from tests.test_captioning import write_jpeg
 
     src = tmp_path / "publisher"

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.config import load_preset
-from benchmark.errors import BenchError, ConfigError
 from benchmark.runner import RunOptions, make_datamodule, run, settings_hash
 from datamodules.ptb import PTBDataModule
 from tasks.language_model import LanguageModel
+from tasks.nn.errors import BenchError, ConfigError
 from tests.conftest import find_run, tiny_preset
 
 

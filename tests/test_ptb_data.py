@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmark.errors import DataError
-from benchmark.fetch import Dataset, download
-from datamodules.ptb import EOS, PTB, BPTTWindows, PTBDataModule, Vocab, batchify, read_tokens
+from datamodules.download import Dataset, download
+from datamodules.ptb import EOS, BPTTWindows, PTBDataModule, batchify, encode_split, read_tokens
+from datamodules.sources import PTB
+from datamodules.vocab import WordVocab
+from tasks.nn.errors import DataError
 from tests.conftest import write_ptb
 
 
@@ -42,12 +44,12 @@ def test_windows_are_consecutive_and_shifted_by_one():
 
 
 def test_vocab_from_train_only_and_unk_mapping(tmp_path):
-    vocab = Vocab(["b", "a", "b", "<unk>", EOS])
-    assert vocab.itos[0] == "b"  # most frequent first
-    ids = vocab.encode(["a", "zebra"], tmp_path / "ptb.valid.txt")
+    vocab = WordVocab.build([["b", "a", "b", "<unk>", EOS]], specials=())
+    assert vocab.itos == ["b", "<eos>", "<unk>", "a"]  # most frequent first, ties alphabetical, no specials
+    ids = encode_split(vocab, ["a", "zebra"], tmp_path / "ptb.valid.txt")
     assert ids.tolist() == [vocab.stoi["a"], vocab.stoi["<unk>"]]
     with pytest.raises(DataError, match="ptb.valid.txt.*'zebra'"):
-        Vocab(["a", EOS]).encode(["zebra"], tmp_path / "ptb.valid.txt")
+        encode_split(WordVocab.build([["a", EOS]], specials=()), ["zebra"], tmp_path / "ptb.valid.txt")
 
 
 def fake_rank(dm: PTBDataModule, rank: int, world: int) -> PTBDataModule:
@@ -86,7 +88,7 @@ def test_missing_files_name_the_folder_and_the_fix(tmp_path):
 
 
 def test_offline_download_says_what_to_put_where(tmp_path, monkeypatch):
-    monkeypatch.setattr("datamodules.ptb.PTB", PTB.__class__(**{**PTB.__dict__, "url": "file:///nonexistent/simple-examples.tgz"}))
+    monkeypatch.setattr("datamodules.sources.PTB", PTB.__class__(**{**PTB.__dict__, "url": "file:///nonexistent/simple-examples.tgz"}))
     dm = PTBDataModule(tmp_path, download=True)
     with pytest.raises(DataError) as err:
         dm.prepare_data()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.fetch import sha256_of
 from benchmark.runner import RunOptions, run
-from datamodules.ptb import PTB, PTBDataModule
+from datamodules.download import sha256_of
+from datamodules.ptb import PTBDataModule
+from datamodules.sources import PTB
 from tests.conftest import tiny_preset
 
 pytestmark = pytest.mark.real_data

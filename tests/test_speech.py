@@ -9,10 +9,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from benchmark.errors import DataError
 from datamodules.phones import PHONE_SETS, TIMIT_FOLDING
-from datamodules.speech import IGNORE, Features, SpeechDataModule, Utterance, find_splits, frame_labels, pad_batch, read_phn
+from datamodules.speech import (
+    IGNORE,
+    Features,
+    SpeechDataModule,
+    Utterance,
+    find_splits,
+    frame_labels,
+    pad_batch,
+    read_phn,
+)
 from tasks.frame_classifier import FrameClassifier, collapse
+from tasks.nn.errors import DataError
 from tests.conftest import REAL_DATA_ROOT, find_run
 
 RATE = 16_000
@@ -176,23 +185,23 @@ def test_timit_sample_download_checks_every_file(tmp_path, monkeypatch):
     import dataclasses
     import zipfile
 
-    import datamodules.speech as speech
+    from datamodules import sources
 
     src = REAL_DATA_ROOT / "timit-sample"
     if not src.is_dir():
         pytest.skip(f"no timit-sample under {REAL_DATA_ROOT}")
     archive = tmp_path / "timit.zip"
     with zipfile.ZipFile(archive, "w") as z:
-        for name in speech.TIMIT_SAMPLE.sha256:
+        for name in sources.TIMIT_SAMPLE.sha256:
             z.write(src / name, f"timit/{name}")
-    monkeypatch.setattr(speech, "TIMIT_SAMPLE", dataclasses.replace(speech.TIMIT_SAMPLE, url=archive.as_uri()))
+    monkeypatch.setattr(sources, "TIMIT_SAMPLE", dataclasses.replace(sources.TIMIT_SAMPLE, url=archive.as_uri()))
     SpeechDataModule(tmp_path / "root", corpus="timit-sample", phone_set="timit61").prepare_data()
     assert (tmp_path / "root" / "timit-sample" / "dr1-fvmh0" / "sa1.phn").read_bytes() == (src / "dr1-fvmh0" / "sa1.phn").read_bytes()
     bad = tmp_path / "bad.zip"  # a tampered file fails the check, naming it
     with zipfile.ZipFile(bad, "w") as z:
-        for name in speech.TIMIT_SAMPLE.sha256:
+        for name in sources.TIMIT_SAMPLE.sha256:
             z.writestr(f"timit/{name}", b"tampered" if name.endswith("sa2.wav") else (src / name).read_bytes())
-    monkeypatch.setattr(speech, "TIMIT_SAMPLE", dataclasses.replace(speech.TIMIT_SAMPLE, url=bad.as_uri()))
+    monkeypatch.setattr(sources, "TIMIT_SAMPLE", dataclasses.replace(sources.TIMIT_SAMPLE, url=bad.as_uri()))
     with pytest.raises(DataError, match=r"sha256 of dr\d-\w+/sa2.wav"):
         SpeechDataModule(tmp_path / "root2", corpus="timit-sample", phone_set="timit61").prepare_data()
     assert not (tmp_path / "root2" / "timit-sample" / "dr1-fvmh0").exists()

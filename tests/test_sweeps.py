@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from benchmark.cli import main
-from benchmark.ensemble import mixture_nll, run_ensemble
+from benchmark.ensemble import run_ensemble
 from benchmark.leaderboard import build
 from benchmark.results import append_row, read_rows
+from tasks.nn.mixture import mixture_nll
 from tests.conftest import find_run
 
 TINY = ["--set", "model.hidden_size=8", "--set", "data.batch_size=4", "--set", "data.bptt=5",
@@ -27,7 +28,7 @@ def bench(tmp_path, *args) -> int:
 
 
 def test_dry_run_prints_every_planned_config(tmp_path, capsys):
-    assert bench(tmp_path, "--task", "ptb,speech", "--preset", "quick", "--dropout", "on,off", "--seeds", "2",
+    assert bench(tmp_path, "--task", "ptb,speech", "--preset", "quick", "--dropout", "on,off", "--num-seeds", "2",
                  "--dry-run") == 0
     out = capsys.readouterr().out
     heads = [line for line in out.splitlines() if line.startswith("# ")]
@@ -47,9 +48,12 @@ def test_seeds_dropouts_and_loggers_parse(tmp_path, capsys):
     args = build_parser().parse_args(["run", "--task", "all", "--dropout", "on,off", "--seeds", "0,3",
                                       "--logger", "csv,wandb"])
     assert (args.dropout, args.seeds, args.logger) == (("on", "off"), (0, 3), ("csv", "wandb"))
+    assert build_parser().parse_args(["run", "--task", "ptb", "--num-seeds", "3"]).num_seeds == 3
+    # A bare number in --seeds is a count, as in the commands older rows recorded, and says so.
     assert build_parser().parse_args(["run", "--task", "ptb", "--seeds", "3"]).seeds == (0, 1, 2)
-    for bad in (["--dropout", "on,maybe"], ["--seeds", "0"], ["--logger", "tensorboard"],
-                ["--seed", "1", "--seeds", "2"]):
+    assert "--seeds 3 runs seeds 0..2" in capsys.readouterr().err
+    for bad in (["--dropout", "on,maybe"], ["--seeds", "0"], ["--logger", "tensorboard"], ["--num-seeds", "0"],
+                ["--seed", "1", "--seeds", "2"], ["--seeds", "0,1", "--num-seeds", "2"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["run", "--task", "ptb", *bad])
     assert bench(tmp_path, "--task", "ptb", "--dropout", "on,off", "--run-dir", str(tmp_path / "x")) == 2
@@ -208,8 +212,8 @@ def test_the_older_wandb_flag_still_parses_so_recorded_commands_rerun(tmp_path, 
 
 
 def test_ctrl_c_stops_the_whole_sweep(tmp_path, monkeypatch, capsys):
-    from benchmark import runner
-    from benchmark.errors import RunInterrupted
+    from benchmark import sweep
+    from tasks.nn.errors import RunInterrupted
 
     calls = []
 
@@ -217,7 +221,7 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path, monkeypatch, capsys):
         calls.append(opts.dropout)
         raise RunInterrupted("run interrupted; rerun with --resume")
 
-    monkeypatch.setattr(runner, "run", interrupted)
+    monkeypatch.setattr(sweep, "run", interrupted)
     assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--dropout", "on,off") == 2
     assert calls == ["on"]  # the off run never started
     assert "sweep stopped at ptb-quick-dropout_on-seed0 (0 of 2 runs done)" in capsys.readouterr().err

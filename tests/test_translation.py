@@ -8,12 +8,12 @@ import csv
 import pytest
 import torch
 
-from benchmark import decoding
 from benchmark.config import load_preset
-from benchmark.errors import DataError
 from benchmark.runner import RunOptions, run
 from datamodules.parallel import LengthBuckets, Pair, ParallelTextDataModule, collate, hash_split, read_corpus
 from datamodules.vocab import SPECIALS, WordVocab
+from tasks.nn import decoding
+from tasks.nn.errors import DataError
 from tasks.translator import Translator, group_by_source
 from tests.conftest import REAL_DATA_ROOT, find_run
 

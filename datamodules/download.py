@@ -17,11 +17,11 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from tqdm import tqdm
 
-from benchmark.errors import DataError
-
+from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class LargeDataset:
     name: str
     archives: tuple[Archive, ...]
     homepage: str
-    after: str = ""  # import path of a function(folder) run once everything is extracted
+    after: Callable[[Path], Any] | None = None  # run on the folder once everything is extracted
 
 
 def _remote_size(url: str, timeout: float) -> int | None:
@@ -236,8 +236,7 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
         if count == 0:
             raise DataError(f"{path}: none of {sorted(a.extract)} found inside; is it the right archive?")
     if ds.after:
-        module, _, func = ds.after.rpartition(".")
-        getattr(__import__(module, fromlist=[func]), func)(folder)
+        ds.after(folder)
     return folder
 
 

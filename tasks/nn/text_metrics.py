@@ -15,14 +15,9 @@ import torch.distributed as dist
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.bleu import BLEUScore
 
+from tasks.nn.references import reference_streams
+
 log = logging.getLogger(__name__)
-
-
-def reference_streams(refs: list[list[str]]) -> list[list[str | None]]:
-    """Per-segment reference lists -> sacrebleu's reference streams; None where a segment has fewer
-    references than the most (COCO images have 5 to 7 captions)."""
-    n = max((len(r) for r in refs), default=0)
-    return [[r[i] if i < len(r) else None for r in refs] for i in range(n)]
 
 
 def bleu(hyps: list[str], refs: list[list[str]], max_order: int = 4) -> tuple[BLEUScore, str]:

@@ -1,0 +1,214 @@
+"""Where every data set comes from: publisher URLs, sha256 sums, and the plain functions that turn a
+publisher's archive into the layout the DataModules read. `bench fetch <name>` downloads one of
+`SOURCES`; a DataModule that finds its files missing names the fix from `FETCH_HELP`.
+
+Small data sets (`Dataset`) carry the publisher's sha256 of every file; multi-GB ones
+(`LargeDataset`) ask first and record their sha256 at the first download (datamodules/download.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from datamodules import download as fetch
+from tasks.nn.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+
+# -- PTB (Sec. 4.1): Mikolov's copy ---------------------------------------------------------------------
+PTB = fetch.Dataset(
+    name="ptb",
+    url="http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz",
+    members={f"ptb.{s}.txt": f"simple-examples/data/ptb.{s}.txt" for s in SPLITS},
+    sha256={
+        "ptb.train.txt": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+        "ptb.valid.txt": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+        "ptb.test.txt": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+    },
+    homepage="https://www.fit.vutbr.cz/~imikolov/rnnlm/",
+)
+
+# -- speech (Sec. 4.2) -------------------------------------------------------------------------------------
+_SAMPLE_SUMS = fetch.read_sums(Path(__file__).parent / "checksums" / "timit-sample.sha256")
+TIMIT_SAMPLE = fetch.Dataset(
+    name="timit-sample",
+    url="https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/corpora/timit.zip",
+    members={name: f"timit/{name}" for name in _SAMPLE_SUMS},
+    sha256=_SAMPLE_SUMS,
+    homepage="https://www.nltk.org/nltk_data/",
+)
+
+# -- translation (Sec. 4.3) ----------------------------------------------------------------------------------
+TATOEBA = fetch.Dataset(
+    name="tatoeba-fra-eng",
+    url="https://www.manythings.org/anki/fra-eng.zip",
+    members={"fra.txt": "fra.txt", "_about.txt": "_about.txt"},
+    # The 2019-04-07 export; ManyThings re-exports now and then, and a newer file fails this check.
+    sha256={"fra.txt": "0bb85dbaa1c896844649094d7eaf2e34bee34e84fe362b26ce7e8f2e12aae104",
+            "_about.txt": "79f39a53dbddaf7ab43c801f231089174a611f23987244056f9e3cb5aa79358b"},
+    homepage="https://www.manythings.org/anki/",
+)
+
+WMT_DEV = fetch.Dataset(
+    name="wmt/dev",
+    url="https://www.statmt.org/wmt14/dev.tgz",
+    members={f"newstest{y}.{lang}": f"dev/newstest{y}.{lang}" for y in (2012, 2013) for lang in ("en", "fr")},
+    sha256={"newstest2012.en": "f9e51f85c4948033fc7d77ef427f4d88908a8dd3f778970f62d0baafac3ff97e",
+            "newstest2012.fr": "29aa5aff172127f6adf5625cc2f8e44f579d524700e84f1ec0eb14f4f19719e4",
+            "newstest2013.en": "ace268a1d9724ca76f6d8e5c720ffdc08f01bdce45630ed8b269dc7918e1c16e",
+            "newstest2013.fr": "909b63be5df3eb8c13e1d5967bf3f0adfdb9f6ed5e638c5bffff563ee2ff7f41"},
+    homepage="https://www.statmt.org/wmt14/translation-task.html",
+)
+PUBLISHED = (TATOEBA, WMT_DEV)  # fetched on first use when a corpus spec points into their folder
+
+# Sutskever et al. trained on Schwenk's 12M-pair selection of these corpora, which is not published
+# in this form; `bench fetch wmt14` gives the full WMT'14 English-French training data (~36M pairs).
+WMT14_CORPORA = ("europarl-v7.fr-en", "commoncrawl.fr-en", "undoc.2000.fr-en", "news-commentary-v9.fr-en",
+                 "giga-fren.release2.fixed")
+
+
+def concat_wmt14(folder: Path) -> None:
+    """parts/<corpus>.{en,fr}[.gz] -> train.en / train.fr, line-aligned, corpus by corpus."""
+    for lang in ("en", "fr"):
+        out = folder / f"train.{lang}"
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "wb") as dst:
+            for corpus in WMT14_CORPORA:
+                part = folder / "parts" / f"{corpus}.{lang}"
+                src = gzip.open(part.with_suffix(part.suffix + ".gz")) if not part.is_file() else open(part, "rb")
+                with src:
+                    shutil.copyfileobj(src, dst)
+        os.replace(tmp, out)
+    n_en, n_fr = (sum(1 for _ in open(folder / f"train.{lang}", "rb")) for lang in ("en", "fr"))
+    if n_en != n_fr:
+        raise DataError(f"{folder}: train.en has {n_en} lines but train.fr {n_fr}; a corpus archive is damaged")
+
+
+WMT14 = fetch.LargeDataset(
+    name="wmt14",
+    archives=(
+        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz",
+                      {"training/europarl-v7.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz", {"commoncrawl.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt13/training-parallel-un.tgz", {"un/undoc.2000.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt14/training-parallel-nc-v9.tgz",
+                      {"training/news-commentary-v9.fr-en.": "parts"}),
+        fetch.Archive("https://www.statmt.org/wmt10/training-giga-fren.tar", {"giga-fren.release2.fixed.": "parts"}),
+    ),
+    homepage="https://www.statmt.org/wmt14/translation-task.html",
+    after=concat_wmt14,
+)
+
+
+# -- captioning (Sec. 4.4) -----------------------------------------------------------------------------------
+
+
+def flickr8k_to_coco(folder: Path) -> Path:
+    """text/Flickr8k.token.txt ("<file>#<n>\t<caption>") + the official split lists -> captions.json
+    in the COCO captions format, each image's split in its `split` field (`unused` if unlisted)."""
+    split_of = {}
+    for split in ("train", "dev", "test"):
+        for name in (folder / "text" / f"Flickr_8k.{split}Images.txt").read_text().split():
+            split_of[name] = split
+    images: dict[str, dict] = {}
+    annotations = []
+    for lineno, line in enumerate((folder / "text" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        key, _, caption = line.partition("\t")
+        name = key.split("#")[0]
+        if not caption or not name:
+            raise DataError(f"{folder / 'text' / 'Flickr8k.token.txt'}:{lineno}: expected '<file>#<n><TAB>caption'")
+        img = images.setdefault(name, {"id": len(images) + 1, "file_name": name,
+                                       "split": split_of.get(name, "unused")})
+        annotations.append({"image_id": img["id"], "id": len(annotations) + 1, "caption": caption.strip()})
+    out = folder / "captions.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"images": list(images.values()), "annotations": annotations}))
+    os.replace(tmp, out)
+    return out
+
+
+def merge_coco_captions(folder: Path) -> Path:
+    """annotations/captions_{train,val}2014.json -> one captions.json (Karpathy's split draws from both)."""
+    merged: dict[str, Any] = {"images": [], "annotations": []}
+    for part in ("train2014", "val2014"):
+        data = json.loads((folder / "annotations" / f"captions_{part}.json").read_text())
+        merged["images"] += data["images"]
+        merged["annotations"] += data["annotations"]
+    out = folder / "captions.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged))
+    os.replace(tmp, out)
+    return out
+
+
+COCO2014 = fetch.LargeDataset(
+    name="coco",
+    archives=(
+        fetch.Archive("http://images.cocodataset.org/zips/train2014.zip", {"train2014/": "images"}),
+        fetch.Archive("http://images.cocodataset.org/zips/val2014.zip", {"val2014/": "images"}),
+        fetch.Archive("http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
+                      {"annotations/captions_": "annotations"}),
+        fetch.Archive("https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
+                      {"dataset_coco.json": "."}),
+    ),
+    homepage="https://cocodataset.org/#download",
+    after=merge_coco_captions,
+)
+
+
+# Flickr8k's publisher hands it out by form (hockenmaier.cs.illinois.edu/8k-pictures.html); these
+# are the widely used copies of its two zips. Full-size images: features differ from the shared
+# 224x224 copy's, so results on the two are not interchangeable.
+FLICKR8K = fetch.LargeDataset(
+    name="flickr8k",
+    archives=(
+        fetch.Archive("https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip",
+                      {"Flicker8k_Dataset/": "images"}),  # sic: the zip's folder is misspelt
+        fetch.Archive("https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip",
+                      {name: "text" for name in ("Flickr8k.token.txt", "Flickr_8k.trainImages.txt",
+                                                 "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt")}),
+    ),
+    homepage="https://hockenmaier.cs.illinois.edu/8k-pictures.html",
+    after=flickr8k_to_coco,
+)
+
+
+# What to put where when a data set is missing, by its folder under the data root.
+FETCH_HELP = {
+    "an4": "CMU AN4 audio: https://github.com/cmusphinx/an4 (wav/an4_clstk, wav/an4test_clstk). Its phone "
+           "alignments are published nowhere: each utterance needs a TIMIT-style .phn beside it, e.g. from "
+           "forced alignment of etc/an4_*.transcription with pocketsphinx (PyPI wheel, en-us model)",
+    "timit-sample": "NLTK's TIMIT sample: https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/"
+                    "corpora/timit.zip, unpacked so that timit-sample/dr1-fvmh0/sa1.wav exists",
+    "timit": "the LDC TIMIT corpus (LDC93S1, licensed: https://catalog.ldc.upenn.edu/LDC93S1), copied so "
+             "that timit/TRAIN/DR1/FCJF0/SI1027.WAV and .PHN exist (upper or lower case both work)",
+    "tatoeba-fra-eng": "the ManyThings/Tatoeba export (`bench fetch tatoeba`, or unzip "
+                       "https://www.manythings.org/anki/fra-eng.zip so that tatoeba-fra-eng/fra.txt exists)",
+    "wmt": "the WMT news test sets: https://www.statmt.org/wmt14/dev.tgz unpacked, one sentence per line, as "
+           "wmt/dev/newstest2013.en and .fr (the .sgm files work too)",
+    "wmt14": "the WMT'14 English-French training data (`bench fetch wmt14 --yes`, several GB; or by hand from "
+             "https://www.statmt.org/wmt14/translation-task.html: "
+             "(Europarl v7, Common Crawl, UN, News Commentary v9, 10^9 French-English), each corpus's "
+             "English and French files concatenated in the same order into wmt14/train.en and wmt14/train.fr "
+             "(line-aligned); newstest2012/2013 from https://www.statmt.org/wmt14/dev.tgz into wmt/dev/",
+    "captions": (
+        "COCO: images from https://cocodataset.org/#download (train2014.zip 13 GB, val2014.zip 6 GB) unpacked into "
+        "one images/ folder, annotations_trainval2014.zip's captions_train2014.json and captions_val2014.json merged "
+        "into captions.json (or run `bench fetch coco2014 --yes`), and Karpathy's split file dataset_coco.json "
+        "(https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip). Flickr8k: `bench fetch flickr8k --yes` "
+        "(1 GB), or get Flickr8k_Dataset.zip and Flickr8k_text.zip (https://hockenmaier.cs.illinois.edu/8k-pictures.html) "
+        "into flickr8k/.downloads/ and run that command to unpack them and write flickr8k/captions.json"),
+}
+
+# `bench fetch <name>`
+SOURCES: dict[str, fetch.Dataset | fetch.LargeDataset] = {
+    "ptb": PTB, "timit-sample": TIMIT_SAMPLE, "tatoeba": TATOEBA, "wmt-dev": WMT_DEV, "wmt14": WMT14,
+    "coco2014": COCO2014, "flickr8k": FLICKR8K,
+}
