@@ -28,6 +28,7 @@ from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers
 from benchmark.results import RUNS_FILE, append_row, read_rows
 from tasks import registry
+from tasks.base import TaskModule
 from tasks.nn import backbone
 from tasks.nn.errors import ConfigError, RunInterrupted
 
@@ -213,8 +214,8 @@ def plan(preset: Preset, opts: RunOptions) -> Run:
     cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
     chash = settings_hash(preset, dm, cli_trainer, opts.data_root)
     rates = apply_dropout(preset, opts.dropout)
-    r = Run(preset, opts, registry.get(preset.task), dm, chash, rates, Path(opts.run_dir or "."), cli_trainer)
-    r.run_dir = Path(opts.run_dir or Path(opts.runs_dir) / r.name)
+    run_dir = Path(opts.run_dir or Path(opts.runs_dir) / run_name(preset, opts.dropout, opts.seed, chash))
+    r = Run(preset, opts, registry.get(preset.task), dm, chash, rates, run_dir, cli_trainer)
     if not opts.resume and (any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()):
         raise ConfigError(f"{r.run_dir} already holds an earlier run: pass --resume to continue it (a finished "
                           f"run is skipped), or --run-dir to start a new run elsewhere")
@@ -250,8 +251,11 @@ def build(r: Run) -> None:
     r.commit = git_commit()  # the code that trains, not what the tree holds when the run ends
     L.seed_everything(opts.seed, workers=True, verbose=False)
     r.dm.setup("fit")
+    module_cls = registry.load_class(preset.module)
+    if not issubclass(module_cls, TaskModule):  # fail before training, not at the results row
+        raise ConfigError(f"{preset.module} must subclass tasks.base.TaskModule (task {preset.task})")
     try:
-        r.model = registry.load_class(preset.module)(**preset.model, **r.dm.model_kwargs())
+        r.model = module_cls(**preset.model, **r.dm.model_kwargs())
     except TypeError as err:
         raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
     trainer_kwargs = {**preset.trainer, **r.cli_trainer}

@@ -123,7 +123,7 @@ def _resolve(path: str, data_root: Path) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    if not (data_root / p).exists() and p.parts[0] in sources.FETCH_HELP:
+    if not (data_root / p).exists() and p.parts[0] in ("tatoeba-fra-eng", "wmt", "wmt14"):
         raise DataError(f"{data_root / p}: not found. Put {sources.FETCH_HELP[p.parts[0]]} there, or fix --data-root")
     return data_root / p
 

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from datamodules import download as fetch
 from datamodules import sources
 from datamodules.base import TaskDataModule
-from datamodules.download import download
 from datamodules.vocab import WordVocab
 from tasks.nn.errors import DataError
 
@@ -122,7 +122,7 @@ class PTBDataModule(TaskDataModule):
         if missing and not self.allow_download:
             raise DataError(f"{self.folder}: missing {', '.join(missing)}; run `bench fetch ptb` or fix --data-root")
         if missing:
-            download(sources.PTB, self.data_root)
+            fetch.download(sources.PTB, self.data_root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:

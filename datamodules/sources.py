@@ -134,11 +134,18 @@ def flickr8k_to_coco(folder: Path) -> Path:
     return out
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable ({err}); delete {path.parent.parent} and fetch it again") from err
+
+
 def merge_coco_captions(folder: Path) -> Path:
     """annotations/captions_{train,val}2014.json -> one captions.json (Karpathy's split draws from both)."""
     merged: dict[str, Any] = {"images": [], "annotations": []}
     for part in ("train2014", "val2014"):
-        data = json.loads((folder / "annotations" / f"captions_{part}.json").read_text())
+        data = _read_json(folder / "annotations" / f"captions_{part}.json")
         merged["images"] += data["images"]
         merged["annotations"] += data["annotations"]
     out = folder / "captions.json"
@@ -180,7 +187,8 @@ FLICKR8K = fetch.LargeDataset(
 )
 
 
-# What to put where when a data set is missing, by its folder under the data root.
+# What to put where when a data set is missing: by its folder under the data root, and "captions" for
+# the captioning data sets (COCO, Flickr8k).
 FETCH_HELP = {
     "an4": "CMU AN4 audio: https://github.com/cmusphinx/an4 (wav/an4_clstk, wav/an4test_clstk). Its phone "
            "alignments are published nowhere: each utterance needs a TIMIT-style .phn beside it, e.g. from "

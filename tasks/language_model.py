@@ -21,7 +21,6 @@ from tasks.nn.mixture import mixture_nll
 
 
 class LanguageModel(TaskModule):
-    output_prefix = ""  # set by the runner while it tests the best checkpoint
 
     def __init__(
         self,
