@@ -190,7 +190,7 @@ def test_beam_one_caption_is_greedy():
 
 def tiny_caption_preset(root):
     preset = load_preset("captioning", "quick")
-    preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 2})
+    preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 2, "valid_decode": True})
     preset.data.update({"images": str(root / "c" / "images"), "captions": str(root / "c" / "captions.json"),
                         "test_sets": {"other": {"images": str(root / "o" / "images"),
                                                 "captions": str(root / "o" / "captions.json")}},

@@ -148,7 +148,7 @@ def test_group_by_source_collects_every_reference():
 
 def tiny_translation_preset(data_root, **data):
     preset = load_preset("translation", "quick")
-    preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 3})
+    preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 3, "valid_decode": True})
     preset.data.update({"train": {"tab": "tab.txt"}, "split": {"valid": 0.15, "test": 0.15, "salt": "t"},
                         "test_sets": {"news": {"src": "news.en", "ref": "news.fr"}}, "src_vocab": 50,
                         "tgt_vocab": 50, "train_pairs": None, "batch_size": 16, **data})
@@ -185,6 +185,7 @@ def tatoeba_root():
 
 def test_real_tatoeba_slice_trains_and_scores(tatoeba_root, tmp_path):
     preset = load_preset("translation", "quick")
+    preset.data["test_sets"] = {"newstest2013": {"src": "wmt/dev/newstest2013.en", "ref": "wmt/dev/newstest2013.fr"}}
     dm = ParallelTextDataModule(data_root=tatoeba_root, **{**preset.data, "train_pairs": 3000})
     dm.setup("fit")
     # The configured split of the 167,130 pairs is fixed: these counts are a property of the file.
