@@ -8,6 +8,7 @@ from collections import deque
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import grad_norm
 from torch import Tensor
 
 from tasks.nn.cadence import log_due
@@ -64,9 +65,9 @@ class GradNorm(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not log_due(trainer, trainer.fit_loop.epoch_loop.batch_idx):
             return
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if grads:
-            pl_module.log("grad_norm", torch.nn.utils.get_total_norm(grads))
+        norms = grad_norm(pl_module, norm_type=2)  # Lightning's: every parameter's norm and the total
+        if norms:
+            pl_module.log("grad_norm", norms["grad_2.0_norm_total"])
 
 
 class EpochSeed(L.Callback):

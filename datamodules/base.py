@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from torch.utils.data import DataLoader
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -22,3 +23,25 @@ class TaskDataModule(L.LightningDataModule):
         """(this process's rank, the world size) under the Trainer; (0, 1) outside one. For the
         DataModules that lay out their own per-rank batches (`Can.OWN_RANK_LAYOUT`)."""
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+
+class StreamsDataModule(TaskDataModule):
+    """Splits as named streams: "train", "valid", and the test streams: the held-out "test" split,
+    then "test_<name>" for each extra test set, one DataLoader each, in that order."""
+
+    test_sets: dict[str, Any]  # name -> where an extra test set lives
+
+    def stream_names(self) -> list[str]:
+        return ["test", *(f"test_{name}" for name in self.test_sets)]
+
+    def loader(self, stream: str, shuffle: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("valid", shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.loader(name, shuffle=False) for name in self.stream_names()]

@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from datamodules import download as fetch
 from datamodules import sources
-from datamodules.base import TaskDataModule
+from datamodules.base import StreamsDataModule
 from datamodules.image_encoders import Encoder, build_encoder
 from datamodules.vocab import WordVocab
 from tasks.nn.errors import DataError
@@ -261,7 +261,7 @@ def collate(items: list[tuple[Tensor, list[list[int]], list[str]]], pad: int, bo
     }
 
 
-class CaptionsDataModule(TaskDataModule):
+class CaptionsDataModule(StreamsDataModule):
     def __init__(
         self,
         data_root: str | Path = "data",
@@ -296,9 +296,6 @@ class CaptionsDataModule(TaskDataModule):
     def _path(self, p: str) -> Path:
         path = Path(p).expanduser()
         return path if path.is_absolute() else self.data_root / path
-
-    def stream_names(self) -> list[str]:
-        return ["test", *(f"test_{name}" for name in self.test_sets)]
 
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes, so Flickr8k's
@@ -337,16 +334,7 @@ class CaptionsDataModule(TaskDataModule):
         return {"feat_dim": self.encoder.dim, "itos": self.vocab.itos, "test_streams": self.stream_names(),
                 "encoder": description, "finetune": list(self.encoder_args) if self.finetune else None}
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def loader(self, name: str, shuffle: bool) -> DataLoader:
         v = self.vocab
         return DataLoader(self.sets[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           shuffle=shuffle, collate_fn=functools.partial(collate, pad=v.pad, bos=v.bos, eos=v.eos))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", shuffle=False)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name, shuffle=False) for name in self.stream_names()]

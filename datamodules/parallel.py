@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from datamodules import download as fetch
 from datamodules import sources
-from datamodules.base import TaskDataModule
+from datamodules.base import StreamsDataModule
 from datamodules.vocab import WordVocab
 from tasks.nn.errors import DataError
 
@@ -201,7 +201,7 @@ class LengthBuckets(Sampler[list[int]]):
         return len(self._batches())
 
 
-class ParallelTextDataModule(TaskDataModule):
+class ParallelTextDataModule(StreamsDataModule):
 
     def __init__(
         self,
@@ -239,10 +239,6 @@ class ParallelTextDataModule(TaskDataModule):
     @property
     def langpair(self) -> str:
         return f"{self.src_lang}-{self.tgt_lang}"
-
-    def stream_names(self) -> list[str]:
-        """Test dataloader order: the held-out test split, then each named test set."""
-        return ["test", *(f"test_{name}" for name in self.test_sets)]
 
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes (a sacrebleu test set
@@ -303,7 +299,7 @@ class ParallelTextDataModule(TaskDataModule):
         return {"src_vocab_size": len(self.src_vocab), "tgt_itos": self.tgt_vocab.itos, "tgt_lang": self.tgt_lang,
                 "test_streams": self.stream_names(), "multi_ref_streams": split}
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def loader(self, name: str, shuffle: bool) -> DataLoader:
         pairs = self.sets[name]
         rank, world = self.rank_world()
         sampler = LengthBuckets([len(p.src) for p in pairs], self.batch_size if shuffle else self.eval_batch_size,
@@ -312,12 +308,3 @@ class ParallelTextDataModule(TaskDataModule):
         v = self.tgt_vocab
         return DataLoader(pairs, batch_sampler=sampler, collate_fn=functools.partial(
             collate, pad=v.pad, bos=v.bos, eos=v.eos, reverse_source=self.reverse_source))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", shuffle=False)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name, shuffle=False) for name in self.stream_names()]

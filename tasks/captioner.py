@@ -24,7 +24,7 @@ from datamodules.image_encoders import build_encoder
 from datamodules.vocab import WordVocab
 from tasks.nn import text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
-from tasks.text_generation import TextGenerator, beam_column, beam_suffix
+from tasks.text_generation import Decoded, TextGenerator, beam_column, beam_suffix
 
 
 class Captioner(TextGenerator):
@@ -113,18 +113,18 @@ class Captioner(TextGenerator):
         self._loss(batch, stage)
         feats = self.features(batch)
         hyps = [self.caption(feats, b) for b in beams]
-        self.outputs.setdefault(stage, []).extend(zip(batch["refs"], *hyps))
+        self.outputs.setdefault(stage, []).extend(Decoded("", refs, h) for refs, *h in zip(batch["refs"], *hyps))
 
-    def _score(self, stage: str, rows: list[tuple], beams: tuple[int, ...]) -> None:
-        refs = [r[0] for r in rows]
+    def _score(self, stage: str, rows: list[Decoded], beams: tuple[int, ...]) -> None:
+        refs = [r.refs for r in rows]
         if stage.startswith("test"):
-            self.write_outputs(stage, [r[1] for r in rows], refs)
+            self.write_outputs(stage, [r.hyps[0] for r in rows], refs)
         orders = (1, 2, 3, 4) if stage.startswith("test") else (4,)
         for j, beam in enumerate(beams):
-            hyps = [r[1 + j] for r in rows]
+            hyps = [r.hyps[j] for r in rows]
             for n in orders:
                 score, sig = text_metrics.bleu(hyps, refs, max_order=n)
                 self.log(f"{stage}_bleu{n}{beam_suffix(beam)}", score.score, prog_bar=stage == "valid")
                 if n == 4:
                     self.bleu_signatures[stage] = sig
-        self.write_samples(stage, ["references", *map(beam_column, beams)], [[" | ".join(r[0]), *r[1:]] for r in rows])
+        self.write_samples(stage, ["references", *map(beam_column, beams)], [[" | ".join(r.refs), *r.hyps] for r in rows])

@@ -5,8 +5,8 @@ A subclass builds `self.emb` (word embedding), `self.decoder` (DropoutLSTM), `se
 to the vocabulary) and `self.vocab`, calls `init_scoring()`, and supplies
 
     _logits(batch) -> (T, N, V)          teacher-forced next-word logits for batch[targets_key]
-    _collect(batch, stage, beams)        decode a batch, append (reference(s), *hypotheses) rows
-    _score(stage, rows, beams)           log the stage's corpus scores from all ranks' rows
+    _collect(batch, stage, beams)        decode a batch, append one `Decoded` per item
+    _score(stage, items, beams)          log the stage's corpus scores from all ranks' items
 
 Everything else (the training step, perplexity, which beams run where, samples) lives here once.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -28,14 +29,43 @@ from tasks.nn.cadence import log_due
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Decoded:
+    """One evaluated item: its source sentence (empty for an image), its reference(s), and its
+    hypothesis for each beam size the stage decodes with, in that order."""
+
+    source: str
+    refs: list[str]
+    hyps: tuple[str, ...]
+
+
+class WordNLL(nn.Module):
+    """A stage's summed NLL and word count (synced across ranks): its perplexity per word."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nll, self.words = SumMetric(), SumMetric()
+
+    def update(self, nll: Tensor, words: Tensor) -> None:
+        self.nll.update(nll)
+        self.words.update(words)
+
+    def perplexity(self) -> Tensor | None:
+        """None when nothing was scored this epoch; resets either way."""
+        ppl = (self.nll.compute() / self.words.compute().clamp_min(1)).exp() if self.words.update_count else None
+        self.nll.reset()
+        self.words.reset()
+        return ppl
+
+
 class TextGenerator(TaskModule):
     targets_key = "tgt_out"  # the batch entry holding w1 .. wn <eos> <pad> .., time-major
 
     def init_scoring(self, test_streams: list[str]) -> None:
         self.test_streams = list(test_streams)
-        self.sums = nn.ModuleDict({f"{s}_{k}": SumMetric() for s in ("train", "valid", *self.test_streams)
-                                   for k in ("nll", "words")})
-        self.outputs: dict[str, list[tuple]] = {}
+        # Keyed "<stage>_ppl": a ModuleDict key may not shadow a Module attribute ("train").
+        self.word_nll = nn.ModuleDict({f"{s}_ppl": WordNLL() for s in ("train", "valid", *self.test_streams)})
+        self.outputs: dict[str, list[Decoded]] = {}
         self.bleu_signatures: dict[str, str] = {}  # stage -> sacrebleu's signature of its BLEU(-4)
 
     def row_info(self) -> dict[str, str]:
@@ -64,8 +94,7 @@ class TextGenerator(TaskModule):
         logits = self._logits(batch)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), batch[self.targets_key].flatten(),
                               ignore_index=self.vocab.pad, reduction="sum")
-        self.sums[f"{stage}_nll"].update(nll.detach())
-        self.sums[f"{stage}_words"].update(batch["num_tokens"])
+        self.word_nll[f"{stage}_ppl"].update(nll.detach(), batch["num_tokens"])
         return nll / batch["num_tokens"]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -75,11 +104,9 @@ class TextGenerator(TaskModule):
         return loss
 
     def _log_ppl(self, stage: str) -> None:
-        nll, words = self.sums[f"{stage}_nll"], self.sums[f"{stage}_words"]
-        if words.update_count:
-            self.log(f"{stage}_ppl", (nll.compute() / words.compute().clamp_min(1)).exp(), prog_bar=stage == "valid")
-        nll.reset()
-        words.reset()
+        ppl = self.word_nll[f"{stage}_ppl"].perplexity()
+        if ppl is not None:
+            self.log(f"{stage}_ppl", ppl, prog_bar=stage == "valid")
 
     def on_train_epoch_end(self) -> None:
         self._log_ppl("train")
@@ -142,7 +169,7 @@ class TextGenerator(TaskModule):
     def _collect(self, batch: dict, stage: str, beams: tuple[int, ...]) -> None:
         raise NotImplementedError
 
-    def _score(self, stage: str, rows: list[tuple], beams: tuple[int, ...]) -> None:
+    def _score(self, stage: str, rows: list[Decoded], beams: tuple[int, ...]) -> None:
         raise NotImplementedError
 
 

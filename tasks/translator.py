@@ -22,20 +22,20 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from datamodules.vocab import WordVocab
 from tasks.nn import text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
-from tasks.text_generation import TextGenerator, beam_column, beam_suffix
+from tasks.text_generation import Decoded, TextGenerator, beam_column, beam_suffix
 
 
-def group_by_source(rows: list[tuple]) -> list[tuple]:
-    """(source, reference, *hypotheses) per pair -> one row per distinct source with every reference
-    of it: Tatoeba gives many sentences several translations ("Get lost!": "Dégage !", "Va au
-    diable !", ...), and scoring one hypothesis against each alone would punish every right answer
-    but one. The model's output for a source does not depend on which pair it came from."""
-    grouped: dict[str, tuple] = {}
-    for src, ref, *hyps in rows:
-        if src in grouped:
-            grouped[src][1].append(ref)
+def group_by_source(rows: list[Decoded]) -> list[Decoded]:
+    """One item per pair -> one per distinct source with every reference of it: Tatoeba gives many
+    sentences several translations ("Get lost!": "Dégage !", "Va au diable !", ...), and scoring
+    one hypothesis against each alone would punish every right answer but one. The model's output
+    for a source does not depend on which pair it came from."""
+    grouped: dict[str, Decoded] = {}
+    for row in rows:
+        if row.source in grouped:
+            grouped[row.source].refs.extend(row.refs)
         else:
-            grouped[src] = (src, [ref], *hyps)
+            grouped[row.source] = Decoded(row.source, list(row.refs), row.hyps)
     return list(grouped.values())
 
 
@@ -118,17 +118,18 @@ class Translator(TextGenerator):
     def _collect(self, batch: dict, stage: str, beams: tuple[int, ...]) -> None:
         self._loss(batch, stage)
         hyps = [self.translate(batch["src"], batch["src_lengths"], b) for b in beams]
-        self.outputs.setdefault(stage, []).extend(zip(batch["src_text"], batch["ref_text"], *hyps))
+        self.outputs.setdefault(stage, []).extend(
+            Decoded(src, [ref], h) for src, ref, *h in zip(batch["src_text"], batch["ref_text"], *hyps))
 
-    def _score(self, stage: str, rows: list[tuple], beams: tuple[int, ...]) -> None:
-        rows = group_by_source(rows) if stage in self.hparams.multi_ref_streams else [(s, [r], *h) for s, r, *h in rows]
-        refs = [r[1] for r in rows]
+    def _score(self, stage: str, rows: list[Decoded], beams: tuple[int, ...]) -> None:
+        rows = group_by_source(rows) if stage in self.hparams.multi_ref_streams else rows
+        refs = [r.refs for r in rows]
         if stage.startswith("test"):
-            self.write_outputs(stage, [r[2] for r in rows], refs)
+            self.write_outputs(stage, [r.hyps[0] for r in rows], refs)
         for j, beam in enumerate(beams):
-            hyps = [r[2 + j] for r in rows]
+            hyps = [r.hyps[j] for r in rows]
             score, self.bleu_signatures[stage] = text_metrics.bleu(hyps, refs)
             self.log(f"{stage}_bleu{beam_suffix(beam)}", score.score, prog_bar=stage == "valid")
             self.log(f"{stage}_chrf{beam_suffix(beam)}", text_metrics.chrf(hyps, refs))
         self.write_samples(stage, ["source", "references", *map(beam_column, beams)],
-                           [[r[0], " | ".join(r[1]), *r[2:]] for r in rows])
+                           [[r.source, " | ".join(r.refs), *r.hyps] for r in rows])

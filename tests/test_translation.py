@@ -14,6 +14,7 @@ from datamodules.parallel import LengthBuckets, Pair, ParallelTextDataModule, co
 from datamodules.vocab import SPECIALS, WordVocab
 from tasks.nn import decoding
 from tasks.nn.errors import DataError
+from tasks.text_generation import Decoded
 from tasks.translator import Translator, group_by_source
 from tests.conftest import REAL_DATA_ROOT, find_run
 
@@ -143,7 +144,9 @@ def test_beam_one_translation_is_greedy():
 
 def test_group_by_source_collects_every_reference():
     rows = [("Get lost!", "Dégage !", "h1"), ("Hi.", "Salut.", "h2"), ("Get lost!", "Va au diable !", "h1")]
-    assert group_by_source(rows) == [("Get lost!", ["Dégage !", "Va au diable !"], "h1"), ("Hi.", ["Salut."], "h2")]
+    rows = [Decoded(src, [ref], (hyp,)) for src, ref, hyp in rows]
+    assert group_by_source(rows) == [Decoded("Get lost!", ["Dégage !", "Va au diable !"], ("h1",)),
+                                     Decoded("Hi.", ["Salut."], ("h2",))]
 
 
 def tiny_translation_preset(data_root, **data):
