@@ -43,5 +43,10 @@ bench: setup
 leaderboard: setup
 	$(BIN)/bench leaderboard --results-dir $(RESULTS_DIR)
 
+# The real-data tests read RNNREG_DATA_ROOT, else TEST_DATA_ROOT (default ../shared/data); where a
+# data set is absent they are skipped, each saying why (-rs). REQUIRE_REAL_DATA=1 (CI) fails instead.
+TEST_DATA_ROOT ?= $(or $(RNNREG_DATA_ROOT),../shared/data)
+REQUIRE_REAL_DATA ?= 0
 test: setup
-	RNNREG_DATA_ROOT=$(DATA_ROOT) $(BIN)/python -m pytest -q -p no:cacheprovider
+	RNNREG_DATA_ROOT=$(TEST_DATA_ROOT) RNNREG_REQUIRE_REAL_DATA=$(REQUIRE_REAL_DATA) \
+		$(BIN)/python -m pytest -q -rs -p no:cacheprovider

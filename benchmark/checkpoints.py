@@ -1,8 +1,13 @@
-"""Checkpoint writing that never leaves a half-written file, and reading with a clear error."""
+"""Checkpoint writing that never leaves a half-written file, and reading with a clear error.
+
+Every checkpoint is read with torch's `weights_only` unpickler: tensors and plain data only. A
+checkpoint that needs more (a shared run folder whose pickle would run code) is refused, never
+executed."""
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,10 @@ def check_checkpoint(path: Path) -> None:
     if not path.is_file():
         raise BenchError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise BenchError(f"{path}: holds Python objects beyond tensors and plain data, which loading would "
+                         f"execute; refused. Use checkpoints written by `bench run`") from err
     except Exception as err:  # torch raises many types for a damaged zip/pickle
         raise BenchError(
             f"{path}: corrupt or unreadable checkpoint ({type(err).__name__}: {err}); "

@@ -287,8 +287,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure_logging() -> None:
+    """One line per message: the project's loggers print through the root handler; Lightning's
+    print through the handler Lightning adds to its own `lightning` logger, which therefore must not
+    hand them on to the root's as well."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightning").propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

@@ -75,7 +75,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
 
 
 def _load(module_cls: type, ckpt: Path, dm: Any, data_root: Path) -> Any:
-    model = module_cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    model = module_cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     if model.hparams.get("vocab_size") != dm.model_kwargs().get("vocab_size"):
         raise ConfigError(f"{ckpt}: its vocabulary does not match the data ({data_root}); same data root?")
     return model.eval()

@@ -334,7 +334,7 @@ def _fit(r: Run) -> None:
     interrupted = RunInterrupted(f"run interrupted; its last epoch checkpoint is in {r.ckpt_dir}: rerun with "
                                  f"--resume to continue (no results row was written)")
     try:
-        r.trainer.fit(r.model, datamodule=r.dm, ckpt_path=r.resume_from)
+        r.trainer.fit(r.model, datamodule=r.dm, ckpt_path=r.resume_from, weights_only=True)
     except SystemExit:  # Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1)
         if r.trainer.interrupted:
             raise interrupted from None
@@ -361,7 +361,7 @@ def _test(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModul
     and so do the files of test outputs the task writes (`model.output_prefix`)."""
     model.output_prefix = prefix
     try:
-        results = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=False)
+        results = trainer.test(model, datamodule=dm, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     finally:
         model.output_prefix = ""
     return {f"{prefix}{k}": float(v) for d in results for k, v in d.items()}

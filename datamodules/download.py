@@ -61,6 +61,13 @@ class _Archive:
     def open(self, member: str):
         return self.zip.open(member) if self.zip else self.tar.extractfile(member)
 
+    def link_target(self, member: str) -> str | None:
+        """Where a tar link member points (None for a regular file or a zip member)."""
+        if self.tar is None:
+            return None
+        info = self.tar.getmember(member)
+        return info.linkname if info.issym() or info.islnk() else None
+
     def close(self) -> None:
         (self.zip or self.tar).close()
 
@@ -168,6 +175,34 @@ def _remote_size(url: str, timeout: float) -> int | None:
         return None
 
 
+def _plan(arc: _Archive, archive: Path, extract: dict[str, str], dest: Path) -> list[tuple[str, Path]]:
+    """(member, target) for every member under one of the prefixes, each target checked to land
+    inside its folder: an absolute name, a `..` or a link that leaves it stops the fetch before
+    anything is written."""
+    plan = []
+    for member in arc.names:
+        if member.startswith("__MACOSX/") or member.endswith("/"):  # macOS resource forks; folders
+            continue
+        for prefix, folder in extract.items():
+            # The prefix may sit below a top folder the publisher added ("Flickr8k_text/...").
+            at = 0 if member.startswith(prefix) else member.find("/" + prefix) + 1
+            if at == 0 and not member.startswith(prefix):
+                continue
+            # "train2014/" keeps the path below it; "annotations/captions_" keeps the file name
+            rest = member[at + len(prefix):] if prefix.endswith("/") else member.rsplit("/", 1)[-1]
+            if not rest:
+                continue
+            base = (dest / folder).resolve()
+            link = arc.link_target(member)
+            for path in (rest, *([str(Path(rest).parent / link)] if link is not None else [])):
+                if Path(path).is_absolute() or not (base / path).resolve().is_relative_to(base):
+                    raise DataError(f"{archive}: member {member!r} would be written outside {base}; this is not "
+                                    f"the publisher's archive: delete it (nothing was extracted)")
+            plan.append((member, dest / folder / rest))
+            break
+    return plan
+
+
 def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
     """Members under each prefix into dest/<folder>/<rest of the path>; returns how many files."""
     arc = _Archive(archive)
@@ -177,26 +212,14 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
             bad = arc.zip.testzip()  # reads every member and checks its CRC
             if bad is not None:
                 raise DataError(f"{archive}: member {bad} fails its CRC check; delete the file and fetch again")
-        for member in arc.names:
-            if member.startswith("__MACOSX/"):  # macOS resource forks some zips carry
+        for member, target in _plan(arc, archive, extract, dest):
+            src = arc.open(member)
+            if src is None:
                 continue
-            for prefix, folder in extract.items():
-                # The prefix may sit below a top folder the publisher added ("Flickr8k_text/...").
-                at = 0 if member.startswith(prefix) else member.find("/" + prefix) + 1
-                if (at == 0 and not member.startswith(prefix)) or member.endswith("/"):
-                    continue
-                # "train2014/" keeps the path below it; "annotations/captions_" keeps the file name
-                rest = member[at + len(prefix):] if prefix.endswith("/") else member.rsplit("/", 1)[-1]
-                if rest:
-                    src = arc.open(member)
-                    if src is None:
-                        continue
-                    target = dest / folder / rest
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                    n += 1
-                    break
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+            n += 1
     finally:
         arc.close()
     return n

@@ -25,7 +25,7 @@ from datamodules.image_encoders import build_encoder
 from datamodules.vocab import SPECIALS
 from tasks.captioner import Captioner
 from tasks.nn.errors import DataError
-from tests.conftest import REAL_DATA_ROOT, find_run
+from tests.conftest import REAL_DATA_ROOT, find_run, need_real_data
 
 WORDS = ["a dog runs on the grass .", "A black dog is running outside!", "two people sit on a bench",
          "A man rides a red bike.", "children play in the water", "a brown dog jumps , over a log"]
@@ -229,10 +229,7 @@ def test_random_encoder_only_when_asked_and_the_row_says_so(tmp_path):
 
 @pytest.fixture
 def coco_mini():
-    folder = REAL_DATA_ROOT / "coco-mini"
-    if not (folder / "captions.json").is_file():
-        pytest.skip(f"coco-mini not found under {REAL_DATA_ROOT} (set RNNREG_DATA_ROOT)")
-    return folder
+    return need_real_data(REAL_DATA_ROOT / "coco-mini" / "captions.json").parent
 
 
 def test_offline_imagenet_weights_recognise_real_coco_images(coco_mini):

@@ -168,3 +168,15 @@ def test_task_all_reports_a_task_without_data_and_runs_on(tmp_path, monkeypatch,
     assert "translation-quick-dropout_on-seed0: could not download tatoeba-fra-eng: no network" in err
     assert "2 of 2 runs failed" in err and "rerun with --resume to retry only those" in err
     assert not (tmp_path / "results" / "runs.csv").exists()
+
+
+def test_each_log_message_is_printed_once():
+    """In a fresh process, as the CLI runs: Lightning's console handler and the root's both exist."""
+    import subprocess
+    import sys
+
+    code = ("import logging, lightning; from benchmark.cli import configure_logging; configure_logging(); "
+            "logging.getLogger('lightning.pytorch.utilities.rank_zero').info('a lightning message'); "
+            "logging.getLogger('benchmark.runner').info('a project message')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err.count("a lightning message") == 1 and err.count("a project message") == 1, err

@@ -192,3 +192,37 @@ def test_an_interrupted_download_continues_where_it_stopped(tmp_path):
         assert path.read_bytes() == blob and server.requests[-1] is None
     finally:
         server.close()
+
+
+def _crafted_zip(path, names):
+    with zipfile.ZipFile(path, "w") as z:
+        for name in names:
+            z.writestr(name, b"payload")
+    return path
+
+
+def _crafted_tar(path, files, links):
+    with tarfile.open(path, "w") as t:
+        for name in files:
+            info = tarfile.TarInfo(name)
+            info.size = 7
+            t.addfile(info, io.BytesIO(b"payload"))
+        for name, target in links:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            t.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("archive", [
+    lambda p: _crafted_zip(p / "a.zip", ["train2014/ok.jpg", "train2014/../../evil.txt"]),
+    lambda p: _crafted_zip(p / "b.zip", ["train2014/ok.jpg", "train2014//etc/evil.txt"]),
+    lambda p: _crafted_tar(p / "c.tar", ["train2014/ok.jpg"], [("train2014/evil", "/etc/passwd")]),
+    lambda p: _crafted_tar(p / "d.tar", ["train2014/ok.jpg"], [("train2014/evil", "../../../outside")]),
+], ids=["dotdot-zip", "absolute-zip", "absolute-link-tar", "dotdot-link-tar"])
+def test_a_member_that_would_land_outside_stops_the_fetch_before_any_write(tmp_path, archive):
+    path = archive(tmp_path)
+    dest = tmp_path / "root" / "coco"
+    with pytest.raises(DataError, match=r"member 'train2014/.*' would be written outside .*nothing was extracted"):
+        fetch._extract(path, {"train2014/": "images"}, dest)
+    assert not dest.exists() and not (tmp_path / "evil.txt").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -158,6 +159,35 @@ def test_corrupt_checkpoint_is_named(tmp_path, data_root):
     # One finished at code that differs from today's is still not rerun, but it is said so.
     (ckpt.parent.parent / "result.json").write_text('{"row": {"git_commit": "0123456789ab"}, "data": {}}')
     assert run(tiny_preset(), opts(tmp_path, data_root, resume=True))["skipped"] == "older code"
+
+
+class _RunsCode:
+    """Unpickling this calls `Path.touch` on `marker`: what a malicious shared checkpoint would do."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_path, data_root):
+    from benchmark.checkpoints import check_checkpoint
+    from benchmark.ensemble import run_ensemble
+
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "shared-run"
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "loops": {}, "epoch": 1, "payload": _RunsCode(marker)},
+               folder / "checkpoints" / "last.ckpt")
+    (folder / "result.json").write_text('{"row": {"task": "ptb", "preset": "small"}, "data": {}}')
+    with pytest.raises(BenchError, match="beyond tensors and plain data, which loading would execute; refused"):
+        check_checkpoint(folder / "checkpoints" / "last.ckpt")
+    with pytest.raises(BenchError, match="refused"):
+        run_ensemble("ptb", [folder, folder], data_root, tmp_path / "results")
+    assert not marker.exists()
+    torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)  # the payload is live: unsafe loading runs it
+    assert marker.exists()
 
 
 def test_interrupted_run_writes_no_row(tmp_path, data_root):

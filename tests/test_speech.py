@@ -22,7 +22,7 @@ from datamodules.speech import (
 )
 from tasks.frame_classifier import FrameClassifier, collapse
 from tasks.nn.errors import DataError
-from tests.conftest import REAL_DATA_ROOT, find_run
+from tests.conftest import REAL_DATA_ROOT, find_run, need_real_data
 
 RATE = 16_000
 
@@ -161,8 +161,7 @@ def test_train_statistics_only_normalise(tmp_path):
 @pytest.mark.real_data
 def test_timit_sample_splits_and_a_short_run_learns(tmp_path):
     root = REAL_DATA_ROOT
-    if not (root / "timit-sample").is_dir():
-        pytest.skip(f"no timit-sample under {root}")
+    need_real_data(root / "timit-sample")
     from benchmark.config import load_preset
     from benchmark.runner import RunOptions, run
 
@@ -187,9 +186,7 @@ def test_timit_sample_download_checks_every_file(tmp_path, monkeypatch):
 
     from datamodules import sources
 
-    src = REAL_DATA_ROOT / "timit-sample"
-    if not src.is_dir():
-        pytest.skip(f"no timit-sample under {REAL_DATA_ROOT}")
+    src = need_real_data(REAL_DATA_ROOT / "timit-sample")
     archive = tmp_path / "timit.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for name in sources.TIMIT_SAMPLE.sha256:

@@ -16,7 +16,7 @@ from tasks.nn import decoding
 from tasks.nn.errors import DataError
 from tasks.text_generation import Decoded
 from tasks.translator import Translator, group_by_source
-from tests.conftest import REAL_DATA_ROOT, find_run
+from tests.conftest import REAL_DATA_ROOT, find_run, need_real_data
 
 EN = ["I am here .", "You are tall .", "He runs .", "We eat bread .", "They sing songs .", "She is happy .",
       "The cat sleeps .", "I like tea .", "It is cold .", "We are friends ."]
@@ -181,8 +181,7 @@ def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
 
 @pytest.fixture
 def tatoeba_root():
-    if not (REAL_DATA_ROOT / "tatoeba-fra-eng" / "fra.txt").is_file():
-        pytest.skip(f"Tatoeba not found under {REAL_DATA_ROOT} (set RNNREG_DATA_ROOT)")
+    need_real_data(REAL_DATA_ROOT / "tatoeba-fra-eng" / "fra.txt")
     return REAL_DATA_ROOT
 
 
