@@ -1,5 +1,5 @@
 # Two entry points (see README): `make bench` and `make test`. Both build the virtual environment
-# first if it is missing or older than pyproject.toml.
+# first if it is missing or older than pyproject.toml or requirements.lock.
 PY        ?= python3
 VENV      ?= .venv
 BIN       := $(VENV)/bin
@@ -16,14 +16,22 @@ RUNS_DIR  ?= runs/bench-$(PRESET)
 RESULTS_DIR ?= runs/results
 BENCH_FLAGS ?=
 
-.PHONY: setup bench test leaderboard
+.PHONY: setup bench test leaderboard lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Every dependency at the version and sha256 in requirements.lock, then the project itself.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
+
+# Re-resolve the lock after changing pyproject.toml's dependencies (needs uv: pip install uv). The
+# pins already in the lock are kept where they still fit; --upgrade-package NAME moves one on.
+lock:
+	uv pip compile pyproject.toml --extra test --universal --generate-hashes --python-version 3.11 \
+		-o requirements.lock $(LOCK_FLAGS)
 
 # The main job: every task's PRESET with dropout on and off, then the leaderboard beside the paper.
 # Whoever types `make bench` has asked for the benchmark, so the captioning data (Flickr8k, 1 GB, the

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmark import config
+from benchmark import config, environment
 from benchmark.checkpoints import check_checkpoint
 from benchmark.results import append_row
 from benchmark.runner import RESULT_FILE
@@ -70,6 +70,9 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     start = time.perf_counter()
     scores = module_cls.ensemble_eval(models, dm)  # {metric: ([member values], ensemble value)}
     row = _row(task, preset.name, rows, scores, [c for c, _ in members], time.perf_counter() - start, command)
+    env, pkgs = environment.fingerprint(next(models[0].parameters()).device)
+    environment.save_package_list(Path(results_dir), env["env_packages"], pkgs)
+    row.update({**env, "skipped_records": len(getattr(dm, "skipped", []))})
     append_row(results_dir, row)
     return row
 

@@ -7,7 +7,9 @@ other settings. Covered:
     module, datamodule        which classes
     model                     with the preset's `on` dropout rates (on and off runs share a hash:
                               dropout is the paired variable, its rate is part of the setting)
-    data                      the DataModule's arguments
+    data                      the DataModule's arguments, but `bad_records` (on the same files a
+                              run that may skip bad records either reads what a strict one reads,
+                              or the strict one fails; each row counts what it skipped)
     trainer                   every key but placement ones (progress bar, logger...), precision and
                               the device count included: DDP changes the global batch of most tasks
                               (the leaderboard also keys rows by the world size they ran with)
@@ -27,6 +29,8 @@ from typing import Any
 # Trainer settings that change where and how fast a run goes, not what it computes.
 PLACEMENT_KEYS = {"accelerator", "strategy", "enable_progress_bar", "enable_model_summary", "logger", "callbacks",
                   "log_every_n_steps", "enable_checkpointing", "default_root_dir"}
+# Data settings that decide whether a run may go on, not what it computes.
+DATA_PLACEMENT_KEYS = {"bad_records"}
 HASH_CHARS = 10
 
 
@@ -63,6 +67,7 @@ def _normalise_trainer(trainer: dict[str, Any]) -> dict[str, Any]:
 def config_hash(module: str, datamodule: str, model: dict[str, Any], data: dict[str, Any],
                 trainer: dict[str, Any], fingerprint: str) -> str:
     """A short, stable hash of a run's settings (see the module docstring for what is in it)."""
+    data = {k: v for k, v in data.items() if k not in DATA_PLACEMENT_KEYS}
     payload = {"module": module, "datamodule": datamodule, "model": model, "data": data,
                "trainer": _normalise_trainer(trainer), "data_files": fingerprint}
     text = json.dumps(payload, sort_keys=True, default=str)

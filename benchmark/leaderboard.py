@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from benchmark import config, stats
-from benchmark.results import RUNS_FILE, read_rows, write_rows_atomic
+from benchmark.results import RUNS_FILE, metric_logs, read_rows, write_rows_atomic
 from tasks import registry
 from tasks.nn.errors import ConfigError
 
@@ -36,10 +36,10 @@ MARKDOWN_FILE = "LEADERBOARD.md"
 LEGACY = "legacy"  # the hash shown for rows written before runs had one
 COLUMNS = ["task", "preset", "config_hash", "status", "dropout", "ensemble", "metric", "mean", "std", "seeds",
            "best_mean", "best_std", "paper", "diff", "diff_pct", "split_metric", "train", "valid", "test", "epochs",
-           "best_epoch", "wall_s", "tokens_per_s", "device", "host", "precision", "devices", "commit", "date",
-           "command"]
+           "best_epoch", "wall_s", "tokens_per_s", "device", "host", "precision", "devices", "env", "commit",
+           "date", "command"]
 EFFECT_COLUMNS = ["task", "preset", "config_hash", "metric", "better", "pairs", "off_mean", "on_mean", "diff",
-                  "ci_low", "ci_high", "verdict", "bootstrap"]
+                  "ci_low", "ci_high", "verdict", "bootstrap", "env"]
 class TaskMetrics:
     """A task's headline and learning-curve metrics (its registry entry) and a preset's paper numbers."""
 
@@ -95,6 +95,13 @@ def groups(runs: list[dict[str, str]]) -> dict[tuple[str, str, str, str, str], l
     return {k: list(v.values()) for k, v in sorted(out.items())}
 
 
+def _envs(rows: list[dict[str, str]]) -> str:
+    """The environment fingerprint the rows share (benchmark/environment.py), or how many they mix:
+    rows from before fingerprints count as one "unrecorded" environment."""
+    envs = sorted({r.get("env") or "unrecorded" for r in rows})
+    return envs[0] if len(envs) == 1 else f"{len(envs)} environments: {', '.join(envs)}"
+
+
 def _stat(rows: list[dict], key: str) -> tuple[str, str, list[float]]:
     values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
     if not values:
@@ -126,7 +133,7 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
             "epochs": last.get("epochs", ""), "best_epoch": last.get("best_epoch", ""),
             "wall_s": f"{wall:.0f}" if wall else "", "tokens_per_s": f"{rate:.0f}" if rate else "",
             "device": last.get("device", ""), "host": last.get("host", ""), "precision": last.get("precision", ""),
-            "devices": last.get("devices", ""), "commit": last.get("git_commit", ""),
+            "devices": last.get("devices", ""), "env": _envs(rows), "commit": last.get("git_commit", ""),
             "date": last.get("finished_utc", "")[:10], "command": last.get("command", ""),
         })
     return out
@@ -169,6 +176,7 @@ def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
                                                             ("ci_high", effect.high))},
                 "verdict": effect.verdict(lower),
                 "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
+                "env": _envs(on + off),
             })
     return out
 
@@ -196,6 +204,8 @@ def _effect_lines(effects: list[dict]) -> list[str]:
         ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
         lines.append(f"- {e['preset']} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
                      f"over {e['pairs']} paired seed(s): {e['verdict']}.")
+        if " environments" in e["env"]:
+            lines.append(f"  - the pairs mix {e['env']} (runs.csv's env columns say what differs)")
         if e["bootstrap"]:
             lines.append(f"  - paired bootstrap per seed (sacrebleu, off -> on): {e['bootstrap']}")
     return lines
@@ -208,7 +218,9 @@ def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
              "Mean over seeds (± sample std when there are several). The headline scores the model as training "
              "left it (last epoch); *best-valid checkpoint* scores the epoch with the best validation metric. "
              "*paper*: the paper's number for the same setting, where it reports one. Rows pool only within one "
-             "`config_hash` (settings and data files). Learning curves: `curves-<task>-<preset>.png`."]
+             "`config_hash` (settings and data files); a pool whose rows come from different environments (installed "
+             "packages, CPU vector path or GPU driver: the `env` columns) says so under its table. "
+             "Learning curves: `curves-<task>-<preset>.png`."]
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_task[r["task"]].append(r)
@@ -217,6 +229,8 @@ def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
         lines += ["", f"## {task}: {registry.get(task).title}", ""]
         if current:
             lines += _table(current)
+            lines += [f"\n{r['preset']} `{r['config_hash']}` dropout {r['dropout']} pools rows from {r['env']} "
+                      f"(runs.csv's env columns say what differs)" for r in current if " environments" in r["env"]]
         task_effects = [e for e in effects if e["task"] == task]
         if task_effects:
             lines += ["", "Dropout's effect:", ""] + _effect_lines(task_effects)
@@ -228,22 +242,23 @@ def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _curve(metrics_csv: Path, metric: str) -> dict[str, dict[int, float]]:
-    """{train: {epoch: value}, valid: {...}} from a run's Lightning CSV log (a resumed run's later
-    value for an epoch wins)."""
+def _curve(logs: list[Path], metric: str) -> dict[str, dict[int, float]]:
+    """{train: {epoch: value}, valid: {...}} from a run's Lightning CSV logs, oldest first (a resumed
+    run's later value for an epoch wins)."""
     out: dict[str, dict[int, float]] = {"train": {}, "valid": {}}
-    with open(metrics_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            for split in out:
-                value = row.get(f"{split}_{metric}")
-                if value:
-                    out[split][int(row["epoch"]) + 1] = float(value)
+    for path in logs:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                for split in out:
+                    value = row.get(f"{split}_{metric}")
+                    if value:
+                        out[split][int(row["epoch"]) + 1] = float(value)
     return out
 
 
 def _seed_curves(rows: list[dict[str, str]], metric: str) -> list[dict[str, dict[int, float]]]:
-    paths = [Path(r["run_dir"]) / "csv" / "metrics.csv" for r in rows if r.get("run_dir")]
-    return [_curve(p, metric) for p in paths if p.is_file()]
+    logs = [metric_logs(Path(r["run_dir"])) for r in rows if r.get("run_dir")]
+    return [_curve(paths, metric) for paths in logs if paths]
 
 
 def _draw(ax, curves: list[dict[str, dict[int, float]]], color: str, dropout: str) -> int:

@@ -12,6 +12,7 @@ import csv
 import fcntl
 import logging
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,39 @@ from tasks.nn.errors import DataError
 log = logging.getLogger(__name__)
 
 RUNS_FILE = "runs.csv"
+CSV_LOG = "csv"  # <run>/csv/metrics.csv: Lightning's CSVLogger, one row per logged step or epoch
+_PART = re.compile(r"metrics\.part-(\d+)\.csv")
+
+
+def metric_logs(run_dir: Path) -> list[Path]:
+    """A run's CSV metric logs, oldest first: the parts set aside when the run was resumed
+    (metrics.part-1.csv, ...: Lightning's CSVLogger starts its file anew), then metrics.csv."""
+    folder = Path(run_dir) / CSV_LOG
+    parts = {int(m.group(1)): p for p in folder.glob("metrics.part-*.csv") if (m := _PART.fullmatch(p.name))}
+    current = [folder / "metrics.csv"] if (folder / "metrics.csv").is_file() else []
+    return [*(parts[k] for k in sorted(parts)), *current]
+
+
+def set_log_aside(run_dir: Path) -> Path | None:
+    """Before a resumed run's CSVLogger starts (it deletes the file it finds): metrics.csv ->
+    the next metrics.part-N.csv, so the learning curve keeps the epochs trained before."""
+    log_file = Path(run_dir) / CSV_LOG / "metrics.csv"
+    if not log_file.is_file():
+        return None
+    numbers = [int(m.group(1)) for p in log_file.parent.iterdir() if (m := _PART.fullmatch(p.name))]
+    part = log_file.with_name(f"metrics.part-{max(numbers, default=0) + 1}.csv")
+    os.replace(log_file, part)
+    return part
+
+
+def last_logged(run_dir: Path, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """The last value of each metric named with one of `prefixes` over a run's CSV logs."""
+    out: dict[str, float] = {}
+    for path in metric_logs(run_dir):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                out.update({k: float(v) for k, v in row.items() if k and k.startswith(prefixes) and v})
+    return out
 
 
 @contextmanager
@@ -77,10 +111,14 @@ def write_rows_atomic(path: Path, rows: list[dict[str, Any]], first: list[str] =
         raise
 
 
-def append_row(results_dir: Path, row: dict[str, Any]) -> Path:
+def append_row(results_dir: Path, row: dict[str, Any], replaces: str | None = None) -> Path:
+    """Append `row`; with `replaces` (a column), a row holding the same value there goes: a run
+    killed between writing its row and marking its folder finished, then resumed, has one row."""
     path = Path(results_dir) / RUNS_FILE
     with locked(path):
         rows = read_rows(path)
+        if replaces is not None:
+            rows = [r for r in rows if r.get(replaces) != str(row[replaces])]
         first = list(rows[0].keys()) if rows else list(row.keys())
         write_rows_atomic(path, rows + [row], first)
     return path

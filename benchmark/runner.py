@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +23,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from benchmark import identity, wandb_log
+from benchmark import environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers
-from benchmark.results import RUNS_FILE, append_row, read_rows
+from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, set_log_aside
 from tasks import registry
 from tasks.base import TaskModule
 from tasks.nn import backbone
@@ -34,8 +35,10 @@ from tasks.nn.errors import ConfigError, RunInterrupted
 
 log = logging.getLogger("benchmark")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-CODE_PATHS = ("benchmark", "tasks", "datamodules", "configs", "scripts", "pyproject.toml")
+CODE_PATHS = ("benchmark", "tasks", "datamodules", "configs", "scripts", "pyproject.toml", "requirements.lock")
 RESULT_FILE = "result.json"  # in the run folder: the run finished and its row is in runs.csv
+SKIPPED_FILE = "skipped_records.txt"  # in the run folder: the bad records a large corpus skipped
+RUN_ID_FILE = "run_id"  # in the run folder: the run's identity across resumes
 
 
 @dataclass
@@ -131,7 +134,9 @@ def make_loggers(run_dir: Path, opts: RunOptions, preset: Preset, config: dict) 
         raise ConfigError(f"--logger: unknown {sorted(unknown)}; choose csv, wandb or csv,wandb")
     loggers: list[Logger] = []
     if "csv" in opts.loggers:
-        loggers.append(CSVLogger(run_dir, name="", version="csv"))
+        if _is_rank_zero():
+            set_log_aside(run_dir)  # a resumed run's earlier epochs stay in metrics.part-N.csv
+        loggers.append(CSVLogger(run_dir, name="", version=CSV_LOG))
     if "wandb" in opts.loggers:
         loggers.append(wandb_log.make_logger(
             run_dir, name=run_dir.name, group=preset.task, config=config,
@@ -173,6 +178,7 @@ class Run:
     cli_trainer: dict[str, Any]  # trainer settings from the command line, over the preset's
     resume_from: str | None = None  # last.ckpt of an interrupted run
     commit: str = ""
+    run_id: str = ""
     model: L.LightningModule | None = None
     trainer: L.Trainer | None = None
     best: ModelCheckpoint | None = None
@@ -236,6 +242,9 @@ def finished(r: Run) -> dict[str, Any] | None:
             log.info("%s finished earlier (its row is in %s): skipped", r.run_dir, RUNS_FILE)
         return {**done, "skipped": "older code" if stale else True}
     last = r.ckpt_dir / "last.ckpt"
+    for partial in r.ckpt_dir.glob(".*.tmp"):  # a checkpoint write the kill cut short; last.ckpt is whole
+        log.info("%s: removing %s, a checkpoint write that was cut short", r.ckpt_dir, partial.name)
+        partial.unlink(missing_ok=True)
     if last.exists():
         check_checkpoint(last)
         r.resume_from = str(last)
@@ -244,11 +253,30 @@ def finished(r: Run) -> dict[str, Any] | None:
     return None
 
 
+def _is_rank_zero() -> bool:
+    """Before the Trainer exists: Lightning's launchers (and torchrun) set RANK / LOCAL_RANK."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
+def run_id(run_dir: Path) -> str:
+    """The run's identity across resumes, made when it first starts and kept in its folder: its
+    results row replaces only a row of the same run (one killed after writing it)."""
+    path = run_dir / RUN_ID_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    rid = uuid.uuid4().hex[:16]
+    if _is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, rid + "\n")
+    return rid
+
+
 def build(r: Run) -> None:
     """Seed, model, loggers and Trainer."""
     preset, opts = r.preset, r.opts
     read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
     r.commit = git_commit()  # the code that trains, not what the tree holds when the run ends
+    r.run_id = run_id(r.run_dir)
     L.seed_everything(opts.seed, workers=True, verbose=False)
     r.dm.setup("fit")
     module_cls = registry.load_class(preset.module)
@@ -307,6 +335,14 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
     start = time.perf_counter()
     _fit(r)
     fit_metrics = {k: float(v) for k, v in r.trainer.callback_metrics.items()}
+    if r.resume_from and not any(k.startswith("valid_") for k in fit_metrics):
+        # Resumed after training had ended (killed during test): the last epoch's train and valid
+        # numbers are in the CSV logs of the attempt that trained, not in this fit.
+        logged = last_logged(r.run_dir, ("train_", "valid_"))
+        if not logged:
+            log.warning("%s: resumed after training ended, and no CSV log holds the last epoch's train and valid "
+                        "metrics (--logger without csv?): the row has test metrics only", r.run_dir)
+        fit_metrics = {**logged, **fit_metrics}
     last_epoch = r.trainer.current_epoch  # 1-based once fit ends
     test_metrics = _test(r.trainer, r.model, r.dm, None, "")
     best_epoch, best_metrics = _best_epoch(r.best), {}
@@ -320,10 +356,20 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
     if not r.trainer.is_global_zero:
         return None
     row = {**results_row(r, {**fit_metrics, **test_metrics, **best_metrics}, wall),
-           "config_hash": r.chash, "best_epoch": "" if best_epoch is None else best_epoch, "host": platform.node()}
+           "config_hash": r.chash, "best_epoch": "" if best_epoch is None else best_epoch, "host": platform.node(),
+           "run_id": r.run_id}
+    skipped = getattr(r.dm, "skipped", [])
+    row["skipped_records"] = len(skipped)
+    if skipped:  # the bad records a large corpus skipped (datamodules/bad_records.py), one per line
+        _write_atomic(r.run_dir / SKIPPED_FILE, "".join(f"{s}\n" for s in skipped))
+    else:
+        (r.run_dir / SKIPPED_FILE).unlink(missing_ok=True)
+    env, pkgs = environment.fingerprint(r.trainer.strategy.root_device)
+    environment.save_package_list(Path(r.opts.results_dir), env["env_packages"], pkgs)
+    row.update(env)
     outputs = save_outputs(r.run_dir, Path(r.opts.results_dir), r.name)
     row["outputs"] = outputs.relative_to(r.opts.results_dir).as_posix() if outputs else ""
-    path = append_row(r.opts.results_dir, row)
+    path = append_row(r.opts.results_dir, row, replaces="run_id")
     # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
     _write_atomic(r.run_dir / RESULT_FILE, json.dumps({"row": row, "data": r.preset.data}, indent=1) + "\n")
     log.info("results row appended to %s", path)

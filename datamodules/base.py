@@ -10,6 +10,12 @@ from torch.utils.data import DataLoader
 
 
 class TaskDataModule(L.LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        # Bad records setup() skipped in a large corpus (datamodules/bad_records.py): the runner
+        # lists them in the run folder and counts them in the results row.
+        self.skipped: list[str] = []
+
     def data_files(self) -> list[Path]:
         """Every file or folder it reads: the settings hash covers their names and sizes."""
         raise NotImplementedError

@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from datamodules import download as fetch
 from datamodules import sources
+from datamodules.bad_records import BadRecordPolicy, BadRecords
 from datamodules.base import StreamsDataModule
 from datamodules.image_encoders import Encoder, build_encoder
 from datamodules.vocab import WordVocab
@@ -173,12 +174,19 @@ class FeatureCache:
             raise DataError(f"{path}: not a decodable image ({err})") from err
         return self.transform(image)
 
-    def __call__(self, images: list[ImageEntry], desc: str) -> tuple[Tensor, list[ImageEntry]]:
-        """(N, D) features of the images that decode, and those images; bad files are skipped."""
+    def __call__(self, images: list[ImageEntry], desc: str,
+                 bad: BadRecords | None = None) -> tuple[Tensor, list[ImageEntry]]:
+        """(N, D) features of the images that decode, and those images. A file that does not read or
+        decode is an error, or, where `bad` tolerates it (a large corpus), skipped and noted there."""
+        bad = bad or BadRecords(desc, len(images))
         feats: dict[int, Tensor] = {}
         todo: list[tuple[int, Path, Path, bytes]] = []
         for i, img in enumerate(images):
-            data = img.path.read_bytes()
+            try:
+                data = img.path.read_bytes()
+            except OSError as err:
+                bad.add(DataError(f"{img.path}: unreadable ({err.strerror or err})"))
+                continue
             entry = self.folder / f"{hashlib.sha256(data).hexdigest()}.pt"
             if entry.is_file():
                 try:
@@ -187,7 +195,6 @@ class FeatureCache:
                 except Exception:  # a damaged entry is recomputed, never trusted
                     log.warning("%s: unreadable cache entry, recomputing", entry)
             todo.append((i, img.path, entry, data))
-        bad = []
         if todo:
             self.folder.mkdir(parents=True, exist_ok=True)
             log.info("%s: computing %s features of %d images (cached for later runs in %s)", desc,
@@ -200,7 +207,7 @@ class FeatureCache:
                             pixels.append(self.load_image(path, data))
                             chunk.append((i, entry))
                         except DataError as err:
-                            bad.append(str(err))
+                            bad.add(err)
                     if pixels:
                         out = self.encoder.net(torch.stack(pixels)).float()
                         for (i, entry), vec in zip(chunk, out):
@@ -209,8 +216,6 @@ class FeatureCache:
                             torch.save(feats[i], tmp)
                             os.replace(tmp, entry)
                     bar.update(len(todo[start : start + self.batch_size]))
-        if bad:
-            log.warning("%s: skipped %d undecodable images: %s", desc, len(bad), "; ".join(bad[:3]))
         kept = sorted(feats)
         if not kept:
             raise DataError(f"{desc}: no image could be decoded")
@@ -280,6 +285,7 @@ class CaptionsDataModule(StreamsDataModule):
         eval_batch_size: int = 100,
         finetune: bool = False,
         cache_dir: str | Path | None = None,
+        bad_records: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.data_root = Path(data_root)
@@ -291,6 +297,7 @@ class CaptionsDataModule(StreamsDataModule):
         self.image_size, self.min_count, self.max_len = image_size, min_count, max_len
         self.batch_size, self.eval_batch_size, self.finetune = batch_size, eval_batch_size, finetune
         self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
+        self.bad_records = BadRecordPolicy.of(bad_records)
         self.sets: dict[str, CaptionSet] = {}
 
     def _path(self, p: str) -> Path:
@@ -316,7 +323,9 @@ class CaptionsDataModule(StreamsDataModule):
         cache = FeatureCache(self.encoder, self.image_size, self.cache_dir)
         feats = {}
         for name in ("train", "valid", *self.stream_names()):
-            feats[name], entries[name] = cache(entries[name], name)
+            bad = BadRecords(f"{name} images", len(entries[name]), self.bad_records)
+            feats[name], entries[name] = cache(entries[name], name, bad)
+            self.skipped += bad.check()
         train_words = [normalize_caption(c)[: self.max_len] for img in entries["train"] for c in img.captions]
         self.vocab = WordVocab.build(train_words, min_count=self.min_count)
         for name in ("train", "valid", *self.stream_names()):

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from datamodules import download as fetch
 from datamodules import sources
+from datamodules.bad_records import STRICT, BadRecordPolicy, BadRecords
 from datamodules.base import StreamsDataModule
 from datamodules.vocab import WordVocab
 from tasks.nn.errors import DataError
@@ -60,27 +61,55 @@ class Pair:
     ref_text: str
 
 
-def read_text(path: Path) -> list[str]:
-    """A file's lines as UTF-8; a bad byte is an error naming file and line."""
+def _not_utf8(path: Path, line: int, err: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path}:{line}: not valid UTF-8 ({err.reason}); convert the file to UTF-8 "
+                     f"(e.g. iconv -f latin1 -t utf-8)")
+
+
+def _split(data, newline):
+    """Lines split at `\n` only (a `\r` before it dropped, no empty line after a final `\n`): the
+    same lines whether the file is read whole or line by line, and the count line-aligned twin
+    files are checked by (str.splitlines would also break at U+2028, NEL and lone CRs)."""
+    lines = data.split(newline)
+    if lines and not lines[-1]:
+        lines.pop()
+    return [line[:-1] if line[-1:] in ("\r", b"\r") else line for line in lines]
+
+
+def read_text(path: Path, policy: BadRecordPolicy = STRICT) -> tuple[list[str | None], BadRecords]:
+    """A file's lines as UTF-8, and its bad records. A line that is not UTF-8 is an error naming file
+    and line, or, in a corpus large enough for `policy` to skip, None in its place (so that a
+    line-aligned twin file stays aligned)."""
     if not path.is_file():
         raise DataError(f"{path}: not found")
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        lines: list[str | None] = _split(data.decode("utf-8"), "\n")
+        bad = BadRecords(str(path), len(lines), policy)
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({err.reason} at byte {err.start}); convert the file "
-                        f"to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from err
-    lines = text.splitlines()
+        raw = _split(data, b"\n")
+        bad = BadRecords(str(path), len(raw), policy)
+        if not bad.tolerant:
+            raise _not_utf8(path, data[: err.start].count(b"\n") + 1, err) from err
+        lines = []
+        for lineno, line in enumerate(raw, 1):
+            try:
+                lines.append(line.decode("utf-8"))
+            except UnicodeDecodeError as line_err:
+                bad.add(_not_utf8(path, lineno, line_err))
+                lines.append(None)
     if path.suffix.lower() == ".sgm":  # WMT SGML: one <seg id=..>sentence</seg> per line
-        lines = [html.unescape(m.group(1)).strip() for m in map(_SEG.search, lines) if m]
+        segs = (_SEG.search(line) for line in lines if line is not None)
+        lines = [html.unescape(m.group(1)).strip() for m in segs if m]
         if not lines:
             raise DataError(f"{path}: no <seg> lines in this .sgm file")
-    return lines
+    return lines, bad
 
 
-def read_corpus(spec: dict[str, str], data_root: Path, langpair: str) -> list[tuple[str, str]]:
-    """(source, reference) pairs of one corpus spec; empty pairs are skipped and counted."""
+def read_corpus(spec: dict[str, str], data_root: Path, langpair: str,
+                policy: BadRecordPolicy = STRICT) -> tuple[list[tuple[str, str]], list[str]]:
+    """(source, reference) pairs of one corpus spec, and the bad records skipped (`policy`); empty
+    pairs are skipped and counted."""
     if "sacrebleu" in spec:
         import sacrebleu.utils as sbu
 
@@ -93,21 +122,24 @@ def read_corpus(spec: dict[str, str], data_root: Path, langpair: str) -> list[tu
         spec = {"src": str(src), "ref": str(ref)}
     if "tab" in spec:
         path = _resolve(spec["tab"], data_root)
+        lines, bad = read_text(path, policy)
         pairs = []
-        for lineno, line in enumerate(read_text(path), 1):
-            fields = line.split("\t")
-            if len(fields) < 2:
-                raise DataError(f"{path}:{lineno}: expected 'source<TAB>target', got {line[:80]!r}")
-            pairs.append((fields[0].strip(), fields[1].strip(), lineno))
-        where = str(path)
+        for lineno, line in enumerate(lines, 1):
+            fields = [] if line is None else line.split("\t")
+            if line is not None and len(fields) < 2:
+                bad.add(DataError(f"{path}:{lineno}: expected 'source<TAB>target', got {line[:80]!r}"))
+            if len(fields) >= 2:
+                pairs.append((fields[0].strip(), fields[1].strip(), lineno))
+        where, skipped = str(path), bad.check()
     elif "src" in spec and "ref" in spec:
         src_path, ref_path = _resolve(spec["src"], data_root), _resolve(spec["ref"], data_root)
-        src, ref = read_text(src_path), read_text(ref_path)
+        (src, src_bad), (ref, ref_bad) = read_text(src_path, policy), read_text(ref_path, policy)
         if len(src) != len(ref):
             raise DataError(f"misaligned parallel files: {src_path} has {len(src)} lines, {ref_path} has {len(ref)}; "
                             f"they must be line-aligned translations of each other")
-        pairs = [(s.strip(), r.strip(), i) for i, (s, r) in enumerate(zip(src, ref), 1)]
-        where = f"{src_path} / {ref_path}"
+        pairs = [(s.strip(), r.strip(), i) for i, (s, r) in enumerate(zip(src, ref), 1)
+                 if s is not None and r is not None]
+        where, skipped = f"{src_path} / {ref_path}", src_bad.check() + ref_bad.check()
     else:
         raise DataError(f"corpus spec {spec!r}: give `tab: PATH`, `src: PATH` with `ref: PATH`, or `sacrebleu: NAME`")
     empty = [i for s, r, i in pairs if not s or not r]
@@ -116,7 +148,7 @@ def read_corpus(spec: dict[str, str], data_root: Path, langpair: str) -> list[tu
     kept = [(s, r) for s, r, _ in pairs if s and r]
     if not kept:
         raise DataError(f"{where}: no sentence pairs")
-    return kept
+    return kept, skipped
 
 
 def _resolve(path: str, data_root: Path) -> Path:
@@ -222,6 +254,7 @@ class ParallelTextDataModule(StreamsDataModule):
         reverse_source: bool = True,
         batch_size: int = 64,
         eval_batch_size: int = 128,
+        bad_records: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if train is None:
@@ -234,6 +267,7 @@ class ParallelTextDataModule(StreamsDataModule):
         self.vocab_sizes, self.min_count, self.max_len = (src_vocab, tgt_vocab), min_count, max_len
         self.train_pairs, self.reverse_source = train_pairs, reverse_source
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.bad_records = BadRecordPolicy.of(bad_records)
         self.sets: dict[str, list[Pair]] = {}
 
     @property
@@ -260,16 +294,16 @@ class ParallelTextDataModule(StreamsDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
             return
-        raw = {"train": read_corpus(self.train_spec, self.data_root, self.langpair)}
+        raw = {"train": self._read(self.train_spec)}
         if self.valid_spec is None or self.test_spec is None:
             parts = hash_split(raw["train"], self.split["valid"], self.split["test"], str(self.split["salt"]))
             raw.update(parts)
         if self.valid_spec is not None:
-            raw["valid"] = read_corpus(self.valid_spec, self.data_root, self.langpair)
+            raw["valid"] = self._read(self.valid_spec)
         if self.test_spec is not None:
-            raw["test"] = read_corpus(self.test_spec, self.data_root, self.langpair)
+            raw["test"] = self._read(self.test_spec)
         for name, spec in self.test_sets.items():
-            raw[f"test_{name}"] = read_corpus(spec, self.data_root, self.langpair)
+            raw[f"test_{name}"] = self._read(spec)
         if self.train_pairs is not None and self.train_pairs < len(raw["train"]):
             rng = random.Random(f"{self.split['salt']}-train-pairs")
             raw["train"] = rng.sample(raw["train"], self.train_pairs)
@@ -292,6 +326,11 @@ class ParallelTextDataModule(StreamsDataModule):
                                for (s, t), (rs, rt) in zip(words[name], raw[name])]
         log.info("translation %s: %s pairs; vocabularies %d source / %d target words", self.langpair,
                  {k: len(v) for k, v in self.sets.items()}, len(self.src_vocab), len(self.tgt_vocab))
+
+    def _read(self, spec: dict[str, str]) -> list[tuple[str, str]]:
+        pairs, skipped = read_corpus(spec, self.data_root, self.langpair, self.bad_records)
+        self.skipped += skipped
+        return pairs
 
     def model_kwargs(self) -> dict[str, Any]:
         # Held-out parts of a hash-split corpus are scored against every translation of a sentence.

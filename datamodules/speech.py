@@ -31,8 +31,10 @@ import io
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 import torch
@@ -43,6 +45,7 @@ from tqdm import tqdm
 
 from datamodules import download as fetch
 from datamodules import sources
+from datamodules.bad_records import BadRecordPolicy, BadRecords
 from datamodules.base import TaskDataModule
 from datamodules.phones import PHONE_SETS, PhoneSet
 from tasks.nn.errors import DataError
@@ -191,7 +194,8 @@ def read_audio(path: Path, data: bytes, decode: bool) -> tuple[Tensor | None, in
             return None, info.samplerate, info.frames
         wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as err:
-        raise DataError(f"{path}: unreadable or corrupt audio ({err})") from err
+        why = re.sub(r"^Error opening <[^>]*>: ", "", str(err))  # soundfile names the in-memory buffer, not the file
+        raise DataError(f"{path}: unreadable or corrupt audio ({why})") from err
     if wave.shape[0] == 0:
         raise DataError(f"{path}: no audio samples")
     return torch.from_numpy(wave[:, 0].copy()), rate, wave.shape[0]
@@ -216,6 +220,7 @@ class SpeechDataModule(TaskDataModule):
         n_mels: int = 40,
         deltas: bool = True,
         cache_dir: str | Path | None = None,
+        bad_records: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if phone_set not in PHONE_SETS:
@@ -225,6 +230,7 @@ class SpeechDataModule(TaskDataModule):
         self.valid_speakers, self.test_speakers = list(valid_speakers), list(test_speakers)
         self.features = Features(n_mels=n_mels, deltas=deltas)
         self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
+        self.bad_records = BadRecordPolicy.of(bad_records)
         self.sets: dict[str, StackDataset] = {}  # split -> (features, labels) per utterance
 
     def data_files(self) -> list[Path]:
@@ -240,7 +246,10 @@ class SpeechDataModule(TaskDataModule):
                 fetch.download(sources.TIMIT_SAMPLE, self.data_root)
 
     def _features(self, utt: Utterance) -> tuple[Tensor, Tensor]:
-        data = utt.audio.read_bytes()  # read once: hashed for the cache key, decoded only on a miss
+        try:
+            data = utt.audio.read_bytes()  # read once: hashed for the cache key, decoded only on a miss
+        except OSError as err:
+            raise DataError(f"{utt.audio}: unreadable ({err.strerror or err})") from err
         cache = self.cache_dir / "speech-features" / self.features.key() / f"{hashlib.sha256(data).hexdigest()}.pt"
         feats = None
         if cache.is_file():
@@ -264,9 +273,15 @@ class SpeechDataModule(TaskDataModule):
             return
         splits = find_splits(self.data_root, self.corpus, self.valid_speakers, self.test_speakers)
         # Cached features load in seconds; a cold cache computes fbanks for every utterance.
-        raw = {s: [self._features(u) for u in tqdm(splits[s], desc=f"features {self.corpus} {s}", unit="utt",
-                                                   leave=False, mininterval=2)]
-               for s in ("train", "valid", "test")}
+        raw: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        for s in ("train", "valid", "test"):
+            bad, raw[s] = BadRecords(f"{self.corpus} {s} utterances", len(splits[s]), self.bad_records), []
+            for utt in tqdm(splits[s], desc=f"features {self.corpus} {s}", unit="utt", leave=False, mininterval=2):
+                try:
+                    raw[s].append(self._features(utt))
+                except DataError as err:  # audio that does not read, a .phn that does not parse
+                    bad.add(err)
+            self.skipped += bad.check()
         train = torch.cat([f for f, _ in raw["train"]])
         mean, std = train.mean(0), train.std(0).clamp_min(1e-5)  # training statistics only
         for split, items in raw.items():

@@ -7,6 +7,7 @@ A task added from inside tests/ (tests/tiny_task: a module, a DataModule, a conf
 from __future__ import annotations
 
 import ast
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_a_task_added_from_tests_runs_through_bench_and_the_leaderboard(parity, 
     rows = read_rows(tmp_path / "res" / "runs.csv")
     assert [(r["task"], r["preset"], r["dropout"]) for r in rows] == [("parity", "quick", "on"), ("parity", "quick", "off")]
     assert all(r["test_acc"] and r["valid_acc"] and r["config_hash"] for r in rows)
+    assert rows[0]["env"] == rows[1]["env"] and rows[0]["env_hardware"].startswith("cpu ")
+    packages = tmp_path / "res" / "environments" / f"{rows[0]['env_packages']}.txt"
+    assert f"torch=={metadata.version('torch')}\n" in packages.read_text()
     assert main(["leaderboard", "--results-dir", str(tmp_path / "res")]) == 0
     board = (tmp_path / "res" / "LEADERBOARD.md").read_text()
     assert "## parity: Parity of a bit string (a test task)" in board and "**test_acc** (last epoch)" in board

@@ -38,16 +38,16 @@ def write_tab(path, n=400, extra_column=True):
 
 def test_tab_parallel_and_sgm_formats(tmp_path):
     write_tab(tmp_path / "tab.txt", n=3)
-    assert read_corpus({"tab": "tab.txt"}, tmp_path, "en-fr") == [("I am here 0.", "Je suis ici 0."),
+    assert read_corpus({"tab": "tab.txt"}, tmp_path, "en-fr")[0] == [("I am here 0.", "Je suis ici 0."),
                                                                      ("You are tall 1.", "Tu es grand 1."),
                                                                      ("He runs 2.", "Il court 2.")]
     (tmp_path / "a.en").write_text("Hello.\nGood night.\n")
     (tmp_path / "a.fr").write_text("Bonjour.\nBonne nuit.\n")
-    assert read_corpus({"src": "a.en", "ref": str(tmp_path / "a.fr")}, tmp_path, "en-fr")[1] == ("Good night.", "Bonne nuit.")
+    assert read_corpus({"src": "a.en", "ref": str(tmp_path / "a.fr")}, tmp_path, "en-fr")[0][1] == ("Good night.", "Bonne nuit.")
     sgm = '<refset setid="x" srclang="any" trglang="fr">\n<doc docid="d" sysid="ref">\n<seg id="1">L&apos;homme &amp; la mer</seg>\n<seg id="2">Fin</seg>\n</doc>\n</refset>\n'
     (tmp_path / "t.fr.sgm").write_text(sgm)
     (tmp_path / "t.en.sgm").write_text(sgm.replace("L&apos;homme &amp; la mer", "The man &amp; the sea").replace("Fin", "End"))
-    assert read_corpus({"src": "t.en.sgm", "ref": "t.fr.sgm"}, tmp_path, "en-fr") == [
+    assert read_corpus({"src": "t.en.sgm", "ref": "t.fr.sgm"}, tmp_path, "en-fr")[0] == [
         ("The man & the sea", "L'homme & la mer"), ("End", "Fin")]
 
 
@@ -69,7 +69,7 @@ def test_bad_corpora_name_file_and_line(tmp_path):
 def test_empty_pairs_are_skipped_and_counted(tmp_path, caplog):
     (tmp_path / "a.en").write_text("one\n\nthree\n")
     (tmp_path / "a.fr").write_text("un\ndeux\ntrois\n")
-    assert read_corpus({"src": "a.en", "ref": "a.fr"}, tmp_path, "en-fr") == [("one", "un"), ("three", "trois")]
+    assert read_corpus({"src": "a.en", "ref": "a.fr"}, tmp_path, "en-fr")[0] == [("one", "un"), ("three", "trois")]
     assert "skipped 1 pairs with an empty side (first at line 2)" in caplog.text
 
 
@@ -218,7 +218,7 @@ def test_named_sacrebleu_test_set_reads_sacrebleus_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sbu, "get_source_file", source)
     monkeypatch.setattr(sbu, "get_reference_files", lambda t, lp: [str(tmp_path / "ref.fr")])
-    assert read_corpus({"sacrebleu": "wmt14/full"}, tmp_path, "en-fr") == [("Hello.", "Bonjour.")]
+    assert read_corpus({"sacrebleu": "wmt14/full"}, tmp_path, "en-fr")[0] == [("Hello.", "Bonjour.")]
     assert calls == [("wmt14/full", "en-fr")]
 
     def offline(test_set, langpair):
