@@ -82,8 +82,10 @@ def test_sweep_resumes_where_it_stopped(tmp_path, data_root, capsys):
     assert bench(tmp_path, *args, "--resume") == 0
     out = capsys.readouterr().out
     assert "ptb-small-dropout_on-seed0" in out and "skipped (finished earlier)" in out
-    rows = read_rows(tmp_path / "results" / "runs.csv")
-    assert len(rows) == 3 and rows[-1]["dropout"] == "off" and rows[-1]["epochs"] == "2"  # resumed at epoch 2
+    before, rows = rows, read_rows(tmp_path / "results" / "runs.csv")
+    # Resumed at its last epoch, it tests again and its row replaces the one it wrote before (same run_id).
+    assert [(r["dropout"], r["run_id"]) for r in rows] == [(r["dropout"], r["run_id"]) for r in before]
+    assert rows[-1]["epochs"] == "2" and rows[-1]["test_ppl"] == before[-1]["test_ppl"]
     assert bench(tmp_path, *args) == 2  # without --resume the folders are not overwritten
     assert "already holds an earlier run: pass --resume" in capsys.readouterr().err
 
