@@ -78,13 +78,18 @@ def ptb_utf8(d: Path):
     return _run(d, "--task", "ptb", "--preset", "small", *TINY), "ptb.train.txt", []
 
 
+def _translation(d: Path, lines: list[str], *extra: str) -> list[str]:
+    """translation/quick trained on `lines` as its Tatoeba file, data/pairs.txt."""
+    (d / "data" / "pairs.txt").write_text("\n".join(lines) + "\n")
+    return _run(d, "--task", "translation", "--preset", "quick", "--set", "data.train={tab: pairs.txt}",
+                "--set", "data.train_pairs=null", *extra, *TINY[:4])
+
+
 def tatoeba_tab(d: Path):
     (d / "data").mkdir(parents=True)
     lines = [f"Sentence {i}.\tPhrase {i}." for i in range(50)]
     lines[20] = "a line without its tab"
-    (d / "data" / "pairs.txt").write_text("\n".join(lines) + "\n")
-    return _run(d, "--task", "translation", "--preset", "quick", "--set", "data.train={tab: pairs.txt}",
-                "--set", "data.train_pairs=null", *TINY[:4]), "pairs.txt:21", []
+    return _translation(d, lines), "pairs.txt:21", []
 
 
 def captions_json(d: Path):
@@ -151,10 +156,7 @@ def shared_checkpoint(d: Path):
 def too_many_bad_lines(d: Path):
     (d / "data").mkdir(parents=True)
     lines = [f"Sentence {i}.\tPhrase {i}." if i % 10 else "no tab" for i in range(200)]
-    (d / "data" / "pairs.txt").write_text("\n".join(lines) + "\n")
-    return _run(d, "--task", "translation", "--preset", "quick", "--set", "data.train={tab: pairs.txt}",
-                "--set", "data.train_pairs=null", "--set", "data.bad_records={skip_above: 100, max_fraction: 0.01}",
-                *TINY[:4]), "pairs.txt", []
+    return _translation(d, lines, "--set", "data.bad_records={skip_above: 100, max_fraction: 0.01}"), "pairs.txt", []
 
 
 CASES = [
