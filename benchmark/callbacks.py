@@ -71,16 +71,43 @@ class GradNorm(L.Callback):
 
 
 class EpochSeed(L.Callback):
-    """Reseed torch at the start of every training epoch from (seed, epoch, rank).
+    """What a resumed run needs to draw the random numbers an uninterrupted run draws.
 
-    The dropout masks of epoch e then do not depend on what ran before it, so a run resumed from an
-    epoch checkpoint draws exactly the masks an uninterrupted run draws; ranks draw different masks.
-    It fires at the epoch's first batch, after the DataLoader iterator has drawn its own base seed
-    from the global RNG (which happens at a different moment in a resumed run).
+    Dropout masks: torch is reseeded at every training epoch's first batch from (seed, epoch, rank),
+    so the masks of epoch e do not depend on what ran before it; ranks draw different masks.
+    Data order: a shuffling DataLoader (speech, captioning on one process; no worker processes)
+    draws each epoch's order from torch's global RNG: from the second epoch on, the epoch's iterator
+    draws its base seed when it is made, after `on_train_epoch_start`, then the RandomSampler draws
+    the order's seed at the first batch. A
+    checkpoint keeps that RNG's state as it was when the checkpoint was written, at an epoch's end,
+    and nothing draws from it before the uninterrupted run's next epoch. A resumed run puts it back
+    as its first epoch starts; Lightning has made that epoch's iterator already (before the hook),
+    so the base seed's draw is made again here, and the sampler then draws what it draws in the
+    uninterrupted run. `tests/test_resume.py` checks the outcome on every task. (A sampler seeded
+    from (seed, epoch) would not depend on this, but would change the order every finished speech
+    and captioning run was trained in.)
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self._resumed_rng: Tensor | None = None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        self._resumed_rng = state_dict.get("torch_rng")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        rng, self._resumed_rng = self._resumed_rng, None
+        # Only the first epoch of a run resumed from an epoch's end; a checkpoint from elsewhere (a
+        # restart mid-epoch, which skips this hook) leaves the order to chance rather than misplace it.
+        if rng is not None and trainer.fit_loop.is_resuming:
+            torch.set_rng_state(rng)
+            torch.empty((), dtype=torch.int64).random_()  # the uninterrupted run's iterator's base seed
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._resumed_rng = None  # loaded by a test from a checkpoint: nothing to resume
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx != 0:

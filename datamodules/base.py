@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
+
+from datamodules.shards import EvalBlocks
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -27,8 +30,15 @@ class TaskDataModule(L.LightningDataModule):
 
     def rank_world(self) -> tuple[int, int]:
         """(this process's rank, the world size) under the Trainer; (0, 1) outside one. For the
-        DataModules that lay out their own per-rank batches (`Can.OWN_RANK_LAYOUT`)."""
+        evaluation samplers, and the DataModules that lay out their own per-rank training batches
+        (`Can.OWN_RANK_LAYOUT`)."""
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
+    def eval_sampler(self, dataset: Sized, what: str) -> EvalBlocks | None:
+        """Under DDP, this rank's block of an evaluation set (each item scored once, see shards.py);
+        None on one process."""
+        rank, world = self.rank_world()
+        return EvalBlocks(dataset, rank, world, what) if world > 1 else None
 
 
 class StreamsDataModule(TaskDataModule):

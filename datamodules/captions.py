@@ -345,5 +345,7 @@ class CaptionsDataModule(StreamsDataModule):
 
     def loader(self, name: str, shuffle: bool) -> DataLoader:
         v = self.vocab
-        return DataLoader(self.sets[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, collate_fn=functools.partial(collate, pad=v.pad, bos=v.bos, eos=v.eos))
+        data = self.sets[name]
+        return DataLoader(data, batch_size=self.batch_size if shuffle else self.eval_batch_size, shuffle=shuffle,
+                          sampler=None if shuffle else self.eval_sampler(data, f"the {name} images"),
+                          collate_fn=functools.partial(collate, pad=v.pad, bos=v.bos, eos=v.eos))

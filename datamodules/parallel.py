@@ -45,6 +45,7 @@ from datamodules import download as fetch
 from datamodules import sources
 from datamodules.bad_records import STRICT, BadRecordPolicy, BadRecords
 from datamodules.base import StreamsDataModule
+from datamodules.shards import balanced_block
 from datamodules.vocab import WordVocab
 from tasks.nn.errors import DataError
 
@@ -199,8 +200,10 @@ def collate(pairs: list[Pair], pad: int, bos: int, eos: int, reverse_source: boo
 
 class LengthBuckets(Sampler[list[int]]):
     """Batches of sentences with one source length each, in a seeded random order per epoch when
-    `shuffle`; under DDP each rank takes every world-th batch (training: the same count on every
-    rank, so no rank waits on a gradient sync that never comes)."""
+    `shuffle`. Under DDP, in training each rank takes every world-th batch, the same count on every
+    rank so that no rank waits on a gradient sync that never comes; in evaluation each rank takes one
+    contiguous block of the batches holding about its share of the words, so the ranks' outputs
+    gathered in rank order are the one-process order (see shards.py)."""
 
     def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
@@ -221,9 +224,13 @@ class LengthBuckets(Sampler[list[int]]):
             if self.shuffle:
                 rng.shuffle(idx)
             batches += [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
-        if self.shuffle:
-            rng.shuffle(batches)
-            batches = batches[: len(batches) - len(batches) % self.world_size]
+        if not self.shuffle:  # evaluation
+            if self.world_size == 1:
+                return batches
+            cost = [sum(self.lengths[i] for i in b) for b in batches]  # decoding time grows with the words
+            return [batches[i] for i in balanced_block(cost, self.rank, self.world_size, "the evaluation set's list of batches")]
+        rng.shuffle(batches)
+        batches = batches[: len(batches) - len(batches) % self.world_size]
         return batches[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:

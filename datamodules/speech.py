@@ -300,10 +300,15 @@ class SpeechDataModule(TaskDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.sets["train"], batch_size=self.batch_size, shuffle=True, collate_fn=pad_batch)
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        data = self.sets[split]
+        return DataLoader(data, batch_size=self.batch_size, collate_fn=pad_batch,
+                          sampler=self.eval_sampler(data, f"{self.corpus}'s {split} set"))
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["valid"], batch_size=self.batch_size, collate_fn=pad_batch)
+        return self._eval_loader("valid")
 
     def test_dataloader(self) -> list[DataLoader]:
         # The held-out test set, then the training set once more in eval mode (no dropout), so the
         # train/test gap the paper discusses is measured on equal terms.
-        return [DataLoader(self.sets[s], batch_size=self.batch_size, collate_fn=pad_batch) for s in ("test", "train")]
+        return [self._eval_loader(s) for s in ("test", "train")]

@@ -102,6 +102,8 @@ class FrameClassifier(TaskModule):
                      prog_bar=stage != "test", add_dataloader_idx=False)
             self.log(f"{stage}_per", c["edits"].compute() / c["phones"].compute().clamp_min(1),
                      add_dataloader_idx=False)
+            if stage in self.test_streams:  # how many frames the test scored: each once, on any number of ranks
+                self.log(f"{stage}_frames", c["frames"].compute().float(), add_dataloader_idx=False)
         for metric in c.values():
             metric.reset()
 

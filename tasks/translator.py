@@ -14,6 +14,8 @@ detokenised output against the raw references, for greedy decoding and for beam 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from sacremoses import MosesDetokenizer
 from torch import Tensor, nn
@@ -22,6 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from datamodules.vocab import WordVocab
 from tasks.nn import text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
+from tasks.nn.errors import ConfigError
 from tasks.text_generation import Decoded, TextGenerator, beam_column, beam_suffix
 
 
@@ -37,6 +40,14 @@ def group_by_source(rows: list[Decoded]) -> list[Decoded]:
         else:
             grouped[row.source] = Decoded(row.source, list(row.refs), row.hyps)
     return list(grouped.values())
+
+
+def decay_factor(epochs_done: float, decay: float, after: float, every: float) -> float:
+    """The learning rate's multiplier after `epochs_done` (fractional) epochs: 1 for the first
+    `after` epochs, then divided by `decay` at their end and again every `every` epochs."""
+    if epochs_done < after:
+        return 1.0
+    return decay ** -(int((epochs_done - after) / every + 1e-9) + 1)
 
 
 class Translator(TextGenerator):
@@ -55,9 +66,11 @@ class Translator(TextGenerator):
         init_scale: float = 0.08,
         backbone: Impl = "fused",
         optimizer: str = "adam",
+        loss_scale: str | None = None,
         lr: float = 1e-3,
         lr_decay: float = 1.0,
         decay_after: int = 1000,
+        decay_every: float = 1.0,
         beam: int = 5,
         length_alpha: float = 0.6,
         max_len_a: float = 1.5,
@@ -69,7 +82,13 @@ class Translator(TextGenerator):
         super().__init__()
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+        if loss_scale not in (None, "word", "sentence"):
+            raise ValueError(f"loss_scale must be 'word' or 'sentence', got {loss_scale!r}")
+        if decay_every <= 0:
+            raise ValueError(f"decay_every must be a positive number of epochs, got {decay_every!r}")
         self.save_hyperparameters()
+        # Unless set: Adam's step does not depend on the loss's scale, plain SGD's does (see _loss).
+        self.loss_scale = loss_scale or ("sentence" if optimizer == "sgd" else "word")
         self.vocab = WordVocab(tgt_itos)
         self.src_emb = nn.Embedding(src_vocab_size, emb_size)
         self.emb = nn.Embedding(len(self.vocab), emb_size)
@@ -103,9 +122,20 @@ class Translator(TextGenerator):
             opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
         else:
             opt = torch.optim.SGD(self.parameters(), lr=hp.lr)
-        # Epoch e (0-based) runs at lr / decay^max(0, e + 1 - decay_after), as in the PTB task.
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: hp.lr_decay ** -max(0, e + 1 - hp.decay_after))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if hp.decay_every == 1:
+            # Epoch e (0-based) runs at lr / decay^max(0, e + 1 - decay_after), as in the PTB task.
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: hp.lr_decay ** -max(0, e + 1 - hp.decay_after))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        # Sutskever et al.: "after 5 epochs, we begun halving the learning rate every half epoch".
+        _ = self.trainer.estimated_stepping_batches  # sets up the training batches, so they can be counted
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ConfigError("model.decay_every counts epochs in steps: it needs trainer.max_epochs and "
+                              "training data of known length")
+        per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: decay_factor(step / per_epoch, hp.lr_decay, hp.decay_after, hp.decay_every))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def translate(self, src: Tensor, src_lengths: Tensor, beam: int) -> list[str]:

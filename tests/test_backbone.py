@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from tasks.nn import backbone
 from tasks.nn.backbone import (
     DropoutLSTM,
     cpu_lstm_supports,
@@ -134,15 +135,24 @@ def test_packed_sequences(impl):
 
 @pytest.mark.parametrize("impl", ["stacked", "fused"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cpu_autocast_runs_and_matches_fp32(impl, dtype):
+@pytest.mark.parametrize("kernel", ["as probed", "missing"])
+def test_cpu_autocast_runs_and_matches_fp32(impl, dtype, kernel, monkeypatch):
     """Where oneDNN lacks a reduced-precision LSTM kernel (fp16 on most CPUs, bf16 on CPUs without
-    AVX512-BF16), the backbone runs the LSTM in fp32 instead of crashing."""
+    AVX512-BF16), the backbone runs the LSTM in fp32 instead of crashing; where it has one, the LSTM
+    runs in `dtype`. Each case checks which of the two paths ran, so that neither passes for the other."""
+    if kernel == "missing":
+        monkeypatch.setattr(backbone, "cpu_lstm_supports", lambda dtype: False)
+    native = backbone.cpu_lstm_supports(dtype)
     stacked, fused = pair(0.0)
     model = stacked if impl == "stacked" else fused
+    ran_in: list[torch.dtype] = []
+    for lstm in (m for m in model.modules() if isinstance(m, nn.LSTM)):
+        lstm.register_forward_hook(lambda mod, args, out: ran_in.append(out[0].dtype))
     x = torch.randn(T, B, I, requires_grad=True)
     with torch.autocast("cpu", dtype=dtype):
         y, _ = model(x)
     y.float().sum().backward()
+    assert ran_in and set(ran_in) == {dtype if native else torch.float32}, (kernel, native)
     y_ref, _ = model(x)
     torch.testing.assert_close(y.float(), y_ref, atol=0.05, rtol=0.05)
     assert torch.isfinite(x.grad).all()

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+from sacrebleu.metrics import BLEU
 from torchvision.io import encode_jpeg
 
 from benchmark.config import load_preset
@@ -201,8 +202,20 @@ def test_end_to_end_run_with_the_offline_encoder(tmp_path):
         assert key in row, key
     assert row["encoder"] == "efficientnet_lite0 (ImageNet weights)"
     assert row["bleu_signature"].startswith("test: nrefs:5|") and "; test_other: nrefs:5|" in row["bleu_signature"]
-    samples = (find_run(tmp_path / "runs", "captioning-quick-dropout_on-seed0") / "samples" / "test.txt").read_text()
+    run_dir = find_run(tmp_path / "runs", "captioning-quick-dropout_on-seed0")
+    samples = (run_dir / "samples" / "test.txt").read_text()
     assert "references:" in samples and "beam 2:" in samples and "greedy:" in samples
+    # Every test image is scored exactly once, against its own five normalised captions, and the
+    # row's BLEU is sacrebleu's over those outputs: the Flickr8k split (every 5th image here is
+    # "test") and the whole 4-image out-of-domain set.
+    captions = {i: [" ".join(normalize_caption(WORDS[(i + j) % len(WORDS)])) for j in range(5)] for i in range(20)}
+    for stream, images, key in (("test", range(4, 20, 5), "test_bleu4"), ("test_other", range(4), "test_other_bleu4")):
+        lines = [json.loads(line) for line in (run_dir / "outputs" / f"{stream}.jsonl").read_text().splitlines()]
+        assert sorted(sorted(x["refs"]) for x in lines) == sorted(sorted(captions[i]) for i in images), stream
+        hyps, refs = [x["hyp"] for x in lines], [list(r) for r in zip(*(x["refs"] for x in lines))]
+        assert float(row[key]) == pytest.approx(BLEU(max_ngram_order=4).corpus_score(hyps, refs).score, abs=1e-4)
+        assert len(lines) == 4, stream
+    assert row["outputs"]  # the outputs also go to results/, for the paired bootstrap
 
 
 def test_random_encoder_only_when_asked_and_the_row_says_so(tmp_path):

@@ -40,13 +40,18 @@ def write_utt(folder, name, segments, seconds=1.0, freqs=None):
     return folder / f"{name}.flac"
 
 
-def an4_tree(root, speakers=("fabc", "mdef", "fghi"), test=("mtst",)):
-    """A tiny corpus in AN4's layout: wav/an4_clstk/<spk>/, wav/an4test_clstk/<spk>/."""
-    segs = [(0, 4000, "SIL"), (4000, 12000, "AA"), (12000, 16000, "SIL")]
+def an4_tree(root, speakers=("fabc", "mdef", "fghi"), test=("mtst",), per_speaker=2, vary=False):
+    """A tiny corpus in AN4's layout: wav/an4_clstk/<spk>/, wav/an4test_clstk/<spk>/; one-second
+    utterances (98 frames) of silence, "AA", silence. `vary`: each utterance's "AA" starts later
+    than the one before, so that the order a model sees them in changes what it learns."""
+    k = 0
     for part, spks in (("an4_clstk", speakers), ("an4test_clstk", test)):
         for spk in spks:
-            for i in range(2):
-                write_utt(root / "an4" / "wav" / part / spk, f"u{i}-{spk}", segs)
+            for i in range(per_speaker):
+                start = 4000 + 400 * k if vary else 4000
+                k += 1
+                write_utt(root / "an4" / "wav" / part / spk, f"u{i}-{spk}", [(0, start, "SIL"), (start, 12000, "AA"),
+                                                                          (12000, 16000, "SIL")])
     return root
 
 

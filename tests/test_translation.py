@@ -15,7 +15,7 @@ from datamodules.vocab import SPECIALS, WordVocab
 from tasks.nn import decoding
 from tasks.nn.errors import DataError
 from tasks.text_generation import Decoded
-from tasks.translator import Translator, group_by_source
+from tasks.translator import Translator, decay_factor, group_by_source
 from tests.conftest import REAL_DATA_ROOT, find_run, need_real_data
 
 EN = ["I am here .", "You are tall .", "He runs .", "We eat bread .", "They sing songs .", "She is happy .",
@@ -134,6 +134,36 @@ def test_padding_is_masked_and_mixed_source_lengths_match_alone():
         assert torch.allclose(h_both[:, i], m.encode(b["src"], b["src_lengths"])[0][:, 0], atol=1e-6)
 
 
+def test_the_loss_scale_follows_the_optimizer_and_gives_the_hand_computed_gradient():
+    """Plain SGD (the paper preset: lr 0.7, clip 5) trains on the NLL summed over each sentence and
+    averaged over the batch; Adam on the mean per target word."""
+    assert tiny_model(optimizer="adam").loss_scale == "word" and tiny_model(optimizer="sgd").loss_scale == "sentence"
+    pairs = [Pair([4, 5, 6], [8, 9, 10, 11], "", ""), Pair([7, 5, 4], [12], "", "")]
+    batch = collate(pairs, 0, 2, 3, True)  # 2 sentences, 4 + 1 and 1 + 1 target words with <eos>: 7
+    for optimizer, per in (("sgd", 2), ("adam", 7)):
+        m = tiny_model(optimizer=optimizer)  # dropout 0: the two computations see the same network
+        m.zero_grad()
+        m._loss(batch, "train").backward()
+        got = [p.grad.clone() for p in m.parameters()]
+        # By hand: every target word's -log p, padding left out, summed and divided by `per`.
+        m.zero_grad()
+        logp = torch.log_softmax(m(batch["src"], batch["src_lengths"], batch["tgt_in"]), -1)
+        words = [(t, b) for b, p in enumerate(pairs) for t in range(len(p.tgt) + 1)]
+        (-sum(logp[t, b, batch["tgt_out"][t, b]] for t, b in words) / per).backward()
+        for g, p in zip(got, m.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_paper_schedule_halves_the_rate_every_half_epoch_after_five():
+    # Sutskever et al.: 5 epochs at 0.7, then halved every half epoch (7.5 epochs in all).
+    lr = [0.7 * decay_factor(e, 2.0, 5, 0.5) for e in (0, 4.99, 5.0, 5.49, 5.5, 6.0, 7.49)]
+    assert lr == pytest.approx([0.7, 0.7, 0.35, 0.35, 0.175, 0.0875, 0.7 / 2 ** 5])
+    # Every 1 epoch: the epoch-level schedule the other tasks use (epoch e at decay^-max(0, e + 1 - after)).
+    assert [decay_factor(e + 0.5, 2.0, 4, 1.0) for e in range(7)] == [2.0 ** -max(0, e + 1 - 4) for e in range(7)]
+    with pytest.raises(ValueError, match="loss_scale"):
+        tiny_model(loss_scale="token")
+
+
 def test_beam_one_translation_is_greedy():
     m = tiny_model(max_len_b=6)
     src, lengths = torch.randint(4, 24, (5, 3)), torch.full((3,), 5)
@@ -177,6 +207,22 @@ def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
     assert (run_dir / "samples" / "valid-epoch001.txt").is_file()
     with open(tmp_path / "results" / "runs.csv") as f:
         assert next(csv.DictReader(f))["task"] == "translation"
+
+
+def test_a_run_steps_the_half_epoch_schedule_by_its_own_batches(tmp_path):
+    write_tab(tmp_path / "tab.txt", n=200)
+    (tmp_path / "news.en").write_text("\n".join(EN) + "\n")
+    (tmp_path / "news.fr").write_text("\n".join(FR) + "\n")
+    preset = tiny_translation_preset(tmp_path)
+    preset.model.update({"optimizer": "sgd", "lr": 0.7, "lr_decay": 2.0, "decay_after": 1, "decay_every": 0.5,
+                         "beam": 1, "valid_decode": False})
+    row = run(preset, RunOptions(data_root=tmp_path, results_dir=tmp_path / "r", runs_dir=tmp_path / "runs",
+                                 command="test"))
+    ckpt = torch.load(find_run(tmp_path / "runs", "translation-quick-dropout_on-seed0") / "checkpoints" / "last.ckpt",
+                      weights_only=True)
+    # 2 epochs: 1 at 0.7, then halved at 1, 1.5 and (after the last step) 2 epochs
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == int(row["steps"]) > 2
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.7 / 8)
 
 
 @pytest.fixture

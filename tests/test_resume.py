@@ -1,0 +1,82 @@
+"""A run that crashes mid-training and is resumed ends with the uninterrupted run's numbers, on the
+tasks PTB's test (test_language_model.py) and kill -9 script (test_reliability.py) do not cover:
+translation, speech and captioning. Dropout stays on, so the resumed run's masks must match too,
+and so must the data order where a shuffling DataLoader draws it from torch's RNG (speech and
+captioning; translation's length buckets seed their own order)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.config import Preset, load_preset
+from benchmark.runner import RunOptions, run
+from tests.conftest import find_run
+from tests.test_language_model import Crash
+
+TIMING = {"wall_s", "tokens_per_s", "train_s_per_epoch"}
+
+
+def translation(root: Path) -> Preset:
+    from tests.test_translation import EN, FR, tiny_translation_preset, write_tab
+
+    write_tab(root / "tab.txt", n=200)
+    (root / "news.en").write_text("\n".join(EN) + "\n")
+    (root / "news.fr").write_text("\n".join(FR) + "\n")
+    return tiny_translation_preset(root)
+
+
+def speech(root: Path) -> Preset:
+    from tests.test_speech import an4_tree
+
+    an4_tree(root, speakers=("fabc", "mdef", "fghi", "mjkl"), vary=True)
+    preset = load_preset("speech", "an4-quick")
+    preset.model.update({"hidden_size": 16})
+    preset.data.update({"valid_speakers": ["mdef"], "cache_dir": str(root / "cache"), "batch_size": 2})
+    preset.trainer.update({"max_epochs": 2, "enable_model_summary": False, "enable_progress_bar": False})
+    return preset
+
+
+def captioning(root: Path) -> Preset:
+    from tests.test_captioning import tiny_caption_preset, write_coco
+
+    write_coco(root / "c", n=20)
+    write_coco(root / "o", n=4, split_field=False)
+    preset = tiny_caption_preset(root)
+    preset.data["batch_size"] = 4  # several steps an epoch, so the crash lands mid-epoch
+    return preset
+
+
+def metrics(row: dict) -> dict:
+    """Every number a run measures (not how long it took)."""
+    keys = [k for k in row if k.split("_")[0] in ("train", "valid", "test", "best") or k in ("epochs", "steps")]
+    return {k: row[k] for k in keys if k not in TIMING}
+
+
+@pytest.mark.parametrize("make_preset", [translation, speech, captioning], ids=lambda f: f.__name__)
+def test_a_crashed_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path: Path, make_preset: Callable) -> None:
+    preset = make_preset(tmp_path)
+    task, name = preset.task, f"{preset.task}-{preset.name}-dropout_on-seed0"
+
+    def opts(folder: str, **kw) -> RunOptions:
+        return RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / folder / "results",
+                          runs_dir=tmp_path / folder / "runs", command="test", **kw)
+
+    straight = run(make_preset(tmp_path), opts("a"))
+    steps = int(straight["steps"])
+    assert steps >= 4, f"{task}: too few steps ({steps}) to crash in the middle of an epoch"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(make_preset(tmp_path), opts("b", callbacks=[Crash(at_step=steps // 2 + 1)]))
+    assert not (tmp_path / "b" / "results" / "runs.csv").exists()  # no partial row
+    # The crash came after an epoch's checkpoint, so the run below really resumes (mid-run).
+    assert torch.load(find_run(tmp_path / "b" / "runs", name) / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    resumed = run(make_preset(tmp_path), opts("b", resume=True))
+
+    assert metrics(resumed) == metrics(straight)
+    assert any(k.startswith("test_") for k in metrics(straight)) and "best_epoch" in metrics(straight)
+    ckpts = [find_run(tmp_path / folder / "runs", name) / "checkpoints" / "last.ckpt" for folder in "ab"]
+    a, b = (torch.load(c, weights_only=True)["state_dict"] for c in ckpts)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
