@@ -16,7 +16,10 @@ so a hypothesis is never marked wrong for case or commas.
 
 Each image becomes one feature vector from a frozen ImageNet CNN (datamodules/image_encoders.py),
 computed once and cached per image under the project cache, keyed by the image file's sha256, the
-encoder's weights and the crop size: a changed image or encoder recomputes, a renamed one does not.
+encoder's weights and the whole pixel transform (resize, crop, interpolation, normalisation): a
+changed image, encoder or transform recomputes, a renamed file does not. The transform is the one
+the encoder's ImageNet weights were evaluated with (short side 256, centre crop 224), unless `resize`
+says otherwise.
 With `finetune: true` batches carry the cropped pixels instead and the model trains its own copy
 of the CNN (BatchNorm statistics kept from ImageNet) at `model.encoder_lr`.
 
@@ -156,15 +159,26 @@ def assign_splits(images: list[ImageEntry], karpathy: Path | None, fractions: di
 
 
 class FeatureCache:
-    """One feature vector per image file, computed by `encoder` on a miss and kept on disk."""
+    """One feature vector per image file, computed by `encoder` on a miss and kept on disk.
 
-    def __init__(self, encoder: Encoder, image_size: int, cache_dir: Path, batch_size: int = 32) -> None:
+    Pixels: decoded as RGB, short side resized to `resize` (default: what the encoder's weights
+    declare, 256 for a 224 crop), centre crop `image_size`, normalised as the weights expect. The
+    cache folder is named by the weights and a digest of that whole transform, so a change to any
+    step computes new features instead of reusing stale ones."""
+
+    def __init__(self, encoder: Encoder, image_size: int, cache_dir: Path, batch_size: int = 32,
+                 resize: int | None = None) -> None:
         self.encoder, self.batch_size = encoder, batch_size
-        self.folder = cache_dir / "caption-features" / f"{encoder.key}-{image_size}px"
+        resize = resize or round(image_size * encoder.resize_ratio)
+        if resize < image_size:
+            raise DataError(f"image resize {resize} is smaller than the {image_size}-pixel crop")
         self.transform = v2.Compose([
-            v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size),
+            v2.Resize(resize, interpolation=v2.InterpolationMode(encoder.interpolation), antialias=True),
+            v2.CenterCrop(image_size),
             v2.ToDtype(torch.float32, scale=True), v2.Normalize(encoder.mean, encoder.std),
         ])
+        digest = hashlib.sha256(f"RGB {self.transform!r}".encode()).hexdigest()[:10]
+        self.folder = cache_dir / "caption-features" / f"{encoder.key}-{resize}to{image_size}px-{digest}"
 
     def load_image(self, path: Path, data: bytes | None = None) -> Tensor:
         data = path.read_bytes() if data is None else data
@@ -279,6 +293,7 @@ class CaptionsDataModule(StreamsDataModule):
         pretrained: bool = True,
         encoder_weights: str | None = None,
         image_size: int = 224,
+        resize: int | None = None,
         min_count: int = 5,
         max_len: int = 16,
         batch_size: int = 128,
@@ -294,7 +309,7 @@ class CaptionsDataModule(StreamsDataModule):
         self.split = {"valid": 0.05, "test": 0.05, "salt": "rnnreg", **(split or {})}
         self.test_sets = dict(test_sets or {})
         self.encoder_args = (encoder, pretrained, encoder_weights)
-        self.image_size, self.min_count, self.max_len = image_size, min_count, max_len
+        self.image_size, self.resize, self.min_count, self.max_len = image_size, resize, min_count, max_len
         self.batch_size, self.eval_batch_size, self.finetune = batch_size, eval_batch_size, finetune
         self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
         self.bad_records = BadRecordPolicy.of(bad_records)
@@ -320,7 +335,7 @@ class CaptionsDataModule(StreamsDataModule):
         for name, spec in self.test_sets.items():
             entries[f"test_{name}"] = read_coco(self._path(spec["images"]), self._path(spec["captions"]))
         self.encoder = build_encoder(*self.encoder_args)
-        cache = FeatureCache(self.encoder, self.image_size, self.cache_dir)
+        cache = FeatureCache(self.encoder, self.image_size, self.cache_dir, resize=self.resize)
         feats = {}
         for name in ("train", "valid", *self.stream_names()):
             bad = BadRecords(f"{name} images", len(entries[name]), self.bad_records)

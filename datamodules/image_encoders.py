@@ -39,6 +39,10 @@ class Encoder:
     key: str  # names the weights: part of the feature-cache key
     description: str  # for the results row, e.g. "efficientnet_lite0 (ImageNet weights)"
     classifier: nn.Module | None = None  # the ImageNet head, for the sanity check only
+    # The evaluation transform the ImageNet weights were scored with: short side resized to
+    # crop x resize_ratio (256 for a 224 crop), then the centre crop, by this interpolation.
+    resize_ratio: float = 256 / 224
+    interpolation: str = "bilinear"
 
 
 def _file_digest(path: Path) -> str:
@@ -94,7 +98,10 @@ def build_encoder(name: str, pretrained: bool = True, weights: str | Path | None
         key, description = f"{name}-{enum.url.rsplit('/', 1)[-1]}", f"{name} (torchvision ImageNet weights)"
     classifier = net.fc
     net.fc = nn.Identity()
-    return Encoder(net.eval(), TORCHVISION[name], IMAGENET_MEAN, IMAGENET_STD, key, description, classifier)
+    # What torchvision's weights for this architecture declare (e.g. ResNet-50's V2 weights: 232 for 224).
+    declared = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    return Encoder(net.eval(), TORCHVISION[name], IMAGENET_MEAN, IMAGENET_STD, key, description, classifier,
+                   declared.resize_size[0] / declared.crop_size[0], declared.interpolation.value)
 
 
 class _LiteFeatures(nn.Module):
@@ -131,4 +138,5 @@ def _efficientnet_lite0(pretrained: bool, weights: str | Path | None) -> Encoder
         key = f"efficientnet_lite0-{_file_digest(Path(weights))}"
         description = "efficientnet_lite0 (ImageNet weights)"
     net.eval()
-    return Encoder(_LiteFeatures(net), 1280, LITE_MEAN, LITE_STD, key, description, net._fc)
+    # The official evaluation crops the centre 224/(224+32) of the image and resizes it bicubically.
+    return Encoder(_LiteFeatures(net), 1280, LITE_MEAN, LITE_STD, key, description, net._fc, 256 / 224, "bicubic")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -32,9 +33,10 @@ WORDS = ["a dog runs on the grass .", "A black dog is running outside!", "two pe
          "A man rides a red bike.", "children play in the water", "a brown dog jumps , over a log"]
 
 
-def write_jpeg(path, seed: int, size: int = 48) -> None:
+def write_jpeg(path, seed: int, size: int | tuple[int, int] = 48) -> None:
     g = torch.Generator().manual_seed(seed)
-    img = (torch.rand(3, size, size, generator=g) * 255).to(torch.uint8)
+    h, w = (size, size) if isinstance(size, int) else size
+    img = (torch.rand(3, h, w, generator=g) * 255).to(torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_jpeg(img).numpy().tobytes())
 
@@ -138,10 +140,56 @@ def test_feature_cache_reuses_and_invalidates(tmp_path, caplog):
     assert len(list((tmp_path / "cache" / "caption-features").iterdir())) == 2
     FeatureCache(enc, 40, tmp_path / "cache")(entries, "t")  # other crop size: recomputed
     assert enc.net.seen == 9
-    cache_file = next((tmp_path / "cache" / "caption-features" / "fake-v1-32px").iterdir())
+    cache_file = next(FeatureCache(enc, 32, tmp_path / "cache").folder.iterdir())
     cache_file.write_bytes(b"garbage")
     FeatureCache(enc, 32, tmp_path / "cache")(entries, "t")
     assert enc.net.seen == 10 and "unreadable cache entry" in caplog.text
+
+
+def test_feature_cache_key_covers_the_whole_transform(tmp_path):
+    """Any change to the pixels the CNN sees (resize, interpolation, normalisation) is a new cache
+    folder; the crop size alone used to be the key, so these reused stale features."""
+    root = write_coco(tmp_path / "c", n=2)
+    entries = read_coco(root / "images", root / "captions.json")
+    enc = counting_encoder()
+    base, _ = FeatureCache(enc, 32, tmp_path / "cache")(entries, "t")
+    variants = [(enc, {"resize": 32}), (replace(enc, interpolation="bicubic"), {}),
+                (replace(enc, mean=(0.4,) * 3), {}), (replace(enc, resize_ratio=1.25), {})]
+    folders = {FeatureCache(enc, 32, tmp_path / "cache").folder}
+    for i, (e, kw) in enumerate(variants, start=1):
+        cache = FeatureCache(e, 32, tmp_path / "cache", **kw)
+        feats, _ = cache(entries, "t")
+        assert enc.net.seen == 2 * (i + 1), kw  # computed afresh, not read from another transform's folder
+        assert not torch.equal(feats, base)
+        folders.add(cache.folder)
+    assert len(folders) == 1 + len(variants)
+    # round(32 x 256/224) = 37: the default spelled out is the same transform, the same folder
+    assert FeatureCache(enc, 32, tmp_path / "cache", resize=37).folder == FeatureCache(enc, 32, tmp_path / "cache").folder
+    with pytest.raises(DataError, match="smaller than"):
+        FeatureCache(enc, 32, tmp_path / "cache", resize=30)
+
+
+def test_pixels_follow_the_transform_the_imagenet_weights_declare(tmp_path):
+    """Short side to 256, centre crop 224 (torchvision's ImageNet evaluation for these weights,
+    EfficientNet-Lite's 32-pixel crop padding), not a resize straight to the crop size."""
+    import torchvision
+    from torchvision.io import decode_image
+
+    for name in ("resnet18", "googlenet", "resnet50"):
+        t = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        enc = build_encoder(name, pretrained=False)
+        assert round(224 * enc.resize_ratio) == t.resize_size[0] and enc.interpolation == t.interpolation.value
+    lite = build_encoder("efficientnet_lite0")
+    assert (round(224 * lite.resize_ratio), lite.interpolation) == (256, "bicubic")
+    path = tmp_path / "wide.jpg"
+    write_jpeg(path, seed=3, size=(300, 400))
+    cache = FeatureCache(replace(lite, mean=(0.0,) * 3, std=(1.0,) * 3), 224, tmp_path / "cache")
+    pixels = cache.load_image(path)
+    resized = torchvision.transforms.v2.functional.resize(decode_image(str(path)), [256, 341], antialias=True,
+                                                          interpolation=torchvision.transforms.v2.InterpolationMode.BICUBIC)
+    top, left = (256 - 224) // 2, (341 - 224) // 2
+    assert pixels.shape == (3, 224, 224)
+    torch.testing.assert_close(pixels, resized[:, top:top + 224, left:left + 224].float() / 255, atol=1e-6, rtol=0)
 
 
 def tiny_captioner(**kw) -> Captioner:
