@@ -82,3 +82,16 @@ def test_bleu_effect_carries_a_paired_bootstrap_per_seed(tmp_path):
     assert effect["pairs"] == "2" and effect["verdict"] == "dropout better, beyond seed noise"
     parts = effect["bootstrap"].split("; ")
     assert len(parts) == 2 and parts[0].startswith("seed 0: ") and "-> 100.00 (p=0.0010)" in parts[0]
+
+
+def test_the_paper_column_compares_like_with_like(tmp_path):
+    """translation/paper's 29.03 is tokenized BLEU: Δ is taken on our tokenized BLEU, not on the
+    sacrebleu headline, and the table's header says so."""
+    row = {"task": "translation", "preset": "paper", "dropout": "on", "seed": "0", "overrides": "",
+           "config_hash": "tttt", "test_bleu": "27.00", "test_bleu_tok": "30.00", "finished_utc": "2026-11-30T10:00:00Z",
+           "command": "bench run"}
+    append_row(tmp_path, row)
+    (board,) = read_rows(build(tmp_path, plots=False))
+    assert (board["metric"], board["mean"], board["paper_metric"]) == ("test_bleu", "27.00", "test_bleu_tok")
+    assert (board["paper"], board["diff"], board["diff_pct"]) == ("29.03", "0.97", "+3.3")
+    assert "paper (test_bleu_tok) | Δ (our test_bleu_tok − paper)" in (tmp_path / "LEADERBOARD.md").read_text()

@@ -4,6 +4,7 @@ masking in the model, an end-to-end run on a tiny corpus, and a run on a slice o
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from benchmark.config import load_preset
 from benchmark.runner import RunOptions, run
 from datamodules.parallel import LengthBuckets, Pair, ParallelTextDataModule, collate, hash_split, read_corpus
 from datamodules.vocab import SPECIALS, WordVocab
-from tasks.nn import decoding
+from tasks.nn import decoding, text_metrics
 from tasks.nn.errors import DataError
 from tasks.text_generation import Decoded
 from tasks.translator import Translator, decay_factor, group_by_source
@@ -189,6 +190,32 @@ def tiny_translation_preset(data_root, **data):
     return preset
 
 
+def test_an_unk_in_the_output_counts_as_one_wrong_word():
+    """sacrebleu's 13a tokenizer alone reads "<unk>" as three words ("<", "unk", ">")."""
+    from sacrebleu.metrics import BLEU
+
+    hyp, ref = "a man <unk> a dog on the grass", "a man with a dog on the grass"
+    assert BLEU().corpus_score([hyp], [[ref]]).sys_len == 10
+    score, _ = text_metrics.bleu([hyp], [[ref]])
+    assert (score.sys_len, score.counts[:2]) == (8, [7, 5])  # one word, matching nothing
+    assert text_metrics.unk_as_one_word("Nous sommes <unk>.") == "Nous sommes \u2047."
+
+
+def test_tokenized_bleu_is_multi_bleu_on_moses_tokens():
+    """The paper's figures are BLEU on tokenized text: the same statistic on the Moses tokens
+    (written out here by hand: elisions and punctuation split off, hyphenated words kept),
+    without smoothing. It differs from sacrebleu's BLEU of the same output."""
+    from sacrebleu.metrics import BLEU
+
+    hyps = ["Il est allé à l'école avec <unk>.", "C'est un arc-en-ciel, dit-il."]
+    refs = [["Il est allé à l'école avec Marie."], ["C'est un arc-en-ciel, dit-il !"]]
+    by_hand = ["Il est allé à l' école avec \u2047 .", "C' est un arc-en-ciel , dit-il ."]
+    ref_tokens = [["Il est allé à l' école avec Marie .", "C' est un arc-en-ciel , dit-il !"]]
+    expected = BLEU(tokenize="none", smooth_method="none").corpus_score(by_hand, ref_tokens).score
+    assert text_metrics.tokenized_bleu(hyps, refs, "fr") == pytest.approx(expected)
+    assert 50 < expected < 80 and expected != pytest.approx(text_metrics.bleu(hyps, refs)[0].score)
+
+
 def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
     write_tab(tmp_path / "tab.txt")
     (tmp_path / "news.en").write_text("\n".join(EN) + "\n")
@@ -197,11 +224,16 @@ def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
                       command="test")
     row = run(tiny_translation_preset(tmp_path), opts)
     for key in ("test_ppl", "test_bleu", "test_bleu_greedy", "test_chrf", "test_news_bleu", "test_news_ppl",
-                "valid_ppl", "valid_bleu_greedy", "train_ppl"):
+                "test_bleu_tok", "test_news_bleu_tok", "valid_ppl", "valid_bleu_greedy", "train_ppl"):
         assert key in row, key
     assert 1 < float(row["test_ppl"]) < 50 and 0 <= float(row["test_bleu"]) <= 100
     assert int(row["tokens_per_s"]) > 0
     run_dir = find_run(tmp_path / "runs", "translation-quick-dropout_on-seed0")
+    # Both BLEUs of the row are the outputs file's hypotheses and references scored again.
+    lines = [json.loads(line) for line in (run_dir / "outputs" / "test_news.jsonl").read_text().splitlines()]
+    hyps, refs = [x["hyp"] for x in lines], [x["refs"] for x in lines]
+    assert float(row["test_news_bleu"]) == pytest.approx(text_metrics.bleu(hyps, refs)[0].score, abs=1e-4)
+    assert float(row["test_news_bleu_tok"]) == pytest.approx(text_metrics.tokenized_bleu(hyps, refs, "fr"), abs=1e-4)
     samples = (run_dir / "samples" / "test_news.txt").read_text()
     assert "source: He runs ." in samples and "beam 3:" in samples and "greedy:" in samples
     assert (run_dir / "samples" / "valid-epoch001.txt").is_file()

@@ -14,18 +14,48 @@ import lightning as L
 import torch.distributed as dist
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.bleu import BLEUScore
+from sacremoses import MosesTokenizer
 
 from tasks.nn.references import reference_streams
 
 log = logging.getLogger(__name__)
 
 
+# An <unk> in a hypothesis is one word that matches nothing, as the MT literature scores it
+# (multi-bleu.perl on tokenized text splits on spaces only). sacrebleu's 13a tokenizer would cut
+# "<unk>" into "<", "unk", ">": three wrong words, which lengthen the output (a smaller brevity
+# penalty) and lower every n-gram precision. So each <unk> is written as one token that 13a and
+# Moses keep whole and no reference holds: SentencePiece's own rendering of an unknown piece.
+UNK, UNSCORED = "<unk>", "\u2047"
+
+
+def unk_as_one_word(text: str) -> str:
+    return text.replace(UNK, UNSCORED)
+
+
 def bleu(hyps: list[str], refs: list[list[str]], max_order: int = 4) -> tuple[BLEUScore, str]:
     """Corpus BLEU-n with sacrebleu's defaults (13a tokenisation, case-sensitive, 'exp' smoothing)
-    against every reference of each segment, and sacrebleu's signature of exactly that setting."""
+    against every reference of each segment, and sacrebleu's signature of exactly that setting.
+    Each <unk> in a hypothesis counts as one wrong word (`unk_as_one_word`)."""
     metric = BLEU(max_ngram_order=max_order)
-    score = metric.corpus_score(hyps, reference_streams(refs))
+    score = metric.corpus_score([unk_as_one_word(h) for h in hyps], reference_streams(refs))
     return score, str(metric.get_signature())
+
+
+def tokenized_bleu(hyps: list[str], refs: list[list[str]], lang: str) -> float:
+    """BLEU as the paper's era computed it (Sutskever et al.'s 29.03 included): hypotheses and
+    references Moses-tokenized (tokenizer.perl, no escaping), then multi-bleu.perl's statistic on
+    the tokens: case-sensitive, no smoothing. Tokenization splits more than 13a does (French
+    elisions such as "l'" and hyphens become words), so this number is not sacrebleu's and is only
+    compared with papers that report tokenized BLEU."""
+    moses = MosesTokenizer(lang=lang)
+
+    def tok(text: str) -> str:
+        return " ".join(moses.tokenize(text, escape=False))
+
+    metric = BLEU(tokenize="none", smooth_method="none")
+    streams = [[None if r is None else tok(r) for r in stream] for stream in reference_streams(refs)]
+    return metric.corpus_score([tok(unk_as_one_word(h)) for h in hyps], streams).score
 
 
 def chrf(hyps: list[str], refs: list[list[str]]) -> float:
