@@ -14,7 +14,7 @@ from torch import Tensor
 from tasks.nn.cadence import log_due
 
 
-def _tokens(batch) -> int:
+def batch_tokens(batch) -> int:
     """Target tokens in a batch: the last tensor of a tuple batch (LM windows: (x, y)), or a
     `num_tokens` entry of a dict batch (padded tasks count real tokens, not padding)."""
     if isinstance(batch, dict):
@@ -39,7 +39,7 @@ class TokenThroughput(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         dt = time.perf_counter() - self._t0
-        n = _tokens(batch) * trainer.world_size
+        n = batch_tokens(batch) * trainer.world_size
         self.tokens += n
         self.seconds += dt
         self._recent.append((n, dt))

@@ -110,7 +110,7 @@ class FrameClassifier(TaskModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
         if log_due(self._trainer, batch_idx):
-            self.log("train_loss", loss, prog_bar=True)
+            self.log_loss(loss, loss)  # the mean per frame is what trains
         return loss
 
     def on_train_epoch_end(self) -> None:

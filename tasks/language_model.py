@@ -68,12 +68,13 @@ class LanguageModel(TaskModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         nll = self._nll(batch, "train")
         self.train_nll.update(nll.detach(), weight=batch[1].numel())
-        if log_due(self._trainer, batch_idx):
-            self.log("ppl", nll.detach().exp(), prog_bar=True, logger=False)
-            self.log("train_loss", nll.detach())
         # The paper's loss: summed over the T steps, averaged over the batch. This is what lr=1 and
         # the gradient-norm clip of 5 (10 for large) were tuned against.
-        return nll * batch[1].size(0)
+        loss = nll * batch[1].size(0)
+        if log_due(self._trainer, batch_idx):
+            self.log("ppl", nll.detach().exp(), prog_bar=True, logger=False)
+            self.log_loss(loss, nll)
+        return loss
 
     def on_train_epoch_end(self) -> None:
         self.log("train_ppl", self.train_nll.compute().exp())

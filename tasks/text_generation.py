@@ -104,7 +104,9 @@ class TextGenerator(TaskModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self._loss(batch, "train")
         if log_due(self._trainer, batch_idx):
-            self.log("train_loss", loss, prog_bar=True, batch_size=batch[self.targets_key].size(1))
+            items = batch[self.targets_key].size(1)
+            words_per_item = batch["num_tokens"] / items if self.loss_scale == "sentence" else 1
+            self.log_loss(loss, loss / words_per_item, batch_size=items)
         return loss
 
     def _log_ppl(self, stage: str) -> None:
