@@ -62,7 +62,7 @@ TINY: dict[str, dict[str, Any]] = {
 # the items times the tokens per item measured on the stand-in data above (PTB: counted exactly).
 FULL_DATA = {
     "translation/paper": (12_000_000, "WMT'14 pairs, Sutskever et al.'s 12M selection (Sec. 3.1)"),
-    "captioning/paper": (566_435, "COCO 2014 Karpathy train+restval captions, 113,287 images x 5"),
+    "captioning/paper": (586_363, "COCO 2014 training captions an epoch, as im2txt counts them"),
     "speech/paper": (3_696, "LDC TIMIT training utterances without the SA sentences"),
 }
 FILL_VOCAB = {"translation/paper": ("src_vocab", "tgt_vocab"), "captioning/paper": 10_000}
