@@ -7,9 +7,9 @@ validation and checkpoint writing. Repetitions alternate (A B, B A, ...) so drif
 and run order hit both alike; the ratio is of medians.
 
     python scripts/bench_throughput.py --data-root ../shared/data --presets small medium --out results/throughput.csv
-    # on a GPU: fused vs stacked backbone, plain loop only
+    # on a GPU: fused vs stacked backbone, fp32 vs bf16 autocast, plain loop only
     python scripts/bench_throughput.py --data-root DATA --accelerator cuda --loops plain \
-        --backbones fused stacked --presets small medium large --steps 300 200 100
+        --backbones fused stacked --precisions 32-true bf16-mixed --presets small medium large --steps 300 200 100
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def build(preset_name: str, data_root: Path, backbone: str) -> tuple[PTBDataModu
 
 
 def lightning_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: int, backbone: str,
-                           accelerator: str) -> float:
+                           accelerator: str, precision: str) -> float:
     dm, model, trainer_cfg = build(preset_name, data_root, backbone)
     clock = StepClock(warmup)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +76,7 @@ def lightning_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps
             gradient_clip_val=trainer_cfg["gradient_clip_val"], gradient_clip_algorithm="norm",
             callbacks=[clock, EpochSeed(0), TokenThroughput(), TQDMProgressBar(refresh_rate=200)],
             logger=CSVLogger(tmp, name="", version="csv"), enable_model_summary=False, accelerator=accelerator,
-            devices=1, use_distributed_sampler=False,
+            devices=1, use_distributed_sampler=False, precision=precision,
         )
         trainer.fit(model, datamodule=dm)
     tokens = steps * dm.batch_size * dm.bptt
@@ -84,7 +84,7 @@ def lightning_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps
 
 
 def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: int, backbone: str,
-                       accelerator: str) -> float:
+                       accelerator: str, precision: str) -> float:
     dm, model, trainer_cfg = build(preset_name, data_root, backbone)
     device = torch.device(accelerator)
     model.to(device).train()
@@ -98,7 +98,9 @@ def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: in
         if i == warmup + steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits, state = model(x, state)
+        # What Lightning's bf16-mixed does: autocast around the forward pass, no loss scaling.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits, state = model(x, state)
         state = (state[0].detach(), state[1].detach())
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten()) * y.size(0)
         opt.zero_grad(set_to_none=True)
@@ -120,6 +122,7 @@ def main() -> None:
     ap.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--backbones", nargs="+", default=["fused"], choices=("fused", "stacked"))
     ap.add_argument("--loops", nargs="+", default=["lightning", "plain"], choices=("lightning", "plain"))
+    ap.add_argument("--precisions", nargs="+", default=["32-true"], choices=("32-true", "bf16-mixed"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,14 +133,15 @@ def main() -> None:
         train_tokens = PTBDataModule(args.data_root, download=False, **load_preset("ptb", preset).data)
         train_tokens.setup()
         epoch_tokens = len(train_tokens.train_dataloader()) * train_tokens.batch_size * train_tokens.bptt
-        for backbone in args.backbones:
+        for backbone, precision in [(b, p) for b in args.backbones for p in args.precisions]:
             runs: dict[str, list[float]] = {loop: [] for loop in args.loops}
             for rep in range(args.reps):  # alternate A B, B A, ... so load drift and order hit both alike
                 for loop in (args.loops if rep % 2 == 0 else args.loops[::-1]):
                     runs[loop].append(measure[loop](preset, args.data_root, args.warmup, steps, backbone,
-                                                    args.accelerator))
+                                                    args.accelerator, precision))
             med = {loop: statistics.median(v) for loop, v in runs.items()}
-            row = {"preset": preset, "backbone": backbone, "threads": args.threads, "steps": steps, "reps": args.reps}
+            row = {"preset": preset, "backbone": backbone, "precision": precision, "threads": args.threads,
+                   "steps": steps, "reps": args.reps}
             for loop in args.loops:
                 row[f"{loop}_tok_s"] = f"{med[loop]:.0f}"
                 row[f"{loop}_s_per_epoch"] = f"{epoch_tokens / med[loop]:.1f}"
@@ -147,7 +151,7 @@ def main() -> None:
             row.update({"device": device_name(trainer), "git_commit": git_commit(),
                         "command": shlex.join(["python", *sys.argv])})
             rows.append(row)
-            print(f"{preset}/{backbone}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in med.items())
+            print(f"{preset}/{backbone}/{precision}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in med.items())
                   + (f", ratio {row['ratio_lightning_over_plain']}" if len(med) == 2 else ""), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
