@@ -155,6 +155,22 @@ def test_the_loss_scale_follows_the_optimizer_and_gives_the_hand_computed_gradie
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_a_training_step_logs_the_loss_its_mean_per_word_and_their_ratio(monkeypatch):
+    """train_loss is what the optimizer sees; train_nll the mean per target word; loss_scale their
+    ratio: 7 words over 2 sentences under the paper's SGD, 1 under Adam (scripts/dry_run_paper.py)."""
+    pairs = [Pair([4, 5, 6], [8, 9, 10, 11], "", ""), Pair([7, 5, 4], [12], "", "")]
+    batch = collate(pairs, 0, 2, 3, True)
+    for optimizer, scale in (("sgd", 3.5), ("adam", 1.0)):
+        m, logged = tiny_model(optimizer=optimizer), {}
+        monkeypatch.setattr(m, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+        loss = m.training_step(batch, 0)
+        assert logged["train_loss"] == pytest.approx(float(loss))
+        assert logged["loss_scale"] == pytest.approx(scale)
+        logits = m(batch["src"], batch["src_lengths"], batch["tgt_in"])
+        per_word = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=0)
+        assert logged["train_nll"] == pytest.approx(float(per_word), rel=1e-5)
+
+
 def test_the_paper_schedule_halves_the_rate_every_half_epoch_after_five():
     # Sutskever et al.: 5 epochs at 0.7, then halved every half epoch (7.5 epochs in all).
     lr = [0.7 * decay_factor(e, 2.0, 5, 0.5) for e in (0, 4.99, 5.0, 5.49, 5.5, 6.0, 7.49)]
