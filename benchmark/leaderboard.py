@@ -9,7 +9,8 @@ board); a seed run twice counts by its latest row.
 
 leaderboard.csv: one row per task x preset x hash x dropout (x ensemble size): the task's headline
 metric (`headline` on its LightningModule) as mean and std over seeds, the same for the
-best-by-validation checkpoint, the paper's figure for that setting and our difference from it, the
+best-by-validation checkpoint, the paper's figure for that setting and our difference from it (on
+`paper_metric`, our number computed as the paper computed its own: translation's tokenized BLEU), the
 train/valid/test values of the learning-curve metric, and where, how long and from which commit.
 
 effects.csv: dropout on minus off per task x preset x hash, paired by seed, with a 95% t-interval

@@ -20,7 +20,7 @@ from statistics import mean, stdev
 
 from scipy import stats as scipy_stats
 
-from tasks.nn.references import reference_streams
+from tasks.nn.references import reference_streams, unk_as_one_word
 
 LOWER_IS_BETTER = ("ppl", "per", "loss", "wer")
 
@@ -80,7 +80,8 @@ class Bootstrap:
 
 def bleu_bootstrap(off_file: Path, on_file: Path, stream: str = "test", samples: int = 1000) -> Bootstrap | None:
     """sacrebleu's paired bootstrap (BLEU, 1000 resamples, its fixed seed) between the off and on
-    outputs of one seed; None when the two files do not hold the same test sentences."""
+    outputs of one seed, each <unk> one wrong word as in the rows; None when the two files do not
+    hold the same test sentences."""
     from sacrebleu.metrics import BLEU  # sacrebleu loads only when there are BLEU outputs to compare
     from sacrebleu.significance import PairedTest
 
@@ -89,7 +90,8 @@ def bleu_bootstrap(off_file: Path, on_file: Path, stream: str = "test", samples:
         return None
     keys = sorted(off)
     refs = reference_streams([off[k][1] for k in keys])
-    test = PairedTest([("off", [off[k][0] for k in keys]), ("on", [on[k][0] for k in keys])], {"BLEU": BLEU()},
+    hyps = {name: [unk_as_one_word(side[k][0]) for k in keys] for name, side in (("off", off), ("on", on))}
+    test = PairedTest([("off", hyps["off"]), ("on", hyps["on"])], {"BLEU": BLEU()},
                       references=refs, test_type="bs", n_samples=samples)
     _, scores = test()
     base, system = scores["BLEU"]

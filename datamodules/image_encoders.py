@@ -98,7 +98,8 @@ def build_encoder(name: str, pretrained: bool = True, weights: str | Path | None
         key, description = f"{name}-{enum.url.rsplit('/', 1)[-1]}", f"{name} (torchvision ImageNet weights)"
     classifier = net.fc
     net.fc = nn.Identity()
-    # What torchvision's weights for this architecture declare (e.g. ResNet-50's V2 weights: 232 for 224).
+    # What torchvision's default weights for this architecture declare (ResNet-50's V2: 232 for 224),
+    # also for a weights file, whose training nobody declares here (data.resize sets another).
     declared = torchvision.models.get_model_weights(name).DEFAULT.transforms()
     return Encoder(net.eval(), TORCHVISION[name], IMAGENET_MEAN, IMAGENET_STD, key, description, classifier,
                    declared.resize_size[0] / declared.crop_size[0], declared.interpolation.value)

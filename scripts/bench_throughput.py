@@ -98,7 +98,8 @@ def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: in
         if i == warmup + steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        # What Lightning's bf16-mixed does: autocast around the forward pass, no loss scaling.
+        # bf16 autocast around the forward pass, no loss scaling (Lightning's bf16-mixed also
+        # autocasts the loss, which the .float() cross-entropy makes fp32 either way).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             logits, state = model(x, state)
         state = (state[0].detach(), state[1].detach())

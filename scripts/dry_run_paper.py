@@ -12,9 +12,11 @@ with --one), so one preset's failure or memory does not touch the next.
 What stands in for the paper's data (none of which is on a CPU machine), in the real formats:
     ptb/*            the real PTB (its full 10k vocabulary), only the first steps
     speech/paper     the NLTK TIMIT sample (LDC TIMIT's format and 61 phones) for LDC TIMIT
-    translation      512 pairs of newstest2011 for WMT'14's 12M; both vocabularies filled up to the
-                     paper's 160k / 80k words with unused entries, so embeddings and softmax have
-                     the paper's sizes (the cost of a step depends on them, not on the words)
+    translation      newstest2011's 3,003 pairs for WMT'14's ~36M; both vocabularies filled up to
+                     the paper's 160k / 80k words with unused entries, so embeddings and softmax
+                     have the paper's sizes (the cost of a step depends on them, not on the words).
+                     Batches hold one source length each, so on 3,003 pairs they hold fewer than
+                     128 sentences: the table gives each step's count, and the cost is per token
     captioning       coco-mini's 239 COCO images for COCO 2014 (Karpathy's split is COCO's own
                      ids, absent here: a hashed split); GoogLeNet with random weights, since
                      torchvision's download is out of reach offline (the LSTM trains on frozen
@@ -53,7 +55,7 @@ TINY: dict[str, dict[str, Any]] = {
     "translation/paper": {"train": {"src": "wmt/dev/newstest2011.en", "ref": "wmt/dev/newstest2011.fr"},
                           "valid": {"src": "wmt/dev/newstest2012.en", "ref": "wmt/dev/newstest2012.fr"},
                           "test": {"src": "wmt/dev/newstest2013.en", "ref": "wmt/dev/newstest2013.fr"},
-                          "test_sets": {}, "train_pairs": 512},
+                          "test_sets": {}},
     "captioning/paper": {"images": "coco-mini/images", "captions": "coco-mini/captions.json", "karpathy_split": None,
                          "split": {"valid": 0.1, "test": 0.1}, "pretrained": False, "bad_records": None},
 }
@@ -61,11 +63,12 @@ TINY: dict[str, dict[str, Any]] = {
 # (sentence pairs, captions, utterances) and where the count comes from. A full epoch's tokens are
 # the items times the tokens per item measured on the stand-in data above (PTB: counted exactly).
 FULL_DATA = {
-    "translation/paper": (12_000_000, "WMT'14 pairs, Sutskever et al.'s 12M selection (Sec. 3.1)"),
+    "translation/paper": (36_000_000, "WMT'14 En-Fr pairs, as Vaswani et al. 2017 count them; "
+                                      "Sutskever et al.'s 12M selection would take a third"),
     "captioning/paper": (586_363, "COCO 2014 training captions an epoch, as im2txt counts them"),
     "speech/paper": (3_696, "LDC TIMIT training utterances without the SA sentences"),
 }
-FILL_VOCAB = {"translation/paper": ("src_vocab", "tgt_vocab"), "captioning/paper": 10_000}
+CAPTION_VOCAB = 10_000  # words: about COCO's at min_count 5
 
 
 def filled(itos: list[str], size: int) -> list[str]:
@@ -92,7 +95,14 @@ class StepProbe(L.Callback):
         m = trainer.callback_metrics
         self.steps[-1].update(seconds=time.perf_counter() - self._t0, loss=float(m["train_loss"]),
                               nll=float(m["train_nll"]), scale=float(m["loss_scale"]),
-                              tokens=batch_tokens(batch) * trainer.world_size)
+                              tokens=batch_tokens(batch) * trainer.world_size, items=batch_items(batch))
+
+
+def batch_items(batch: Any) -> int:
+    """Rank 0's sentences, captions, utterances or PTB columns in this batch."""
+    if isinstance(batch, dict):
+        return int(next(batch[k] for k in ("tgt_out", "cap_out", "labels") if k in batch).size(1))
+    return int(batch[-1].size(1))
 
 
 def one(name: str, data_root: Path, steps: int, out: Path) -> None:
@@ -110,8 +120,11 @@ def one(name: str, data_root: Path, steps: int, out: Path) -> None:
         kwargs["src_vocab_size"] = preset.data["src_vocab"]
         kwargs["tgt_itos"] = filled(kwargs["tgt_itos"], preset.data["tgt_vocab"])
     elif name == "captioning/paper":
-        kwargs["itos"] = filled(kwargs["itos"], FILL_VOCAB[name])
+        kwargs["itos"] = filled(kwargs["itos"], CAPTION_VOCAB)
     model = registry.load_class(preset.module)(**preset.model, **kwargs)
+    # Before fit: afterwards the DataModule knows the trainer, and a rank-aware sampler would
+    # count this rank's share only.
+    per_item = None if task == "ptb" else mean_tokens(dm)
     clip = preset.trainer.get("gradient_clip_val")
     probe = StepProbe(clip)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=steps, limit_val_batches=0,
@@ -124,7 +137,7 @@ def one(name: str, data_root: Path, steps: int, out: Path) -> None:
         epoch_tokens, source = trainer.num_training_batches * preset.data["batch_size"] * preset.data["bptt"], \
             "PTB's training text, counted"
     else:
-        items, per_item = FULL_DATA[name][0], mean_tokens(dm)
+        items = FULL_DATA[name][0]
         epoch_tokens, source = items * per_item, f"{items:,} ({FULL_DATA[name][1]}) x {per_item:.1f} tokens each"
     if trainer.global_rank == 0:
         vocab = {k: len(v) if isinstance(v, list) else v for k, v in kwargs.items()
@@ -139,7 +152,8 @@ def one(name: str, data_root: Path, steps: int, out: Path) -> None:
 
 
 def mean_tokens(dm: L.LightningDataModule) -> float:
-    """Target tokens (words, frames) per training item of the stand-in data, as the loss counts them."""
+    """Target tokens (words, frames) per training item of the stand-in data, as the loss counts them
+    (on one process: every training batch)."""
     data = dm.train_dataloader().dataset
     return sum(batch_tokens(b) for b in dm.train_dataloader()) / len(data)
 
@@ -153,9 +167,10 @@ def table(r: dict) -> list[str]:
              f"{r['params'] / 1e6:.1f}M parameters, sizes {r['sizes']}, batch {r['batch_size']}"
              + (f" x {r['bptt']} steps" if r.get("bptt") else "") + f", gradient-norm clip {r['clip']}"
              + (f", loss scale rule `{r['loss_scale_rule']}`" if r.get("loss_scale_rule") else ""), "",
-             "| step | lr | loss (optimized) | loss per word/frame | loss scale | grad norm before clip | clipped | s |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {x['step']} | {x['lr']:.4g} | {x['loss']:.3f} | {x['nll']:.4f} | {x['scale']:.2f} | "
+             "| step | items (rank 0) | lr | loss (optimized) | loss per word/frame | loss scale | "
+             "grad norm before clip | clipped | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {x['step']} | {x['items']} | {x['lr']:.4g} | {x['loss']:.3f} | {x['nll']:.4f} | {x['scale']:.2f} | "
               f"{x['grad_norm']:.3f} | {'yes' if x['clipped'] else 'no'} | {x['seconds']:.2f} |" for x in s]
     lines += ["", f"Loss per word/frame {s[0]['nll']:.4f} at step 1, {statistics.mean(x['nll'] for x in s[-2:]):.4f} "
               f"over the last two steps: **{'falls' if falls else 'does NOT fall'}**. Median step "

@@ -132,7 +132,6 @@ register(TaskSpec(
     result_keys=("train_ppl", "valid_", "test_", "best_test_"),
     capabilities=frozenset({Can.TEST_FILES, Can.OWN_RANK_LAYOUT}),
     paper_metric="test_bleu_tok",  # the paper's 29.03 is BLEU on tokenized text, not sacrebleu's
-
 ))
 register(TaskSpec(
     name="captioning",

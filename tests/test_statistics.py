@@ -95,3 +95,17 @@ def test_the_paper_column_compares_like_with_like(tmp_path):
     assert (board["metric"], board["mean"], board["paper_metric"]) == ("test_bleu", "27.00", "test_bleu_tok")
     assert (board["paper"], board["diff"], board["diff_pct"]) == ("29.03", "0.97", "+3.3")
     assert "paper (test_bleu_tok) | Δ (our test_bleu_tok − paper)" in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+def test_the_bootstrap_scores_an_unk_as_the_rows_do(tmp_path):
+    """Its two BLEUs are the rows' BLEUs of the same outputs: each <unk> one wrong word."""
+    from tasks.nn import text_metrics
+
+    refs = [[f"the cat number {i} sat on the mat"] for i in range(30)]
+    on = [f"the cat number {i} sat on the <unk>" for i in range(30)]
+    off = [f"the <unk> number {i} sat <unk> the mat" for i in range(30)]
+    _outputs(tmp_path / "on.jsonl.gz", on, refs)
+    _outputs(tmp_path / "off.jsonl.gz", off, refs)
+    result = stats.bleu_bootstrap(tmp_path / "off.jsonl.gz", tmp_path / "on.jsonl.gz")
+    assert result.on == pytest.approx(text_metrics.bleu(on, refs)[0].score)
+    assert result.off == pytest.approx(text_metrics.bleu(off, refs)[0].score)

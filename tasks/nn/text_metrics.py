@@ -16,21 +16,9 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.bleu import BLEUScore
 from sacremoses import MosesTokenizer
 
-from tasks.nn.references import reference_streams
+from tasks.nn.references import reference_streams, unk_as_one_word
 
 log = logging.getLogger(__name__)
-
-
-# An <unk> in a hypothesis is one word that matches nothing, as the MT literature scores it
-# (multi-bleu.perl on tokenized text splits on spaces only). sacrebleu's 13a tokenizer would cut
-# "<unk>" into "<", "unk", ">": three wrong words, which lengthen the output (a smaller brevity
-# penalty) and lower every n-gram precision. So each <unk> is written as one token that 13a and
-# Moses keep whole and no reference holds: SentencePiece's own rendering of an unknown piece.
-UNK, UNSCORED = "<unk>", "\u2047"
-
-
-def unk_as_one_word(text: str) -> str:
-    return text.replace(UNK, UNSCORED)
 
 
 def bleu(hyps: list[str], refs: list[list[str]], max_order: int = 4) -> tuple[BLEUScore, str]:
