@@ -129,11 +129,12 @@ class Translator(TextGenerator):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: hp.lr_decay ** -max(0, e + 1 - hp.decay_after))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         # Sutskever et al.: "after 5 epochs, we begun halving the learning rate every half epoch".
-        _ = self.trainer.estimated_stepping_batches  # sets up the training batches, so they can be counted
+        # Set up the training batches so they can be counted (estimated_stepping_batches skips
+        # this when max_steps is set, and an epoch's length is needed all the same).
+        self.trainer.fit_loop.setup_data()
         batches = self.trainer.num_training_batches
         if not math.isfinite(batches):
-            raise ConfigError("model.decay_every counts epochs in steps: it needs trainer.max_epochs and "
-                              "training data of known length")
+            raise ConfigError("model.decay_every counts epochs in steps: it needs training data of known length")
         per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: decay_factor(step / per_epoch, hp.lr_decay, hp.decay_after, hp.decay_every))

@@ -271,6 +271,13 @@ def test_a_run_steps_the_half_epoch_schedule_by_its_own_batches(tmp_path):
     # 2 epochs: 1 at 0.7, then halved at 1, 1.5 and (after the last step) 2 epochs
     assert ckpt["lr_schedulers"][0]["last_epoch"] == int(row["steps"]) > 2
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.7 / 8)
+    # Stopped by a step count (--max-steps, a dry run) the schedule still counts epochs in batches.
+    preset.trainer["max_steps"] = int(row["steps"]) // 2
+    row = run(preset, RunOptions(data_root=tmp_path, results_dir=tmp_path / "r2", runs_dir=tmp_path / "runs2",
+                                 command="test"))
+    ckpt = torch.load(find_run(tmp_path / "runs2", "translation-quick-dropout_on-seed0") / "checkpoints" / "last.ckpt",
+                      weights_only=True)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.7 / 2)  # 1 epoch: halved once
 
 
 @pytest.fixture
