@@ -1,4 +1,4 @@
-"""`bench`: run presets, fetch data, list presets, build the leaderboard."""
+"""`bench`: run presets, fetch and label data, list presets, build the leaderboard."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _fetch_parser(sub)
+    _align_parser(sub)
     sub.add_parser("list", aliases=["presets"], help="tasks and presets with their key numbers")
     _leaderboard_parser(sub)
     _ensemble_parser(sub)
@@ -100,6 +101,25 @@ def _fetch_parser(sub) -> None:
     f.add_argument("dataset", choices=sorted(SOURCES))
     f.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
     f.add_argument("--yes", action="store_true", help="go ahead with a large download (coco2014, wmt14, flickr8k)")
+    # an4 is fetched from CMU (64 MB), checked sample by sample, then labelled by `bench align`.
+
+
+def _align_parser(sub) -> None:
+    a = sub.add_parser(
+        "align", help="phone labels by forced alignment: a TIMIT-style .phn beside each utterance of a corpus",
+        description="Align each utterance's word transcript to its audio with pocketsphinx (en-us model, CMUdict) "
+                    "and write `start_sample end_sample PHONE` lines (39 ARPAbet phones + SIL, 10 ms grid). "
+                    "Layouts: an4 (etc/*.transcription + wav/), kaldi (text + wav.scp), simple (each audio "
+                    "file with a .txt or .lab transcript beside it). Utterances that cannot be labelled are "
+                    "skipped and listed in align-report.tsv; a stopped run resumes where it was.")
+    a.add_argument("corpus", type=Path, help="the corpus folder")
+    a.add_argument("--out", type=Path, default=None,
+                   help="write the labels (with links to the audio) into this folder instead of beside the audio")
+    a.add_argument("--layout", choices=("an4", "kaldi", "simple"), default=None, help="default: detected")
+    a.add_argument("--dict", dest="user_dict", type=Path, default=None,
+                   help="pronunciations for words CMUdict lacks, one 'WORD PH1 PH2 ...' per line")
+    a.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="worker processes")
+    a.add_argument("--force", action="store_true", help="align again what already has labels")
 
 
 def _leaderboard_parser(sub) -> None:
@@ -243,6 +263,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    from datamodules.align import align_corpus
+
+    s = align_corpus(args.corpus, out=args.out, layout=args.layout, user_dict=args.user_dict, jobs=args.jobs,
+                     force=args.force)
+    print(f"{args.corpus}: {s.aligned} utterances aligned, {s.kept} already labelled, {len(s.skipped)} skipped")
+    for p in s.skipped[:5]:
+        print(f"  skipped {p.utt} ({p.path}): {p.reason}")
+    if s.skipped:
+        print(f"  all {len(s.skipped)} listed in {s.report}")
+    return 0 if s.aligned + s.kept else 1
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """One line per preset: size, dropout rate, training length, data, and the paper's numbers."""
     for task in registry.names():
@@ -300,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    handler = {"run": cmd_run, "fetch": cmd_fetch, "list": cmd_list, "presets": cmd_list,
+    handler = {"run": cmd_run, "fetch": cmd_fetch, "align": cmd_align, "list": cmd_list, "presets": cmd_list,
                "leaderboard": cmd_leaderboard, "ensemble": cmd_ensemble}
     try:
         return handler[args.command](args)

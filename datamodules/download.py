@@ -163,6 +163,7 @@ class LargeDataset:
     archives: tuple[Archive, ...]
     homepage: str
     after: Callable[[Path], Any] | None = None  # run on the folder once everything is extracted
+    ask: bool = True  # False: small enough (tens of MB) to fetch without --yes
 
 
 def _remote_size(url: str, timeout: float) -> int | None:
@@ -232,7 +233,7 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
     sizes = {a.url: _remote_size(a.url, timeout) for a in ds.archives}
     total = sum(s or 0 for s in sizes.values())
     listing = "\n".join(f"    {a.url}  ({(sizes[a.url] or 0) / 1e9:.2f} GB)" for a in ds.archives)
-    if yes:
+    if yes or not ds.ask:
         log.info("%s: %.1f GB from its publisher (%s) into %s:\n%s", ds.name, total / 1e9, ds.homepage, folder, listing)
     else:
         raise DataError(f"{ds.name} is {total / 1e9:.1f} GB to download into {folder}:\n{listing}\n"

@@ -8,6 +8,11 @@ as laid out in Kaldi's `egs/timit/s5/conf/phones.60-48-39.map`. The glottal stop
 in either set: its frames are trained on but left out of the 39-class score (counted and logged).
 
 AN4: the 33 ARPAbet phones of CMU's dictionary (`etc/an4.phone`) plus `SIL`, scored as they are.
+cmu: all 39 ARPAbet phones of CMUdict plus `SIL`, what `bench align` writes for any English corpus.
+
+Forced-alignment labels (CMU phones) against TIMIT's hand labels: both fold into Lee & Hon's 39
+classes (`CMU_TO_TIMIT39`). CMU's phones have no stop closures, so a closure frame (bcl ... kcl) is
+compared as the stop it closes ("closures merged").
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ TIMIT_FOLDING: dict[str, tuple[str | None, str | None]] = {
     "ux": ("uw", "uw"), "v": ("v", "v"), "w": ("w", "w"), "y": ("y", "y"), "z": ("z", "z"),
     "zh": ("zh", "sh"),
 }
+
+CMU_PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH SIL T TH UH UW "
+              "V W Y Z ZH").split()
+CMU_TO_TIMIT39 = {p: TIMIT_FOLDING[p.lower()][1] if p.lower() in TIMIT_FOLDING else None for p in CMU_PHONES}
+CMU_TO_TIMIT39["SIL"] = "sil"
+CLOSURE_OF = {"bcl": "b", "dcl": "d", "gcl": "g", "pcl": "p", "tcl": "t", "kcl": "k"}
 
 AN4_PHONES = ("AA AE AH AO AW AY B CH D EH ER EY F G HH IH IY JH K L M N OW P R S SIL T TH UW V W Y Z").split()
 
@@ -68,5 +79,7 @@ PHONE_SETS = {
         tuple(sorted({s for _, s in TIMIT_FOLDING.values() if s})),
         {t: s for t, s in TIMIT_FOLDING.values() if t},
     ),
+    "cmu": PhoneSet("cmu", {p: p for p in CMU_PHONES}, tuple(CMU_PHONES), tuple(CMU_PHONES),
+                    {p: p for p in CMU_PHONES}),
     "an4": PhoneSet("an4", {p: p for p in AN4_PHONES}, tuple(AN4_PHONES), tuple(AN4_PHONES), {p: p for p in AN4_PHONES}),
 }

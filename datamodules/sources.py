@@ -9,13 +9,17 @@ Small data sets (`Dataset`) carry the publisher's sha256 of every file; multi-GB
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from datamodules import download as fetch
+from datamodules.align import AUDIO_SUFFIXES, align_corpus
 from tasks.nn.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -41,6 +45,40 @@ TIMIT_SAMPLE = fetch.Dataset(
     members={name: f"timit/{name}" for name in _SAMPLE_SUMS},
     sha256=_SAMPLE_SUMS,
     homepage="https://www.nltk.org/nltk_data/",
+)
+
+
+def check_an4_samples(folder: Path) -> None:
+    """Every utterance of the manifest present with exactly its samples, whatever the container (the
+    publisher's NIST SPHERE, GitHub's RIFF WAV, the shared FLAC copy), then phone labels by forced
+    alignment beside the audio (`bench align`)."""
+    wrong = []
+    for stem, digest in AN4_SAMPLE_SUMS.items():
+        audio = next((folder / f"{stem}{s}" for s in AUDIO_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
+        if audio is None:
+            wrong.append(f"{stem}: missing")
+            continue
+        samples, _ = sf.read(audio, dtype="int16")
+        if hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest() != digest:
+            wrong.append(f"{audio}: its samples differ from the publisher's")
+    if wrong:
+        raise DataError(f"{folder}: {len(wrong)} of {len(AN4_SAMPLE_SUMS)} AN4 utterances fail the sample check "
+                        f"({'; '.join(wrong[:3])}); delete {folder} and fetch it again")
+    summary = align_corpus(folder, layout="an4", jobs=os.cpu_count() or 1)
+    print(f"an4: {summary.aligned} utterances labelled by forced alignment, {summary.kept} already were, "
+          f"{len(summary.skipped)} skipped (listed in {summary.report})")
+
+
+# sha256 of each utterance's 16-bit little-endian samples (not of its file): the check holds for any
+# lossless container. Made from the shared copy (github.com/cmusphinx/an4 as FLAC): 1,077 utterances.
+AN4_SAMPLE_SUMS = fetch.read_sums(Path(__file__).parent / "checksums" / "an4-samples.sha256")
+AN4 = fetch.LargeDataset(
+    name="an4",
+    archives=(fetch.Archive("http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz",
+                            {"wav/": "wav", "etc/": "etc"}),),
+    homepage="http://www.speech.cs.cmu.edu/databases/an4/",
+    after=check_an4_samples,
+    ask=False,  # 64 MB
 )
 
 # -- translation (Sec. 4.3) ----------------------------------------------------------------------------------
@@ -190,9 +228,9 @@ FLICKR8K = fetch.LargeDataset(
 # What to put where when a data set is missing: by its folder under the data root, and "captions" for
 # the captioning data sets (COCO, Flickr8k).
 FETCH_HELP = {
-    "an4": "CMU AN4 audio: https://github.com/cmusphinx/an4 (wav/an4_clstk, wav/an4test_clstk). Its phone "
-           "alignments are published nowhere: each utterance needs a TIMIT-style .phn beside it, e.g. from "
-           "forced alignment of etc/an4_*.transcription with pocketsphinx (PyPI wheel, en-us model)",
+    "an4": "CMU AN4 with phone labels: `bench fetch an4` downloads it from CMU (64 MB) and labels it by forced "
+           "alignment; with the audio and etc/ already there (e.g. from https://github.com/cmusphinx/an4), "
+           "`bench align <data-root>/an4` writes the labels",
     "timit-sample": "NLTK's TIMIT sample: https://raw.githubusercontent.com/nltk/nltk_data/gh-pages/packages/"
                     "corpora/timit.zip, unpacked so that timit-sample/dr1-fvmh0/sa1.wav exists",
     "timit": "the LDC TIMIT corpus (LDC93S1, licensed: https://catalog.ldc.upenn.edu/LDC93S1), copied so "
@@ -217,6 +255,6 @@ FETCH_HELP = {
 
 # `bench fetch <name>`
 SOURCES: dict[str, fetch.Dataset | fetch.LargeDataset] = {
-    "ptb": PTB, "timit-sample": TIMIT_SAMPLE, "tatoeba": TATOEBA, "wmt-dev": WMT_DEV, "wmt14": WMT14,
+    "ptb": PTB, "an4": AN4, "timit-sample": TIMIT_SAMPLE, "tatoeba": TATOEBA, "wmt-dev": WMT_DEV, "wmt14": WMT14,
     "coco2014": COCO2014, "flickr8k": FLICKR8K,
 }

@@ -26,6 +26,7 @@ SA sentences (read by every speaker) are left out of every split, as is usual fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -69,7 +70,7 @@ TIMIT_CORE_TEST = {
 class Utterance:
     speaker: str
     audio: Path
-    phn: Path
+    phn: Path | None  # None: no labels beside the audio (skipped and counted like other bad records)
 
 
 def _utterances(folder: Path, speaker: str) -> list[Utterance]:
@@ -78,8 +79,6 @@ def _utterances(folder: Path, speaker: str) -> list[Utterance]:
         if audio.suffix.lower() not in AUDIO_SUFFIXES or audio.stem.lower().startswith("sa"):
             continue
         phn = next((p for p in (audio.with_suffix(".phn"), audio.with_suffix(".PHN")) if p.is_file()), None)
-        if phn is None:
-            raise DataError(f"{audio}: no .phn label file beside it")
         out.append(Utterance(speaker, audio, phn))
     return out
 
@@ -201,7 +200,28 @@ def read_audio(path: Path, data: bytes, decode: bool) -> tuple[Tensor | None, in
     return torch.from_numpy(wave[:, 0].copy()), rate, wave.shape[0]
 
 
-def pad_batch(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+def stack_context(feats: Tensor, k: int) -> Tensor:
+    """(T, F) -> (T, (2k + 1) F): each frame with its k neighbours on either side, edge frames repeated."""
+    if k == 0:
+        return feats
+    padded = torch.cat([feats[:1].expand(k, -1), feats, feats[-1:].expand(k, -1)])
+    return padded.unfold(0, 2 * k + 1, 1).transpose(1, 2).flatten(1)  # unfold: (T, F, 2k + 1)
+
+
+def delay_labels(feats: Tensor, labels: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """Frame t's label is asked for at step t + d, so the one-way LSTM has heard d frames past it
+    (Sak et al. 2014 delay by 5). The last frame is repeated d times so every label keeps a step.
+
+        feats   x0 x1 x2 x3 x3 x3            (d = 2)
+        labels  -- -- y0 y1 y2 y3            (-- = IGNORE: no loss, not scored)
+    """
+    if d == 0:
+        return feats, labels
+    return torch.cat([feats, feats[-1:].expand(d, -1)]), torch.cat([torch.full((d,), IGNORE), labels])
+
+
+def pad_batch(items: list[tuple[Tensor, Tensor]], context: int = 0, delay: int = 0) -> dict[str, Tensor]:
+    items = [delay_labels(stack_context(f, context), y, delay) for f, y in items]
     lengths = torch.tensor([f.size(0) for f, _ in items])
     feats = torch.nn.utils.rnn.pad_sequence([f for f, _ in items])  # (T, B, F)
     labels = torch.nn.utils.rnn.pad_sequence([y for _, y in items], padding_value=IGNORE)  # (T, B)
@@ -219,6 +239,8 @@ class SpeechDataModule(TaskDataModule):
         batch_size: int = 16,
         n_mels: int = 40,
         deltas: bool = True,
+        context: int = 0,
+        delay: int = 0,
         cache_dir: str | Path | None = None,
         bad_records: dict[str, Any] | None = None,
     ) -> None:
@@ -229,6 +251,11 @@ class SpeechDataModule(TaskDataModule):
         self.phones = PHONE_SETS[phone_set]
         self.valid_speakers, self.test_speakers = list(valid_speakers), list(test_speakers)
         self.features = Features(n_mels=n_mels, deltas=deltas)
+        if context < 0 or delay < 0:
+            raise DataError(f"data.context and data.delay count frames and must be >= 0, got {context} and {delay}")
+        # Applied per batch, not stored: 11 stacked frames of AN4 would take 1.5 GB held in memory.
+        self.collate = functools.partial(pad_batch, context=context, delay=delay)
+        self.context = context
         self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
         self.bad_records = BadRecordPolicy.of(bad_records)
         self.sets: dict[str, StackDataset] = {}  # split -> (features, labels) per utterance
@@ -275,6 +302,17 @@ class SpeechDataModule(TaskDataModule):
         # Cached features load in seconds; a cold cache computes fbanks for every utterance.
         raw: dict[str, list[tuple[Tensor, Tensor]]] = {}
         for s in ("train", "valid", "test"):
+            # Audio without labels: what the aligner could not label (its align-report.tsv says why) is
+            # left out and counted, never trained on; a split with no labels at all is a set-up error.
+            unlabelled = [u.audio for u in splits[s] if u.phn is None]
+            splits[s] = [u for u in splits[s] if u.phn is not None]
+            if not splits[s]:
+                raise DataError(f"{self.data_root / self.corpus}: no {s} utterance has a .phn label file beside its "
+                                f"audio; `bench align {self.data_root / self.corpus}` makes them from word transcripts")
+            if unlabelled:
+                log.warning("%s %s: %d utterance(s) without a .phn label file left out, e.g. %s", self.corpus, s,
+                            len(unlabelled), unlabelled[0])
+                self.skipped += [f"{a}: no .phn label file" for a in unlabelled]
             bad, raw[s] = BadRecords(f"{self.corpus} {s} utterances", len(splits[s]), self.bad_records), []
             for utt in tqdm(splits[s], desc=f"features {self.corpus} {s}", unit="utt", leave=False, mininterval=2):
                 try:
@@ -294,15 +332,15 @@ class SpeechDataModule(TaskDataModule):
         log.info("%s: %s utterances", self.corpus, {s: len(d) for s, d in self.sets.items()})
 
     def model_kwargs(self) -> dict:
-        return {"input_size": self.features.dim, "num_classes": len(self.phones.train),
+        return {"input_size": self.features.dim * (2 * self.context + 1), "num_classes": len(self.phones.train),
                 "fold_ids": self.phones.fold_ids(), "score_names": list(self.phones.score)}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.sets["train"], batch_size=self.batch_size, shuffle=True, collate_fn=pad_batch)
+        return DataLoader(self.sets["train"], batch_size=self.batch_size, shuffle=True, collate_fn=self.collate)
 
     def _eval_loader(self, split: str) -> DataLoader:
         data = self.sets[split]
-        return DataLoader(data, batch_size=self.batch_size, collate_fn=pad_batch,
+        return DataLoader(data, batch_size=self.batch_size, collate_fn=self.collate,
                           sampler=self.eval_sampler(data, f"{self.corpus}'s {split} set"))
 
     def val_dataloader(self) -> DataLoader:

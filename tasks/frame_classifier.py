@@ -2,11 +2,22 @@
 
 features (T, B, F) -> DropoutLSTM -> linear -> per-frame softmax over the training phone set.
 Scored after folding prediction and reference into the scoring classes (TIMIT: 39), padding and
-unscored frames excluded: frame accuracy, and phone error rate (jiwer) on each utterance's frame
-labels collapsed into a phone sequence (runs of one label become one phone).
+unscored frames excluded: frame accuracy, and two phone error rates (jiwer), both against the
+reference frame labels collapsed into a phone sequence (runs of one label become one phone):
+
+    per           the predicted frames collapsed as they are: every one-frame flicker is an inserted
+                  phone, so this is a frame-smoothness number more than a recognition one
+    per_smoothed  predicted runs shorter than `min_phone_frames` (3: the HMM aligner's shortest phone,
+                  3 states of 10 ms) dropped before collapsing; a minimum-duration decode
+
+Neither is TIMIT's published PER (e.g. Graves et al. 2013's 17.7%): those decode with a trained
+sequence model (CTC or an HMM with a phone language model) over the 39 classes, and TIMIT's
+reference is the hand transcription, not a frame alignment.
 """
 
 from __future__ import annotations
+
+from itertools import groupby
 
 import jiwer
 import torch
@@ -27,6 +38,13 @@ def collapse(labels: list[int]) -> list[int]:
     return [x for i, x in enumerate(labels) if i == 0 or x != labels[i - 1]]
 
 
+def drop_short_runs(labels: list[int], min_run: int) -> list[int]:
+    """[a, a, a, b, a, a, a] -> [a] for min_run 2: runs shorter than min_run left out, then collapsed."""
+    runs = [(label, len(list(frames))) for label, frames in groupby(labels)]
+    kept = [label for label, n in runs if n >= min_run]
+    return collapse(kept) if kept else collapse(labels)
+
+
 class FrameClassifier(TaskModule):
     test_streams = ("test", "train_eval")  # test_dataloader order: held-out test, then the training set
     num_samples = 5  # test utterances written out as phone sequences
@@ -44,6 +62,7 @@ class FrameClassifier(TaskModule):
         backbone: Impl = "fused",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        min_phone_frames: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -54,7 +73,7 @@ class FrameClassifier(TaskModule):
         self.register_buffer("fold", torch.tensor(fold_ids + [-1]), persistent=False)  # [-1]: IGNORE -> -1
         self.counts = nn.ModuleDict({
             f"{stage}_{name}": SumMetric()
-            for stage in ("train", "valid", "test", "train_eval") for name in ("correct", "frames", "edits", "phones")
+            for stage in ("train", "valid", "test", "train_eval") for name in ("correct", "frames", "edits", "phones", "edits_smoothed")
         })
 
     def forward(self, feats: Tensor) -> Tensor:
@@ -78,13 +97,15 @@ class FrameClassifier(TaskModule):
         scored = ref >= 0
         self.counts[f"{stage}_correct"].update((hyp == ref)[scored].sum())
         self.counts[f"{stage}_frames"].update(scored.sum())
-        refs, hyps = [], []
+        refs, hyps, smoothed = [], [], []
         for b in range(labels.size(1)):
             keep = scored[:, b]
-            r, h = collapse(ref[keep, b].tolist()), collapse(hyp[keep, b].tolist())
+            r, frames = collapse(ref[keep, b].tolist()), hyp[keep, b].tolist()
             if r:
                 refs.append(" ".join(map(str, r)))
-                hyps.append(" ".join(map(str, h)) or "<none>")
+                hyps.append(" ".join(map(str, collapse(frames))) or "<none>")
+                decoded = drop_short_runs(frames, self.hparams.min_phone_frames)
+                smoothed.append(" ".join(map(str, decoded)) or "<none>")
         if stage == "test" and len(self.samples) < self.num_samples:
             names = self.hparams.score_names
             self.samples += [[" ".join(names[int(i)] for i in r.split()), " ".join(names[int(i)] for i in h.split())
@@ -93,15 +114,19 @@ class FrameClassifier(TaskModule):
             out = jiwer.process_words(refs, hyps)
             self.counts[f"{stage}_edits"].update(out.substitutions + out.deletions + out.insertions)
             self.counts[f"{stage}_phones"].update(out.hits + out.substitutions + out.deletions)
+            out = jiwer.process_words(refs, smoothed)
+            self.counts[f"{stage}_edits_smoothed"].update(out.substitutions + out.deletions + out.insertions)
         return loss
 
     def _log_epoch(self, stage: str) -> None:
-        c = {name: self.counts[f"{stage}_{name}"] for name in ("correct", "frames", "edits", "phones")}
+        c = {name: self.counts[f"{stage}_{name}"]
+             for name in ("correct", "frames", "edits", "phones", "edits_smoothed")}
         if c["frames"].update_count:
             self.log(f"{stage}_frame_acc", c["correct"].compute() / c["frames"].compute().clamp_min(1),
                      prog_bar=stage != "test", add_dataloader_idx=False)
-            self.log(f"{stage}_per", c["edits"].compute() / c["phones"].compute().clamp_min(1),
-                     add_dataloader_idx=False)
+            for name in ("per", "per_smoothed"):
+                edits = c["edits" if name == "per" else "edits_smoothed"].compute()
+                self.log(f"{stage}_{name}", edits / c["phones"].compute().clamp_min(1), add_dataloader_idx=False)
             if stage in self.test_streams:  # how many frames the test scored: each once, on any number of ranks
                 self.log(f"{stage}_frames", c["frames"].compute().float(), add_dataloader_idx=False)
         for metric in c.values():

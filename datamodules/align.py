@@ -1,0 +1,363 @@
+"""Phone labels by forced alignment: audio + its word transcript -> a TIMIT-style `.phn` per utterance.
+
+The paper's acoustic targets were forced alignments (Sec. 4.2); here pocketsphinx (CMU, the PyPI
+wheel, which carries its en-us acoustic model and CMUdict) aligns each utterance's words to its
+audio. Its phone pass gives every phone a start frame and a length on the model's 10 ms grid:
+
+    words   "yes"                   -> Y EH S, between optional silences at the ends
+    frames  SIL 0-30 | Y 31-39 | EH 40-54 | S 55-70 | SIL 71-98       (1 frame = 160 samples at 16 kHz)
+    .phn    0 4960 SIL / 4960 6400 Y / ...                            start_sample end_sample PHONE
+
+Phones are CMU's 39 ARPAbet symbols (no stress) and SIL, the set the shared AN4 labels use.
+
+Corpus layouts (`detect_layout`):
+  an4     <root>/etc/an4_{train,test}.transcription ("<s> YES </s> (an251-fash-b)") and .fileids,
+          audio under <root>/wav/<fileid>.{flac,wav,sph}
+  kaldi   <root>/text ("utt word word ...") and <root>/wav.scp ("utt path", relative to <root>)
+  simple  every audio file under <root> with a transcript of the same name beside it (.txt, .lab);
+          TIMIT's .txt leading "start end" sample numbers are dropped
+
+An utterance that cannot be labelled (audio unreadable or not 16 kHz, a word missing from the
+dictionary, no path through the words) is skipped and listed in `align-report.tsv`, never labelled
+by a guess. Labels are written atomically, so a stopped run resumes where it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import multiprocessing
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+from tqdm import tqdm
+
+from tasks.nn.errors import DataError
+
+log = logging.getLogger(__name__)
+
+RATE = 16_000  # the en-us acoustic model's sample rate
+SHIFT = 160  # samples per 10 ms frame at RATE
+AUDIO_SUFFIXES = (".flac", ".wav", ".sph")
+TRANSCRIPT_SUFFIXES = (".txt", ".lab")
+ARPABET = frozenset(
+    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split())
+NOT_WORDS = {"<s>", "</s>", "<sil>"}  # sentence marks and silences in CMU transcripts
+REPORT = "align-report.tsv"
+
+
+@dataclass(frozen=True)
+class Item:
+    utt: str
+    audio: Path
+    words: tuple[str, ...]
+    phn: Path  # where the labels go
+
+
+@dataclass(frozen=True)
+class Problem:
+    utt: str
+    path: Path
+    reason: str
+
+
+@dataclass
+class Summary:
+    aligned: int
+    kept: int  # labelled by an earlier run
+    skipped: list[Problem]
+    report: Path
+
+
+# -- corpus layouts ---------------------------------------------------------------------------------------
+
+def detect_layout(root: Path) -> str:
+    if (root / "etc").is_dir() and any((root / "etc").glob("*.transcription")) and (root / "wav").is_dir():
+        return "an4"
+    if (root / "text").is_file() and (root / "wav.scp").is_file():
+        return "kaldi"
+    return "simple"
+
+
+def _audio_of(stem: Path) -> Path | None:
+    return next((stem.with_suffix(s) for s in AUDIO_SUFFIXES if stem.with_suffix(s).is_file()), None)
+
+
+def _audio_files(root: Path) -> Iterator[Path]:
+    return (p for p in sorted(root.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def an4_transcripts(root: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], list[Problem]]:
+    """utt -> (fileid, words) from AN4's etc/*.transcription + *.fileids, which run line by line."""
+    out, problems = {}, []
+    for trans in sorted((root / "etc").glob("an4_*.transcription")):
+        fileids = trans.with_suffix(".fileids")
+        if not fileids.is_file():
+            continue  # the two spare copies of the test transcription have no file list
+        by_name = {Path(line.strip()).name: line.strip() for line in fileids.read_text().splitlines() if line.strip()}
+        for lineno, line in enumerate(trans.read_text(errors="replace").splitlines(), 1):
+            m = re.fullmatch(r"(.*)\(([^()]+)\)\s*", line)
+            if not m:
+                if line.strip():
+                    problems.append(Problem("?", trans, f"line {lineno}: expected 'WORDS (utterance)', got {line!r}"))
+                continue
+            utt = m.group(2).strip()
+            if utt not in by_name:
+                problems.append(Problem(utt, trans, f"line {lineno}: utterance not in {fileids.name}"))
+                continue
+            out[utt] = (by_name[utt], tuple(w for w in m.group(1).split() if w.lower() not in NOT_WORDS))
+    return out, problems
+
+
+def read_items(root: Path, layout: str | None = None, out: Path | None = None) -> tuple[list[Item], list[Problem]]:
+    """The utterances of a corpus and what cannot be one (a transcript without audio or the reverse).
+
+    Labels go beside the audio, or with `out` into the same relative place under `out`."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder. Give the corpus folder (audio + word transcripts)")
+    layout = layout or detect_layout(root)
+
+    def phn_for(audio: Path) -> Path:
+        if out is None:
+            return audio.with_suffix(".phn")
+        try:
+            return out / audio.relative_to(root).with_suffix(".phn")
+        except ValueError:  # a wav.scp path outside the corpus folder
+            return out / "audio" / audio.with_suffix(".phn").name
+
+    items, problems, transcribed = [], [], set()
+    if layout == "an4":
+        transcripts, problems = an4_transcripts(root)
+        for utt, (fileid, words) in transcripts.items():
+            audio = _audio_of(root / "wav" / fileid)
+            if audio is None:
+                problems.append(Problem(utt, root / "wav" / fileid, "transcript without audio (.flac/.wav/.sph)"))
+                continue
+            transcribed.add(audio)
+            items.append(Item(utt, audio, words, phn_for(audio)))
+        untranscribed = [a for a in _audio_files(root / "wav") if a not in transcribed]
+    elif layout == "kaldi":
+        text = _kaldi_table(root / "text")
+        for utt, where in _kaldi_table(root / "wav.scp").items():
+            if where.endswith("|"):
+                problems.append(Problem(utt, root / "wav.scp", "piped entries are not read; give a file path"))
+                continue
+            audio = (root / where).resolve()
+            if utt not in text:
+                problems.append(Problem(utt, audio, "audio without a transcript in text"))
+            elif not audio.is_file():
+                problems.append(Problem(utt, audio, "transcript without audio (wav.scp names a missing file)"))
+            else:
+                items.append(Item(utt, audio, tuple(text[utt].split()), phn_for(audio)))
+        scp = _kaldi_table(root / "wav.scp")
+        problems += [Problem(u, root / "text", "transcript without audio (not in wav.scp)")
+                     for u in text if u not in scp]
+        untranscribed = []
+    elif layout == "simple":
+        for audio in _audio_files(root):
+            suffixes = (*TRANSCRIPT_SUFFIXES, *(s.upper() for s in TRANSCRIPT_SUFFIXES))
+            trans = next((audio.with_suffix(s) for s in suffixes if audio.with_suffix(s).is_file()), None)
+            if trans is not None:
+                words = trans.read_text(errors="replace").split()
+                if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+                    words = words[2:]  # TIMIT: "0 46797 She had your dark suit ..."
+                transcribed.add(audio)
+                items.append(Item(str(audio.relative_to(root).with_suffix("")), audio, tuple(words), phn_for(audio)))
+        untranscribed = [a for a in _audio_files(root) if a not in transcribed]
+        audio_stems = {a.with_suffix("") for a in transcribed}
+        audio_dirs = {a.parent for a in _audio_files(root)}  # elsewhere a .txt is documentation, not a transcript
+        for trans in sorted(p for s in TRANSCRIPT_SUFFIXES for p in root.rglob(f"*{s}") if p.parent in audio_dirs):
+            if trans.with_suffix("") not in audio_stems and _audio_of(trans.with_suffix("")) is None:
+                problems.append(Problem(trans.stem, trans, "transcript without audio"))
+    else:
+        raise DataError(f"unknown corpus layout {layout!r}; known: an4, kaldi, simple")
+    problems += [Problem(a.stem, a, "audio without a transcript") for a in untranscribed]
+    if not items:
+        raise DataError(f"{root}: no utterance with both audio and a transcript in the {layout} layout "
+                        f"({len(problems)} problems, e.g. {problems[0].path}: {problems[0].reason})" if problems else
+                        f"{root}: no audio files with transcripts; see `bench align --help` for the layouts")
+    return items, problems
+
+
+def _kaldi_table(path: Path) -> dict[str, str]:
+    table = {}
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            key, _, value = line.strip().partition(" ")
+            if not value.strip():
+                raise DataError(f"{path}:{lineno}: expected 'utterance-id value', got {line!r}")
+            table[key] = value.strip()
+    return table
+
+
+def read_user_dict(path: Path) -> dict[str, str]:
+    """word -> "PH PH ..." from lines 'WORD PH1 PH2 ...' (CMUdict's format, stress digits allowed)."""
+    words = {}
+    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        phones = [re.sub(r"[0-2]$", "", p.upper()) for p in parts[1:]]
+        bad = [p for p in phones if p not in ARPABET]
+        if not phones or bad:
+            raise DataError(f"{path}:{lineno}: expected 'WORD PH1 PH2 ...' with ARPAbet phones, got {line!r}"
+                            + (f" (unknown: {' '.join(bad)})" if bad else ""))
+        words[re.sub(r"\(\d+\)$", "", parts[0]).lower()] = " ".join(phones)
+    return words
+
+
+# -- the aligner ------------------------------------------------------------------------------------------
+
+class Aligner:
+    """One pocketsphinx decoder; not shared between processes."""
+
+    def __init__(self, user_dict: dict[str, str] | None = None) -> None:
+        import pocketsphinx
+
+        self.decoder = pocketsphinx.Decoder(lm=None, loglevel="FATAL")
+        for i, (word, phones) in enumerate(sorted((user_dict or {}).items())):
+            self.decoder.add_word(word, phones, update=i == len(user_dict) - 1)
+
+    def words(self, words: Iterable[str]) -> tuple[list[str], list[str]]:
+        """(dictionary words, words missing from the dictionary), after light normalisation."""
+        out, missing = [], []
+        for raw in words:
+            word = raw.lower().strip(".,;:!?\"()[]{}")
+            if not word or word in NOT_WORDS:
+                continue
+            if self.decoder.lookup_word(word) is None and "-" in word:
+                parts = [p for p in word.split("-") if p]  # "tea-party" -> "tea party" when only the parts are known
+                if parts and all(self.decoder.lookup_word(p) is not None for p in parts):
+                    out += parts
+                    continue
+            (out if self.decoder.lookup_word(word) is not None else missing).append(word)
+        return out, missing
+
+    def align(self, item: Item) -> list[tuple[int, int, str]]:
+        """(start_sample, end_sample, PHONE) covering the utterance; DataError when it cannot be labelled."""
+        try:
+            wave, rate = sf.read(item.audio, dtype="int16", always_2d=True)
+        except (RuntimeError, sf.LibsndfileError) as err:
+            raise DataError(f"unreadable or corrupt audio ({err})") from err
+        if rate != RATE:
+            raise DataError(f"{rate} Hz audio; the en-us acoustic model needs {RATE} Hz (resample it first)")
+        words, missing = self.words(item.words)
+        if missing:
+            raise DataError(f"not in the dictionary: {' '.join(sorted(set(missing)))} (give their phones in a "
+                            f"--dict file, one 'WORD PH1 PH2 ...' per line)")
+        if not words:
+            raise DataError("empty transcript")
+        pcm = wave[:, 0].tobytes()
+        d = self.decoder
+        try:
+            # Pass 1, words: a grammar of exactly these words in order, in which the search may also
+            # pick a word's other pronunciations ("a" spelt out is EY, not AH) and pauses between words.
+            d.add_fsg("utt", d.create_fsg("utt", 0, len(words), [(i, i + 1, 1.0, w) for i, w in enumerate(words)]))
+            d.activate_search("utt")
+            d.start_utt()
+            d.process_raw(pcm, full_utt=True)
+            d.end_utt()
+            if d.hyp() is None:
+                raise RuntimeError("no word alignment")
+            chosen = [s.word for s in d.seg() if s.word not in ("<s>", "</s>", "(NULL)")]
+            # Pass 2, phones: the words and pauses pass 1 chose (fillers as silence), state by state.
+            d.set_align_text(" ".join(w if w[0] not in "<+[" else "<sil>" for w in chosen))
+            d.start_utt()
+            d.process_raw(pcm, full_utt=True)
+            d.end_utt()
+            d.set_alignment()
+            d.start_utt()
+            d.process_raw(pcm, full_utt=True)
+            d.end_utt()
+            alignment = d.get_alignment()
+            phones = list(alignment.phones()) if alignment is not None else []
+        except RuntimeError:  # pocketsphinx found no path through the words
+            phones = []
+        if not phones:
+            clipped = float((abs(wave[:, 0].astype("int32")) >= 32000).mean())
+            why = f"; {clipped:.1%} of the samples are at full scale (clipped audio)" if clipped > 1e-3 else ""
+            raise DataError(f"no alignment: audio and transcript may not match{why}")
+        n = len(wave)
+        segments = [(p.start * SHIFT, min((p.start + p.duration) * SHIFT, n), p.name) for p in phones]
+        merged: list[tuple[int, int, str]] = []
+        for s, e, name in segments:
+            if s >= e:
+                continue
+            if merged and name == "SIL" and merged[-1][2] == "SIL":  # a pause beside the closing silence: one SIL
+                merged[-1] = (merged[-1][0], e, name)
+            else:
+                merged.append((s, e, name))
+        return merged
+
+
+def write_phn(path: Path, segments: list[tuple[int, int, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(f"{s} {e} {name}\n" for s, e, name in segments))
+    os.replace(tmp, path)  # a label file is there whole or not at all: a stopped run resumes safely
+
+
+_worker: Aligner | None = None
+
+
+def _init_worker(user_dict: dict[str, str] | None) -> None:
+    global _worker
+    _worker = Aligner(user_dict)
+
+
+def _align_one(item: Item) -> tuple[Item, list[tuple[int, int, str]] | None, str | None]:
+    try:
+        return item, _worker.align(item), None
+    except DataError as err:
+        return item, None, str(err)
+
+
+def align_corpus(root: Path, out: Path | None = None, layout: str | None = None, user_dict: Path | None = None,
+                 jobs: int = 1, force: bool = False, progress: bool = True) -> Summary:
+    """Label every utterance of a corpus; what already has labels is kept unless `force`."""
+    items, problems = read_items(root, layout, out)
+    words = read_user_dict(user_dict) if user_dict else None
+    todo = [it for it in items if force or not it.phn.is_file()]
+    if out is not None:
+        for it in items:  # `out` becomes a corpus on its own: the labels with (links to) their audio
+            link = it.phn.with_suffix(it.audio.suffix)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(it.audio)
+    aligned = 0
+    bar = tqdm(total=len(todo), desc="aligning", unit="utt", disable=not progress, mininterval=1)
+    if jobs > 1 and len(todo) > 1:
+        ctx = multiprocessing.get_context("spawn")  # pocketsphinx's decoder is not fork-safe across threads
+        pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(words,))
+        results = pool.imap_unordered(_align_one, todo, chunksize=8)
+    else:
+        pool = None
+        _init_worker(words)
+        results = map(_align_one, todo)
+    try:
+        for item, segments, why in results:
+            if segments is None:
+                if item.phn.is_file():  # a re-run (force) that fails keeps no label from before, but moves it aside
+                    item.phn.replace(item.phn.with_name(item.phn.name + ".stale"))
+                    why += f"; the earlier {item.phn.name} is now {item.phn.name}.stale"
+                problems.append(Problem(item.utt, item.audio, why))
+            else:
+                write_phn(item.phn, segments)
+                aligned += 1
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    report = (out or root.resolve()) / REPORT
+    report.parent.mkdir(parents=True, exist_ok=True)
+    with open(report, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["utterance", "path", "reason"])
+        w.writerows([p.utt, str(p.path), p.reason] for p in problems)
+    return Summary(aligned=aligned, kept=len(items) - len(todo), skipped=problems, report=report)
