@@ -268,12 +268,13 @@ def cmd_align(args: argparse.Namespace) -> int:
 
     s = align_corpus(args.corpus, out=args.out, layout=args.layout, user_dict=args.user_dict, jobs=args.jobs,
                      force=args.force)
-    print(f"{args.corpus}: {s.aligned} utterances aligned, {s.kept} already labelled, {len(s.skipped)} skipped")
+    print(f"{args.corpus}: {s.aligned} utterances aligned, {s.kept} already were, {len(s.skipped)} skipped"
+          + (f", {s.foreign} labelled otherwise (not by bench align) and left as they are" if s.foreign else ""))
     for p in s.skipped[:5]:
         print(f"  skipped {p.utt} ({p.path}): {p.reason}")
     if s.skipped:
         print(f"  all {len(s.skipped)} listed in {s.report}")
-    return 0 if s.aligned + s.kept else 1
+    return 0 if s.aligned + s.kept + s.foreign else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:

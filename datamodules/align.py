@@ -2,7 +2,9 @@
 
 The paper's acoustic targets were forced alignments (Sec. 4.2); here pocketsphinx (CMU, the PyPI
 wheel, which carries its en-us acoustic model and CMUdict) aligns each utterance's words to its
-audio. Its phone pass gives every phone a start frame and a length on the model's 10 ms grid:
+audio. A grammar of exactly the transcript's words, in order, lets the search choose each word's
+pronunciation and the pauses between words; a second pass places every phone of that choice on
+the model's 10 ms grid:
 
     words   "yes"                   -> Y EH S, between optional silences at the ends
     frames  SIL 0-30 | Y 31-39 | EH 40-54 | S 55-70 | SIL 71-98       (1 frame = 160 samples at 16 kHz)
@@ -25,6 +27,7 @@ by a guess. Labels are written atomically, so a stopped run resumes where it was
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -36,18 +39,23 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
+from datamodules.phones import CMU_PHONES
 from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
 
 RATE = 16_000  # the en-us acoustic model's sample rate
 SHIFT = 160  # samples per 10 ms frame at RATE
+WINDOW = 410  # samples per pocketsphinx frame (25.625 ms)
+# Frame f is centred on sample SHIFT f + WINDOW / 2; a boundary between frames f - 1 and f goes halfway
+# between their centres, so that a frame labelled by its centre sample (the speech task) gets its own phone.
+EDGE = (WINDOW - SHIFT) // 2
 AUDIO_SUFFIXES = (".flac", ".wav", ".sph")
 TRANSCRIPT_SUFFIXES = (".txt", ".lab")
-ARPABET = frozenset(
-    "AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z ZH".split())
+ARPABET = frozenset(CMU_PHONES) - {"SIL"}  # what a user dictionary may use
 NOT_WORDS = {"<s>", "</s>", "<sil>"}  # sentence marks and silences in CMU transcripts
 REPORT = "align-report.tsv"
+MANIFEST = "align-labels.tsv"  # the labels this tool wrote, each with the key of what it was made from
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,8 @@ class Problem:
 @dataclass
 class Summary:
     aligned: int
-    kept: int  # labelled by an earlier run
+    kept: int  # labelled by an earlier run from the same words and audio
+    foreign: int  # labels this tool did not write (hand labels, another aligner): never touched
     skipped: list[Problem]
     report: Path
 
@@ -142,8 +151,8 @@ def read_items(root: Path, layout: str | None = None, out: Path | None = None) -
             items.append(Item(utt, audio, words, phn_for(audio)))
         untranscribed = [a for a in _audio_files(root / "wav") if a not in transcribed]
     elif layout == "kaldi":
-        text = _kaldi_table(root / "text")
-        for utt, where in _kaldi_table(root / "wav.scp").items():
+        text, scp = _kaldi_table(root / "text"), _kaldi_table(root / "wav.scp")
+        for utt, where in scp.items():
             if where.endswith("|"):
                 problems.append(Problem(utt, root / "wav.scp", "piped entries are not read; give a file path"))
                 continue
@@ -154,7 +163,6 @@ def read_items(root: Path, layout: str | None = None, out: Path | None = None) -
                 problems.append(Problem(utt, audio, "transcript without audio (wav.scp names a missing file)"))
             else:
                 items.append(Item(utt, audio, tuple(text[utt].split()), phn_for(audio)))
-        scp = _kaldi_table(root / "wav.scp")
         problems += [Problem(u, root / "text", "transcript without audio (not in wav.scp)")
                      for u in text if u not in scp]
         untranscribed = []
@@ -185,6 +193,8 @@ def read_items(root: Path, layout: str | None = None, out: Path | None = None) -
 
 
 def _kaldi_table(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise DataError(f"{path}: not found; a Kaldi-style corpus has `text` and `wav.scp` side by side")
     table = {}
     for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if line.strip():
@@ -195,9 +205,12 @@ def _kaldi_table(path: Path) -> dict[str, str]:
     return table
 
 
-def read_user_dict(path: Path) -> dict[str, str]:
-    """word -> "PH PH ..." from lines 'WORD PH1 PH2 ...' (CMUdict's format, stress digits allowed)."""
-    words = {}
+def read_user_dict(path: Path) -> dict[str, list[str]]:
+    """word -> its pronunciations ("PH PH ...") from lines 'WORD PH1 PH2 ...' (CMUdict's format:
+    stress digits and `WORD(2)` for a second pronunciation allowed)."""
+    if not path.is_file():
+        raise DataError(f"{path}: dictionary file not found")
+    words: dict[str, list[str]] = {}
     for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
@@ -207,7 +220,7 @@ def read_user_dict(path: Path) -> dict[str, str]:
         if not phones or bad:
             raise DataError(f"{path}:{lineno}: expected 'WORD PH1 PH2 ...' with ARPAbet phones, got {line!r}"
                             + (f" (unknown: {' '.join(bad)})" if bad else ""))
-        words[re.sub(r"\(\d+\)$", "", parts[0]).lower()] = " ".join(phones)
+        words.setdefault(re.sub(r"\(\d+\)$", "", parts[0]).lower(), []).append(" ".join(phones))
     return words
 
 
@@ -216,12 +229,17 @@ def read_user_dict(path: Path) -> dict[str, str]:
 class Aligner:
     """One pocketsphinx decoder; not shared between processes."""
 
-    def __init__(self, user_dict: dict[str, str] | None = None) -> None:
+    def __init__(self, user_dict: dict[str, list[str]] | None = None) -> None:
         import pocketsphinx
 
         self.decoder = pocketsphinx.Decoder(lm=None, loglevel="FATAL")
-        for i, (word, phones) in enumerate(sorted((user_dict or {}).items())):
-            self.decoder.add_word(word, phones, update=i == len(user_dict) - 1)
+        prons = [(word, pron) for word, ps in sorted((user_dict or {}).items()) for pron in ps]
+        for i, (word, pron) in enumerate(prons):
+            name, k = word, 1
+            while self.decoder.lookup_word(name) is not None:  # a word CMUdict has: one more pronunciation
+                k += 1
+                name = f"{word}({k})"
+            self.decoder.add_word(name, pron, update=i == len(prons) - 1)
 
     def words(self, words: Iterable[str]) -> tuple[list[str], list[str]]:
         """(dictionary words, words missing from the dictionary), after light normalisation."""
@@ -283,7 +301,8 @@ class Aligner:
             why = f"; {clipped:.1%} of the samples are at full scale (clipped audio)" if clipped > 1e-3 else ""
             raise DataError(f"no alignment: audio and transcript may not match{why}")
         n = len(wave)
-        segments = [(p.start * SHIFT, min((p.start + p.duration) * SHIFT, n), p.name) for p in phones]
+        cuts = [0] + [min(p.start * SHIFT + EDGE, n) for p in phones[1:]] + [n]
+        segments = [(cuts[i], cuts[i + 1], p.name) for i, p in enumerate(phones)]
         merged: list[tuple[int, int, str]] = []
         for s, e, name in segments:
             if s >= e:
@@ -305,7 +324,7 @@ def write_phn(path: Path, segments: list[tuple[int, int, str]]) -> None:
 _worker: Aligner | None = None
 
 
-def _init_worker(user_dict: dict[str, str] | None) -> None:
+def _init_worker(user_dict: dict[str, list[str]] | None) -> None:
     global _worker
     _worker = Aligner(user_dict)
 
@@ -313,51 +332,111 @@ def _init_worker(user_dict: dict[str, str] | None) -> None:
 def _align_one(item: Item) -> tuple[Item, list[tuple[int, int, str]] | None, str | None]:
     try:
         return item, _worker.align(item), None
-    except DataError as err:
-        return item, None, str(err)
+    except (DataError, OSError, RuntimeError, ValueError) as err:  # one utterance's problem, not the run's
+        return item, None, str(err) if isinstance(err, DataError) else f"{type(err).__name__}: {err}"
+
+
+def label_key(item: Item) -> str:
+    """What a label was made from: its words and its audio file's size."""
+    size = item.audio.stat().st_size if item.audio.is_file() else -1
+    return hashlib.sha256(f"{' '.join(item.words)}|{size}".encode()).hexdigest()[:16]
+
+
+def existing_label(phn: Path) -> Path | None:
+    return next((p for p in (phn, phn.with_suffix(".PHN")) if p.is_file()), None)
+
+
+class Manifest:
+    """<dest>/align-labels.tsv: the labels this tool wrote, appended one by one so that a stopped run
+    knows its own; labels missing from it (hand labels, say) are never overwritten or moved."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest, self.path = dest, dest / MANIFEST
+        self.keys: dict[str, str] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                rel, _, key = line.partition("\t")
+                self.keys[rel] = key  # a later line wins
+        dest.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a")
+
+    def rel(self, phn: Path) -> str:
+        return phn.relative_to(self.dest).as_posix() if phn.is_relative_to(self.dest) else str(phn)
+
+    def add(self, phn: Path, key: str) -> None:
+        self.keys[self.rel(phn)] = key
+        self.file.write(f"{self.rel(phn)}\t{key}\n")
+        self.file.flush()
+
+    def drop(self, phn: Path) -> None:
+        self.keys.pop(self.rel(phn), None)
+
+    def close(self) -> None:  # rewritten compactly: one line per label that still stands
+        self.file.close()
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{rel}\t{key}\n" for rel, key in sorted(self.keys.items())))
+        os.replace(tmp, self.path)
 
 
 def align_corpus(root: Path, out: Path | None = None, layout: str | None = None, user_dict: Path | None = None,
                  jobs: int = 1, force: bool = False, progress: bool = True) -> Summary:
-    """Label every utterance of a corpus; what already has labels is kept unless `force`."""
-    items, problems = read_items(root, layout, out)
+    """Label every utterance of a corpus. Labels this tool wrote earlier from the same words and audio
+    are kept unless `force`; labels it did not write are left alone."""
+    global _worker
     words = read_user_dict(user_dict) if user_dict else None
-    todo = [it for it in items if force or not it.phn.is_file()]
-    if out is not None:
-        for it in items:  # `out` becomes a corpus on its own: the labels with (links to) their audio
+    items, problems = read_items(root, layout, out)
+    checked = Aligner(words)  # a dictionary pocketsphinx refuses fails here, before any worker starts
+    dest = out.resolve() if out is not None else Path(root).resolve()
+    manifest = Manifest(dest)
+    todo, kept, foreign = [], 0, 0
+    for it in items:
+        label = existing_label(it.phn)
+        if label is None:
+            todo.append(it)
+        elif manifest.rel(label) not in manifest.keys:
+            foreign += 1
+        elif force or manifest.keys[manifest.rel(label)] != label_key(it):
+            todo.append(it)  # asked to, or its words or audio changed since
+        else:
+            kept += 1
+        if out is not None:  # `out` becomes a corpus on its own: the labels with links to their audio
             link = it.phn.with_suffix(it.audio.suffix)
-            if not link.exists():
+            if not (link.is_symlink() or link.exists()):
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(it.audio)
     aligned = 0
+    pool = None
     bar = tqdm(total=len(todo), desc="aligning", unit="utt", disable=not progress, mininterval=1)
-    if jobs > 1 and len(todo) > 1:
-        ctx = multiprocessing.get_context("spawn")  # pocketsphinx's decoder is not fork-safe across threads
-        pool = ctx.Pool(jobs, initializer=_init_worker, initargs=(words,))
-        results = pool.imap_unordered(_align_one, todo, chunksize=8)
-    else:
-        pool = None
-        _init_worker(words)
-        results = map(_align_one, todo)
     try:
+        if jobs > 1 and len(todo) > 1:
+            ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked decoder state
+            pool = ctx.Pool(min(jobs, len(todo)), initializer=_init_worker, initargs=(words,))
+            results = pool.imap_unordered(_align_one, todo, chunksize=max(1, min(8, len(todo) // (4 * jobs))))
+        else:
+            _worker = checked
+            results = map(_align_one, todo)
         for item, segments, why in results:
             if segments is None:
-                if item.phn.is_file():  # a re-run (force) that fails keeps no label from before, but moves it aside
+                if item.phn.is_file():  # its earlier label no longer fits the words or audio: moved aside
                     item.phn.replace(item.phn.with_name(item.phn.name + ".stale"))
+                    manifest.drop(item.phn)
                     why += f"; the earlier {item.phn.name} is now {item.phn.name}.stale"
                 problems.append(Problem(item.utt, item.audio, why))
             else:
                 write_phn(item.phn, segments)
+                manifest.add(item.phn, label_key(item))
                 aligned += 1
             bar.update()
     finally:
         bar.close()
         if pool is not None:
             pool.terminate()
-    report = (out or root.resolve()) / REPORT
-    report.parent.mkdir(parents=True, exist_ok=True)
-    with open(report, "w", newline="") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(["utterance", "path", "reason"])
-        w.writerows([p.utt, str(p.path), p.reason] for p in problems)
-    return Summary(aligned=aligned, kept=len(items) - len(todo), skipped=problems, report=report)
+        manifest.close()
+        report = dest / REPORT
+        tmp = report.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["utterance", "path", "reason"])
+            w.writerows([p.utt, str(p.path), p.reason] for p in problems)
+        os.replace(tmp, report)
+    return Summary(aligned=aligned, kept=kept, foreign=foreign, skipped=problems, report=report)

@@ -3,6 +3,7 @@
     utt.flac / utt.wav / UTT.WAV (NIST SPHERE)   16-bit speech, read with soundfile
     utt.phn                                      "start_sample end_sample phone" per line
 
+Utterances whose audio has no `.phn` (those the aligner could not label) are left out and counted.
 Each utterance becomes 40 log-mel filterbanks (torchaudio's Kaldi-compatible front end: 25 ms
 window, 10 ms shift; optional deltas) and one label per frame, the phone covering the frame's
 centre sample:
@@ -17,7 +18,8 @@ Features are cached per utterance in the project cache (keyed by the audio's sha
 settings); normalisation statistics come from the training split only.
 
 Corpora (`corpus:`), each with its own split rules:
-  an4           an4/wav/an4_clstk/<spk>/ (train; `valid_speakers` held out) and an4test_clstk/ (test)
+  an4           an4/wav/an4_clstk/<spk>/ (train; `valid_speakers` held out) and an4test_clstk/ (test);
+                fetched from CMU and labelled by forced alignment (`bench align`) when missing
   timit-sample  timit-sample/dr<N>-<spk>/ (NLTK); `valid_speakers` and `test_speakers` named in the config
   timit         the LDC tree TIMIT/{TRAIN,TEST}/DR<N>/<SPK>/: train = TRAIN, test = the 24-speaker core
                 test set, valid = the other TEST speakers (or `valid_speakers`)
@@ -265,8 +267,19 @@ class SpeechDataModule(TaskDataModule):
         return [self.data_root / self.corpus]
 
     def prepare_data(self) -> None:
-        # NLTK's sample has a public archive and known file hashes; AN4 needs alignments published
-        # nowhere and TIMIT is licensed, so for those find_splits() says what to put where.
+        # NLTK's sample has a public archive and known file hashes; AN4 comes from CMU and is labelled
+        # here by forced alignment; TIMIT is licensed, so for it find_splits() says what to put where.
+        folder = self.data_root / self.corpus
+        if self.corpus == "an4":
+            audio = [a for a in folder.glob("wav/*/*/*") if a.suffix in AUDIO_SUFFIXES]
+            if not audio:
+                fetch.download_large(sources.AN4, self.data_root)  # 64 MB: checked, then labelled
+            elif (folder / "etc").is_dir() and any(not a.with_suffix(".phn").is_file() for a in audio):
+                try:  # audio without labels (from GitHub, or a stopped labelling): what is labelled is kept
+                    sources.label_an4(folder)
+                except OSError as err:
+                    raise DataError(f"{folder}: some audio has no .phn and labelling it failed ({err}); run "
+                                    f"`bench align {folder} --out <a writable folder>` and point --data-root there")
         if self.corpus == "timit-sample":
             folder = self.data_root / sources.TIMIT_SAMPLE.name
             if any(not (folder / n).is_file() for n in sources.TIMIT_SAMPLE.sha256 if n.endswith((".wav", ".phn"))):
@@ -302,20 +315,14 @@ class SpeechDataModule(TaskDataModule):
         # Cached features load in seconds; a cold cache computes fbanks for every utterance.
         raw: dict[str, list[tuple[Tensor, Tensor]]] = {}
         for s in ("train", "valid", "test"):
-            # Audio without labels: what the aligner could not label (its align-report.tsv says why) is
-            # left out and counted, never trained on; a split with no labels at all is a set-up error.
-            unlabelled = [u.audio for u in splits[s] if u.phn is None]
-            splits[s] = [u for u in splits[s] if u.phn is not None]
-            if not splits[s]:
+            if all(u.phn is None for u in splits[s]):
                 raise DataError(f"{self.data_root / self.corpus}: no {s} utterance has a .phn label file beside its "
                                 f"audio; `bench align {self.data_root / self.corpus}` makes them from word transcripts")
-            if unlabelled:
-                log.warning("%s %s: %d utterance(s) without a .phn label file left out, e.g. %s", self.corpus, s,
-                            len(unlabelled), unlabelled[0])
-                self.skipped += [f"{a}: no .phn label file" for a in unlabelled]
             bad, raw[s] = BadRecords(f"{self.corpus} {s} utterances", len(splits[s]), self.bad_records), []
             for utt in tqdm(splits[s], desc=f"features {self.corpus} {s}", unit="utt", leave=False, mininterval=2):
                 try:
+                    if utt.phn is None:  # e.g. one the aligner could not label (its align-report.tsv says why)
+                        raise DataError(f"{utt.audio}: no .phn label file beside it (`bench align` makes them)")
                     raw[s].append(self._features(utt))
                 except DataError as err:  # audio that does not read, a .phn that does not parse
                     bad.add(err)

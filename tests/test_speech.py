@@ -15,12 +15,14 @@ from datamodules.speech import (
     Features,
     SpeechDataModule,
     Utterance,
+    delay_labels,
     find_splits,
     frame_labels,
     pad_batch,
     read_phn,
+    stack_context,
 )
-from tasks.frame_classifier import FrameClassifier, collapse
+from tasks.frame_classifier import FrameClassifier, collapse, drop_short_runs
 from tasks.nn.errors import DataError
 from tests.conftest import REAL_DATA_ROOT, find_run, need_real_data
 
@@ -115,6 +117,34 @@ def test_padding_is_masked_out_of_loss_and_metrics():
     assert int(model.counts["test_frames"].compute()) == 2 * 13
     alone = model(short[0].unsqueeze(1))
     torch.testing.assert_close(model(batch["feats"])[:4, 1], alone[:, 0])
+
+
+def test_context_frames_and_label_delay():
+    feats, labels = torch.arange(8.0).view(4, 2), torch.tensor([5, 6, 7, 8])  # 4 frames of 2 features
+    stacked = stack_context(feats, 1)
+    assert stacked.shape == (4, 6)
+    assert stacked[0].tolist() == [0, 1, 0, 1, 2, 3] and stacked[2].tolist() == [2, 3, 4, 5, 6, 7]  # t-1, t, t+1
+    assert stacked[3].tolist() == [4, 5, 6, 7, 6, 7]  # the edge frame repeated
+    f, y = delay_labels(feats, labels, 2)
+    assert y.tolist() == [IGNORE, IGNORE, 5, 6, 7, 8] and f[4:].tolist() == [[6, 7], [6, 7]]
+    # every label still scored once, each at its step + delay
+    batch = pad_batch([(feats, labels), (feats[:2], labels[:2])], context=1, delay=2)
+    assert batch["feats"].shape == (6, 2, 6) and int((batch["labels"] != IGNORE).sum()) == 6
+
+
+def test_minimum_duration_decoding_drops_flickers_but_keeps_real_phones():
+    assert drop_short_runs([1, 1, 1, 2, 1, 1, 1], 3) == [1]  # a one-frame flicker is no phone
+    assert drop_short_runs([1, 1, 1, 2, 2, 2, 1, 1, 1], 3) == [1, 2, 1]
+    assert drop_short_runs([4, 5], 3) == [4, 5]  # all runs short: nothing to go on, collapse as is
+    ps = PHONE_SETS["an4"]
+    model = FrameClassifier(input_size=3, num_classes=len(ps.train), fold_ids=ps.fold_ids(),
+                            score_names=list(ps.score), hidden_size=4, num_layers=1)
+    ref = torch.tensor([0] * 6 + [1] * 6)
+    flicker = torch.tensor([0, 0, 2, 0, 0, 0] + [1] * 6)
+    model.forward = lambda feats: torch.nn.functional.one_hot(flicker, len(ps.train)).float().unsqueeze(1) * 10
+    model._step({"feats": torch.zeros(12, 1, 3), "labels": ref.unsqueeze(1)}, "test")
+    c = {k: int(model.counts[f"test_{k}"].compute()) for k in ("edits", "edits_smoothed", "phones")}
+    assert c == {"edits": 2, "edits_smoothed": 0, "phones": 2}  # raw: 0 2 0 1 against 0 1
 
 
 def test_collapse_and_per_match_jiwer():
