@@ -171,11 +171,10 @@ def test_an4_layout_reads_the_corpus_file_lists(an4_real, tmp_path):
     assert [(p.utt, p.reason.split(" (")[0]) for p in problems] == [("cen7-fash-b", "transcript without audio")]
 
 
-def test_the_speech_task_reads_an_aligned_corpus_and_leaves_unlabelled_audio_out(an4_real, tmp_path):
-    """An AN4-layout corpus from a few real utterances, labelled by `bench align --out`; one
-    utterance the aligner cannot label (its transcript replaced) is left out of training, counted."""
-    src = tmp_path / "src"
-    text = transcripts(an4_real)
+def an4_layout(an4: Path, src: Path, replace: dict[str, str] | None = None) -> Path:
+    """A few real utterances in AN4's own layout (wav/<part>/<speaker>/, etc/*.transcription and
+    .fileids), without labels; `replace` gives some utterances other words."""
+    text = transcripts(an4)
     lines = {"an4_train": [], "an4_test": []}
     for part, spk, utts in (("an4_clstk", "fash", ("an251-fash-b", "an253-fash-b", "cen1-fash-b")),
                             ("an4_clstk", "fbbh", ("an86-fbbh-b", "an87-fbbh-b")),
@@ -183,17 +182,22 @@ def test_the_speech_task_reads_an_aligned_corpus_and_leaves_unlabelled_audio_out
         (src / "wav" / part / spk).mkdir(parents=True, exist_ok=True)
         split = "an4_train" if part == "an4_clstk" else "an4_test"
         for utt in utts:
-            shutil.copy(an4_real / "wav" / part / spk / f"{utt}.flac", src / "wav" / part / spk)
-            words = text.get(utt) or next(
-                line.rpartition("(")[0].strip() for line in (an4_real / "etc" / f"{split}.transcription").read_text()
+            shutil.copy(an4 / "wav" / part / spk / f"{utt}.flac", src / "wav" / part / spk)
+            words = (replace or {}).get(utt) or text.get(utt) or next(
+                line.rpartition("(")[0].strip() for line in (an4 / "etc" / f"{split}.transcription").read_text()
                 .splitlines() if f"({utt})" in line)
-            if utt == "cen1-fash-b":
-                words = "SEVENTEEN SEVENTY SEVEN " * 6
             lines[split].append((f"{part}/{spk}/{utt}", f"<s> {words} </s> ({utt})"))
     (src / "etc").mkdir()
     for split, rows in lines.items():
         (src / "etc" / f"{split}.fileids").write_text("".join(f"{f}\n" for f, _ in rows))
         (src / "etc" / f"{split}.transcription").write_text("".join(f"{t}\n" for _, t in rows))
+    return src
+
+
+def test_the_speech_task_reads_an_aligned_corpus_and_leaves_unlabelled_audio_out(an4_real, tmp_path):
+    """An AN4-layout corpus from a few real utterances, labelled by `bench align --out`; one
+    utterance the aligner cannot label (its transcript replaced) is left out of training, counted."""
+    src = an4_layout(an4_real, tmp_path / "src", replace={"cen1-fash-b": "SEVENTEEN SEVENTY SEVEN " * 6})
     assert main(["align", str(src), "--out", str(tmp_path / "root" / "an4"), "--jobs", "1"]) == 0
     assert len(list((tmp_path / "root" / "an4").rglob("*.phn"))) == 6
 
@@ -207,6 +211,19 @@ def test_the_speech_task_reads_an_aligned_corpus_and_leaves_unlabelled_audio_out
     batch = next(iter(dm.train_dataloader()))
     assert batch["feats"].size(-1) == 3 * dm.features.dim == dm.model_kwargs()["input_size"]
     assert (batch["labels"][:2] == -100).all()  # the first `delay` steps ask for no label
+
+
+def test_a_speech_run_labels_an4_audio_that_has_no_labels(an4_real, tmp_path):
+    an4_layout(an4_real, tmp_path / "an4")  # the audio and transcripts, as GitHub's copy has them
+    dm = SpeechDataModule(tmp_path, corpus="an4", phone_set="an4", valid_speakers=["fbbh"],
+                          cache_dir=tmp_path / "cache")
+    dm.prepare_data()
+    assert len(list((tmp_path / "an4").rglob("*.phn"))) == 7
+    stamp = (tmp_path / "an4" / REPORT).stat().st_mtime_ns
+    dm.prepare_data()  # all labelled: nothing to do
+    assert (tmp_path / "an4" / REPORT).stat().st_mtime_ns == stamp
+    dm.setup()
+    assert {s: len(d) for s, d in dm.sets.items()} == {"train": 3, "valid": 2, "test": 2}
 
 
 def test_fetch_an4_checks_every_utterances_samples_then_aligns(an4_real, tmp_path, monkeypatch):
