@@ -146,9 +146,10 @@ def test_fetch_lists_every_data_set():
     from benchmark.cli import build_parser
     from datamodules.sources import SOURCES
 
-    assert set(SOURCES) == {"ptb", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014", "flickr8k"}
+    assert set(SOURCES) == {"ptb", "an4", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014", "flickr8k"}
     assert all(spec.name for spec in SOURCES.values())
     assert build_parser().parse_args(["fetch", "flickr8k"]).dataset == "flickr8k"
+    assert build_parser().parse_args(["fetch", "an4"]).dataset == "an4"  # 64 MB: no --yes needed
     assert build_parser().parse_args(["fetch", "coco2014", "--yes"]).yes
 
 
