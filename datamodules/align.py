@@ -92,8 +92,9 @@ def detect_layout(root: Path) -> str:
     return "simple"
 
 
-def _audio_of(stem: Path) -> Path | None:
-    return next((stem.with_suffix(s) for s in AUDIO_SUFFIXES if stem.with_suffix(s).is_file()), None)
+def audio_of(stem: Path) -> Path | None:
+    """The audio file `stem` + one of AUDIO_SUFFIXES, if there is one."""
+    return next((p for p in (Path(f"{stem}{s}") for s in AUDIO_SUFFIXES) if p.is_file()), None)
 
 
 def _audio_files(root: Path) -> Iterator[Path]:
@@ -143,7 +144,7 @@ def read_items(root: Path, layout: str | None = None, out: Path | None = None) -
     if layout == "an4":
         transcripts, problems = an4_transcripts(root)
         for utt, (fileid, words) in transcripts.items():
-            audio = _audio_of(root / "wav" / fileid)
+            audio = audio_of(root / "wav" / fileid)
             if audio is None:
                 problems.append(Problem(utt, root / "wav" / fileid, "transcript without audio (.flac/.wav/.sph)"))
                 continue
@@ -180,7 +181,7 @@ def read_items(root: Path, layout: str | None = None, out: Path | None = None) -
         audio_stems = {a.with_suffix("") for a in transcribed}
         audio_dirs = {a.parent for a in _audio_files(root)}  # elsewhere a .txt is documentation, not a transcript
         for trans in sorted(p for s in TRANSCRIPT_SUFFIXES for p in root.rglob(f"*{s}") if p.parent in audio_dirs):
-            if trans.with_suffix("") not in audio_stems and _audio_of(trans.with_suffix("")) is None:
+            if trans.with_suffix("") not in audio_stems and audio_of(trans.with_suffix("")) is None:
                 problems.append(Problem(trans.stem, trans, "transcript without audio"))
     else:
         raise DataError(f"unknown corpus layout {layout!r}; known: an4, kaldi, simple")

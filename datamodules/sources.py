@@ -20,7 +20,7 @@ from typing import Any
 import soundfile as sf
 
 from datamodules import download as fetch
-from datamodules.align import AUDIO_SUFFIXES, align_corpus
+from datamodules.align import AUDIO_SUFFIXES, align_corpus, audio_of
 from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,21 +51,27 @@ TIMIT_SAMPLE = fetch.Dataset(
 )
 
 
+def sample_digest(audio: Path) -> str:
+    """sha256 of a file's 16-bit little-endian samples: the same for any lossless container."""
+    samples, _ = sf.read(audio, dtype="int16")
+    return hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
+
+
 def check_an4_samples(folder: Path) -> None:
     """Every utterance of the list present with exactly its samples, whatever the container (the
     publisher's NIST SPHERE, GitHub's RIFF WAV, the shared FLAC copy)."""
     wrong = []
     for stem, digest in AN4_SAMPLE_SUMS.items():
-        audio = next((folder / f"{stem}{s}" for s in AUDIO_SUFFIXES if (folder / f"{stem}{s}").is_file()), None)
+        audio = audio_of(folder / stem)
         if audio is None:
             wrong.append(f"{stem}: missing")
             continue
         try:
-            samples, _ = sf.read(audio, dtype="int16")
+            same = sample_digest(audio) == digest
         except (RuntimeError, sf.LibsndfileError) as err:
             wrong.append(f"{audio}: unreadable ({err})")
             continue
-        if hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest() != digest:
+        if not same:
             wrong.append(f"{audio}: its samples differ from the publisher's")
     if wrong:
         raise DataError(f"{folder}: {len(wrong)} of {len(AN4_SAMPLE_SUMS)} AN4 utterances fail the sample check "
@@ -89,8 +95,11 @@ def prepare_an4(folder: Path) -> None:
     label_an4(folder)
 
 
-# sha256 of each utterance's 16-bit little-endian samples (not of its file): the check holds for any
-# lossless container. Made from the shared copy (github.com/cmusphinx/an4 as FLAC): 1,077 utterances.
+# sample_digest() of each utterance (not the sha256 of its file): the check holds for any lossless
+# container. Made from the shared copy (github.com/cmusphinx/an4 as FLAC), 1,077 utterances, with
+#   root = Path("../shared/data/an4")
+#   for f in sorted(root.glob("wav/*/*/*.flac")):
+#       print(f"{sample_digest(f)}  {f.relative_to(root).with_suffix('').as_posix()}")
 AN4_SAMPLE_SUMS = fetch.read_sums(Path(__file__).parent / "checksums" / "an4-samples.sha256")
 AN4 = fetch.LargeDataset(
     name="an4",

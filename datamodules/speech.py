@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from datamodules import download as fetch
 from datamodules import sources
+from datamodules.align import AUDIO_SUFFIXES
 from datamodules.bad_records import BadRecordPolicy, BadRecords
 from datamodules.base import TaskDataModule
 from datamodules.phones import PHONE_SETS, PhoneSet
@@ -55,7 +56,6 @@ from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".flac", ".wav", ".sph")
 IGNORE = -100
 # TIMIT's documentation (testset.doc, Table 1): 2 male + 1 female speaker per dialect region.
 TIMIT_CORE_TEST = {

@@ -73,7 +73,8 @@ class FrameClassifier(TaskModule):
         self.register_buffer("fold", torch.tensor(fold_ids + [-1]), persistent=False)  # [-1]: IGNORE -> -1
         self.counts = nn.ModuleDict({
             f"{stage}_{name}": SumMetric()
-            for stage in ("train", "valid", "test", "train_eval") for name in ("correct", "frames", "edits", "phones", "edits_smoothed")
+            for stage in ("train", "valid", "test", "train_eval")
+            for name in ("correct", "frames", "edits", "phones", "edits_smoothed")
         })
 
     def forward(self, feats: Tensor) -> Tensor:
@@ -124,9 +125,9 @@ class FrameClassifier(TaskModule):
         if c["frames"].update_count:
             self.log(f"{stage}_frame_acc", c["correct"].compute() / c["frames"].compute().clamp_min(1),
                      prog_bar=stage != "test", add_dataloader_idx=False)
-            for name in ("per", "per_smoothed"):
-                edits = c["edits" if name == "per" else "edits_smoothed"].compute()
-                self.log(f"{stage}_{name}", edits / c["phones"].compute().clamp_min(1), add_dataloader_idx=False)
+            for name, edits in (("per", c["edits"]), ("per_smoothed", c["edits_smoothed"])):
+                self.log(f"{stage}_{name}", edits.compute() / c["phones"].compute().clamp_min(1),
+                         add_dataloader_idx=False)
             if stage in self.test_streams:  # how many frames the test scored: each once, on any number of ranks
                 self.log(f"{stage}_frames", c["frames"].compute().float(), add_dataloader_idx=False)
         for metric in c.values():
