@@ -38,10 +38,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
 
-def check_checkpoint(path: Path) -> None:
-    """Fail early, naming the file, if a checkpoint to resume from is missing or unreadable."""
+def check_checkpoint(path: Path, purpose: str = "resume") -> dict[str, Any]:
+    """Fail early, naming the file, if a checkpoint to resume from (or to load) is missing or unreadable."""
     if not path.is_file():
-        raise BenchError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
+        if purpose == "resume":
+            raise BenchError(f"{path}: no checkpoint to resume from; drop --resume to start a new run")
+        raise BenchError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -50,8 +52,10 @@ def check_checkpoint(path: Path) -> None:
     except Exception as err:  # torch raises many types for a damaged zip/pickle
         raise BenchError(
             f"{path}: corrupt or unreadable checkpoint ({type(err).__name__}: {err}); "
-            f"delete it to resume from an older one in that folder, or start a new run"
+            + ("delete it to resume from an older one in that folder, or start a new run" if purpose == "resume"
+               else "copy it again from where it was made")
         ) from err
     missing = {"state_dict", "loops", "epoch"} - set(ckpt)
     if missing:
         raise BenchError(f"{path}: not a Lightning training checkpoint (no {sorted(missing)})")
+    return ckpt

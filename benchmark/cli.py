@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", aliases=["presets"], help="tasks and presets with their key numbers")
     _leaderboard_parser(sub)
     _ensemble_parser(sub)
+    _eval_parser(sub)
+    _inference_parsers(sub)
     return p
 
 
@@ -138,7 +140,7 @@ def _leaderboard_parser(sub) -> None:
 def _ensemble_parser(sub) -> None:
     e = sub.add_parser("ensemble", help="average the predicted distributions of saved models (the paper's "
                                         "Table 1 model averaging); appends an ensemble row to <results-dir>/runs.csv")
-    e.add_argument("--task", required=True, help="a task whose module can ensemble (ptb)")
+    e.add_argument("--task", required=True, help="a task whose module can ensemble (all four)")
     e.add_argument("--runs", type=Path, nargs="+", required=True,
                    help="run folders (or checkpoint files) of the members: same task, preset and vocabulary")
     e.add_argument("--checkpoint", choices=("last", "best"), default="last",
@@ -146,6 +148,57 @@ def _ensemble_parser(sub) -> None:
     e.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
     e.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     e.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch (default: the preset's)")
+
+
+def _eval_parser(sub) -> None:
+    e = sub.add_parser(
+        "eval", help="score a saved model on its preset's test sets or on others given by path; appends an "
+                     "evaluation row to <results-dir>/runs.csv",
+        description="Scores a trained model with the same test code its run used. Test sets by path (--test, "
+                    "repeatable): ptb TEXT (PTB format); translation SRC REF (plain lines or WMT .sgm); captioning "
+                    "CAPTIONS_JSON IMAGE_DIR (COCO format); speech FOLDER (audio with a TIMIT-style .phn beside "
+                    "each file). These need only the checkpoint; without --test, the preset's own test sets are "
+                    "read from --data-root.")
+    e.add_argument("model", type=Path, help="a run folder of `bench run`, or a .ckpt file")
+    e.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="for a run folder: the last epoch's model (the headline) or the best by validation")
+    e.add_argument("--test", dest="tests", type=Path, nargs="+", action="append", metavar="PATH",
+                   help="a test set by path (see above); repeat for several")
+    e.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
+    e.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    e.add_argument("--out", type=Path, default=None,
+                   help="where outputs and samples go (default <run>/eval/<checkpoint>-<test sets>)")
+    e.add_argument("--accelerator", default="auto")
+    e.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch (default: the preset's)")
+
+
+def _inference_parsers(sub) -> None:
+    def model_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", type=Path, required=True, help="a run folder of `bench run`, or a .ckpt file")
+        p.add_argument("--checkpoint", choices=("last", "best"), default="last")
+        p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+
+    t = sub.add_parser("translate", help="translate sentences, one per line (a file, or stdin)")
+    model_arg(t)
+    t.add_argument("input", nargs="?", type=Path, help="a text file (default: stdin)")
+    t.add_argument("--beam", type=_positive_int, default=None, help="beam size (default: the model's; 1: greedy)")
+    c = sub.add_parser("caption", help="caption images")
+    model_arg(c)
+    c.add_argument("images", nargs="+", type=Path)
+    c.add_argument("--beam", type=_positive_int, default=None, help="beam size (default: the model's; 1: greedy)")
+    ph = sub.add_parser("phones", help="phone sequence (and frame labels) of audio files")
+    model_arg(ph)
+    ph.add_argument("audio", nargs="+", type=Path)
+    ph.add_argument("--frames", action="store_true", help="also one label per 10 ms frame")
+    sc = sub.add_parser("score", help="perplexity of a language model on text (PTB format: one sentence a line)")
+    model_arg(sc)
+    sc.add_argument("input", nargs="?", type=Path, help="a text file (default: stdin)")
+    sa = sub.add_parser("sample", help="text sampled from a language model")
+    model_arg(sa)
+    sa.add_argument("--words", type=_positive_int, default=100)
+    sa.add_argument("--temperature", type=float, default=1.0)
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--prompt", default="", help="words to start from")
 
 
 def _dropouts(text: str) -> tuple[str, ...]:
@@ -308,6 +361,96 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from benchmark.evaluate import evaluate
+
+    row = evaluate(args.model, args.checkpoint, args.data_root, args.results_dir, args.tests, out_dir=args.out,
+                   accelerator=args.accelerator, batch_size=args.batch_size,
+                   command=shlex.join(["bench", *args.argv]))
+    spec = registry.get(row["task"])
+    shown = [k for k in row if k.startswith("test") and not k.endswith("_frames") and row[k] != ""]
+    print(f"{row['task']} {row['preset']} dropout {row['dropout']} seed {row['seed']}, {row['evaluation']}: "
+          + ", ".join(f"{k} {row[k]}" for k in shown if k.endswith(spec.headline.removeprefix("test_")) or k in
+                      (spec.headline,)))
+    print(f"row appended to {args.results_dir / 'runs.csv'}")
+    return 0
+
+
+def _read_lines(path: Path | None) -> list[str]:
+    if path is None:
+        return sys.stdin.read().splitlines()
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ConfigError(f"{path}: unreadable ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from err
+
+
+def _load_for(args: argparse.Namespace, task: str):
+    import torch
+
+    from benchmark import trained
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return trained.load(args.model, args.checkpoint, task=task)
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from benchmark import infer
+
+    t = _load_for(args, "translation")
+    for line in infer.translate(t, _read_lines(args.input), beam=args.beam):
+        print(line)
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from benchmark import infer
+
+    failed = 0
+    for path, text in infer.caption(_load_for(args, "captioning"), args.images, beam=args.beam):
+        print(f"{path}\t{text if text is not None else ''}")
+        failed += text is None
+    return 1 if failed == len(args.images) else 0
+
+
+def cmd_phones(args: argparse.Namespace) -> int:
+    from benchmark import infer
+
+    t, failed = _load_for(args, "speech"), 0
+    for path in args.audio:
+        try:
+            seq, frames = infer.phones(t, path)
+        except BenchError as err:
+            infer.warn(f"{err}; skipped")
+            print(f"{path}\t")
+            failed += 1
+            continue
+        print(f"{path}\t{' '.join(seq)}" + (f"\t{' '.join(frames)}" if args.frames else ""))
+    return 1 if failed == len(args.audio) else 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import io
+
+    from benchmark import infer
+
+    t = _load_for(args, "ptb")
+    ids, words, unknown = infer.ptb_ids(t, io.StringIO("\n".join(_read_lines(args.input))))
+    ppl = infer.perplexity(t, ids)
+    print(f"perplexity {ppl:.2f} over {words} words (<eos> counted; {unknown} outside the vocabulary, read as <unk>)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from benchmark import infer
+
+    print(infer.sample(_load_for(args, "ptb"), args.words, args.temperature, args.seed, args.prompt), end="")
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmark.leaderboard import MARKDOWN_FILE, build
 
@@ -335,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     handler = {"run": cmd_run, "fetch": cmd_fetch, "align": cmd_align, "list": cmd_list, "presets": cmd_list,
-               "leaderboard": cmd_leaderboard, "ensemble": cmd_ensemble}
+               "leaderboard": cmd_leaderboard, "ensemble": cmd_ensemble, "eval": cmd_eval, "translate": cmd_translate,
+               "caption": cmd_caption, "phones": cmd_phones, "score": cmd_score, "sample": cmd_sample}
     try:
         return handler[args.command](args)
     except BenchError as err:

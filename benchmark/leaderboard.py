@@ -79,7 +79,7 @@ def current_hashes(runs: list[dict[str, str]]) -> dict[tuple[str, str], str]:
     """(task, preset) -> the hash of its newest run of the preset as named: the current setting."""
     newest: dict[tuple[str, str], dict[str, str]] = {}
     for row in runs:
-        if row.get("overrides") or row.get("ensemble"):
+        if row.get("overrides") or row.get("ensemble") or row.get("evaluation"):
             continue
         key = (row["task"], row["preset"])
         if key not in newest or row.get("finished_utc", "") >= newest[key].get("finished_utc", ""):
@@ -91,7 +91,7 @@ def groups(runs: list[dict[str, str]]) -> dict[tuple[str, str, str, str, str], l
     """(task, preset, hash, dropout, ensemble) -> its rows, one per seed (the latest)."""
     out: dict[tuple[str, str, str, str, str], dict[str, dict[str, str]]] = defaultdict(dict)
     for row in sorted(runs, key=lambda r: r.get("finished_utc", "")):
-        if not row.get("overrides"):
+        if not row.get("overrides") and not row.get("evaluation"):  # `bench eval` rows are not training runs
             key = (row["task"], row["preset"], _hash(row), row["dropout"], row.get("ensemble") or "")
             out[key][row["seed"]] = row
     return {k: list(v.values()) for k, v in sorted(out.items())}

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -39,6 +40,7 @@ CODE_PATHS = ("benchmark", "tasks", "datamodules", "configs", "scripts", "pyproj
 RESULT_FILE = "result.json"  # in the run folder: the run finished and its row is in runs.csv
 SKIPPED_FILE = "skipped_records.txt"  # in the run folder: the bad records a large corpus skipped
 RUN_ID_FILE = "run_id"  # in the run folder: the run's identity across resumes
+CONFIG_FILE = "config.yaml"  # in the run folder: the resolved settings it ran with
 
 
 @dataclass
@@ -286,7 +288,13 @@ def build(r: Run) -> None:
         r.model = module_cls(**preset.model, **r.dm.model_kwargs())
     except TypeError as err:
         raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
+    r.model.use_test_streams(r.dm.stream_names())
+    r.model.run_info = {"task": preset.task, "preset": preset.name, "dropout": opts.dropout, "seed": opts.seed,
+                        "config_hash": r.chash, "overrides": overrides_of(preset, r.cli_trainer),
+                        "git_commit": r.commit, "run_id": r.run_id}
     trainer_kwargs = {**preset.trainer, **r.cli_trainer}
+    if _is_rank_zero():
+        write_config(r, trainer_kwargs)
     r.loggers = make_loggers(r.run_dir, opts, preset, {
         "task": preset.task, "preset": preset.name, "dropout": opts.dropout, "dropout_rates": r.rates,
         "seed": opts.seed, "config_hash": r.chash, "model": preset.model, "data": preset.data,
@@ -304,6 +312,21 @@ def build(r: Run) -> None:
         )
     except (TypeError, ValueError, MisconfigurationException) as err:
         raise ConfigError(f"bad trainer setting in {preset.path} or the command line: {err}") from err
+
+
+def write_config(r: Run, trainer_kwargs: dict[str, Any]) -> Path:
+    """<run>/config.yaml: the run's resolved settings (the preset after --set and --dropout, the
+    command line's trainer settings over the preset's), as Lightning's CLI records a run's config."""
+    preset = r.preset
+    resolved = {"task": preset.task, "preset": preset.name, "config_file": str(preset.path),
+                "dropout": r.opts.dropout, "dropout_rates": r.rates, "seed": r.opts.seed, "config_hash": r.chash,
+                "git_commit": r.commit, "command": r.opts.command, "model": preset.model, "data": preset.data,
+                "trainer": trainer_kwargs, "paper": preset.paper}
+    r.run_dir.mkdir(parents=True, exist_ok=True)
+    path = r.run_dir / CONFIG_FILE
+    plain = json.loads(json.dumps(resolved, default=str))  # paths as text
+    _write_atomic(path, yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
+    return path
 
 
 def callbacks(r: Run, trainer_kwargs: dict[str, Any]) -> list[L.Callback]:

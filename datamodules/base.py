@@ -2,22 +2,65 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.shards import EvalBlocks
+from tasks.nn.errors import DataError
+
+PLACE_ARGS = ("data_root", "cache_dir", "test_only")  # where data sits and what to read now: not settings
 
 
 class TaskDataModule(L.LightningDataModule):
+    """A checkpoint carries what the data taught the model, so that evaluation and inference need
+    only the `.ckpt`: Lightning stores the DataModule's `state_dict()` under the class's name, its
+    settings (constructor arguments) and what setup() learned (vocabularies, normalisation
+    statistics). `load_state_dict` gives the learned part back before `setup`, which then uses it
+    instead of learning it again; with `test_only` it reads the `test_sets` alone."""
+
     def __init__(self) -> None:
         super().__init__()
         # Bad records setup() skipped in a large corpus (datamodules/bad_records.py): the runner
         # lists them in the run folder and counts them in the results row.
         self.skipped: list[str] = []
+        self.restored: dict[str, Any] | None = None  # a checkpoint's state_dict(), for setup() to use
+
+    def keep_settings(self) -> None:
+        """Record the calling constructor's arguments as the data settings a checkpoint carries: the
+        folders they sit in are the machine's, not the model's, so `data_root` and `cache_dir` stay
+        out. (Not `save_hyperparameters`: Lightning would merge them with the model's for the loggers,
+        and a `max_len` of each means different things.)"""
+        frame = inspect.getargvalues(inspect.currentframe().f_back)
+        self.settings = {k: str(v) if isinstance(v, Path) else v for k, v in
+                         ((k, frame.locals[k]) for k in frame.args if k not in ("self", *PLACE_ARGS))}
+
+    def learned(self) -> dict[str, Any]:
+        """What setup() learned from the training data that a model needs to read new input; {}
+        before setup()."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings": dict(getattr(self, "settings", {})), **self.learned()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Before setup(): use these instead of learning them. After (Lightning restores a resumed
+        run's DataModule once set up): they must be what setup() learned, or the data changed under
+        the run."""
+        current, state = self.learned(), {k: v for k, v in state.items() if k != "settings"}
+        if current:
+            for key, value in state.items():
+                same = torch.equal(value, current.get(key)) if isinstance(value, torch.Tensor) else value == current.get(key)
+                if not same:
+                    raise DataError(f"the data under this run changed since its checkpoint was written ({key} differs); "
+                                    f"restore the data or start a new run")
+            return
+        self.restored = dict(state)
 
     def data_files(self) -> list[Path]:
         """Every file or folder it reads: the settings hash covers their names and sizes."""
@@ -27,6 +70,10 @@ class TaskDataModule(L.LightningDataModule):
         """What the LightningModule's constructor needs from the data (vocabulary, feature size);
         called after setup("fit")."""
         return {}
+
+    def stream_names(self) -> list[str]:
+        """The test streams, in test_dataloader() order: the names their metrics start with."""
+        return ["test"]
 
     def rank_world(self) -> tuple[int, int]:
         """(this process's rank, the world size) under the Trainer; (0, 1) outside one. For the
@@ -46,9 +93,10 @@ class StreamsDataModule(TaskDataModule):
     then "test_<name>" for each extra test set, one DataLoader each, in that order."""
 
     test_sets: dict[str, Any]  # name -> where an extra test set lives
+    test_only: bool = False  # the test_sets alone, read with what a checkpoint's state_dict() holds
 
     def stream_names(self) -> list[str]:
-        return ["test", *(f"test_{name}" for name in self.test_sets)]
+        return ["test"] * (not self.test_only) + [f"test_{name}" for name in self.test_sets]
 
     def loader(self, stream: str, shuffle: bool) -> DataLoader:
         raise NotImplementedError

@@ -301,8 +301,11 @@ class CaptionsDataModule(StreamsDataModule):
         finetune: bool = False,
         cache_dir: str | Path | None = None,
         bad_records: dict[str, Any] | None = None,
+        test_only: bool = False,
     ) -> None:
         super().__init__()
+        self.keep_settings()
+        self.test_only = test_only
         self.data_root = Path(data_root)
         self.images_dir, self.captions_json = self._path(images), self._path(captions)
         self.karpathy = self._path(karpathy_split) if karpathy_split else None
@@ -323,27 +326,37 @@ class CaptionsDataModule(StreamsDataModule):
         """What the run reads: the settings hash covers their names and sizes, so Flickr8k's
         224x224 re-encoded copy does not pool with the publisher's full-size images."""
         extra = [self._path(spec[k]) for spec in self.test_sets.values() for k in ("images", "captions")]
+        if self.test_only:
+            return extra
         return [self.images_dir, self.captions_json, *([self.karpathy] if self.karpathy else []), *extra]
 
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
             return
-        if not self.images_dir.is_dir():
-            raise DataError(f"{self.images_dir}: image folder not found. Put {sources.FETCH_HELP['captions']}")
-        entries = assign_splits(read_coco(self.images_dir, self.captions_json), self.karpathy, self.split,
-                                str(self.split["salt"]))
+        if self.test_only and not self.restored:
+            raise DataError("test_only needs the vocabulary of a trained model (load_state_dict)")
+        entries = {}
+        if not self.test_only:
+            if not self.images_dir.is_dir():
+                raise DataError(f"{self.images_dir}: image folder not found. Put {sources.FETCH_HELP['captions']}")
+            entries = assign_splits(read_coco(self.images_dir, self.captions_json), self.karpathy, self.split,
+                                    str(self.split["salt"]))
         for name, spec in self.test_sets.items():
             entries[f"test_{name}"] = read_coco(self._path(spec["images"]), self._path(spec["captions"]))
+        streams = [*([] if self.test_only else ["train", "valid"]), *self.stream_names()]
         self.encoder = build_encoder(*self.encoder_args)
-        cache = FeatureCache(self.encoder, self.image_size, self.cache_dir, resize=self.resize)
+        cache = self.feature_cache()
         feats = {}
-        for name in ("train", "valid", *self.stream_names()):
+        for name in streams:
             bad = BadRecords(f"{name} images", len(entries[name]), self.bad_records)
             feats[name], entries[name] = cache(entries[name], name, bad)
             self.skipped += bad.check()
-        train_words = [normalize_caption(c)[: self.max_len] for img in entries["train"] for c in img.captions]
-        self.vocab = WordVocab.build(train_words, min_count=self.min_count)
-        for name in ("train", "valid", *self.stream_names()):
+        if self.restored:
+            self.vocab = WordVocab(self.restored["itos"])
+        else:
+            train_words = [normalize_caption(c)[: self.max_len] for img in entries["train"] for c in img.captions]
+            self.vocab = WordVocab.build(train_words, min_count=self.min_count)
+        for name in streams:
             words = [[normalize_caption(c) for c in img.captions] for img in entries[name]]
             ids = [[self.vocab.encode(w[: self.max_len] if name == "train" else w) for w in ws] for ws in words]
             refs = [[" ".join(w) for w in ws] for ws in words]
@@ -352,6 +365,15 @@ class CaptionsDataModule(StreamsDataModule):
         log.info("captions: %s images; %d-word vocabulary (min count %d); encoder %s", 
                  {k: len(v.captions) for k, v in self.sets.items()}, len(self.vocab), self.min_count,
                  self.encoder.description)
+
+    def feature_cache(self) -> FeatureCache:
+        """The image pipeline the model was trained on: encoder, resize, crop, normalisation."""
+        if not hasattr(self, "encoder"):
+            self.encoder = build_encoder(*self.encoder_args)
+        return FeatureCache(self.encoder, self.image_size, self.cache_dir, resize=self.resize)
+
+    def learned(self) -> dict[str, Any]:
+        return {"itos": self.vocab.itos} if hasattr(self, "vocab") else {}
 
     def model_kwargs(self) -> dict[str, Any]:
         description = self.encoder.description + (", fine-tuned" if self.finetune else "")

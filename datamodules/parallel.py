@@ -262,9 +262,12 @@ class ParallelTextDataModule(StreamsDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 128,
         bad_records: dict[str, Any] | None = None,
+        test_only: bool = False,
     ) -> None:
         super().__init__()
-        if train is None:
+        self.keep_settings()
+        self.test_only = test_only
+        if train is None and not test_only:
             raise DataError("the translation preset needs `data.train`, e.g. {tab: tatoeba-fra-eng/fra.txt}")
         self.data_root = Path(data_root)
         self.train_spec, self.valid_spec, self.test_spec = train, valid, test
@@ -284,14 +287,14 @@ class ParallelTextDataModule(StreamsDataModule):
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes (a sacrebleu test set
         by name has no file here; its name is in the settings)."""
-        specs = [self.train_spec, self.valid_spec, self.test_spec, *self.test_sets.values()]
+        specs = [*([] if self.test_only else [self.train_spec, self.valid_spec, self.test_spec]), *self.test_sets.values()]
         paths = [p for spec in specs if spec for key, p in spec.items() if key in ("tab", "src", "ref")]
         return [Path(p).expanduser() if Path(p).expanduser().is_absolute() else self.data_root / p for p in paths]
 
     def prepare_data(self) -> None:
         # Tatoeba and the WMT dev sets have public archives with known hashes: fetched when absent.
         # For anything else read_corpus() names the missing file and where to get it.
-        specs = [self.train_spec, self.valid_spec, self.test_spec, *self.test_sets.values()]
+        specs = [*([] if self.test_only else [self.train_spec, self.valid_spec, self.test_spec]), *self.test_sets.values()]
         paths = [p for spec in specs if spec for key, p in spec.items() if key in ("tab", "src", "ref")]
         for ds in sources.PUBLISHED:
             wanted = [p for p in paths if Path(p).as_posix().startswith(ds.name + "/")]
@@ -300,6 +303,9 @@ class ParallelTextDataModule(StreamsDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
+            return
+        if self.test_only:
+            self._setup_test_sets()
             return
         raw = {"train": self._read(self.train_spec)}
         if self.valid_spec is None or self.test_spec is None:
@@ -315,7 +321,7 @@ class ParallelTextDataModule(StreamsDataModule):
             rng = random.Random(f"{self.split['salt']}-train-pairs")
             raw["train"] = rng.sample(raw["train"], self.train_pairs)
 
-        tok_src, tok_tgt = Tokenizer(self.src_lang, self.lowercase), Tokenizer(self.tgt_lang, self.lowercase)
+        tok_src, tok_tgt = self.tokenizers()
         words = {name: [(tok_src(s), tok_tgt(t)) for s, t in pairs] for name, pairs in raw.items()}
         n_train = len(words["train"])
         keep = [i for i, (s, t) in enumerate(words["train"]) if len(s) <= self.max_len and len(t) <= self.max_len]
@@ -326,13 +332,34 @@ class ParallelTextDataModule(StreamsDataModule):
                      self.max_len)
         if not words["train"]:
             raise DataError(f"no training pair is within max_len={self.max_len} tokens")
-        self.src_vocab = WordVocab.build((s for s, _ in words["train"]), self.vocab_sizes[0], self.min_count)
-        self.tgt_vocab = WordVocab.build((t for _, t in words["train"]), self.vocab_sizes[1], self.min_count)
+        if self.restored:
+            self.src_vocab, self.tgt_vocab = WordVocab(self.restored["src_itos"]), WordVocab(self.restored["tgt_itos"])
+        else:
+            self.src_vocab = WordVocab.build((s for s, _ in words["train"]), self.vocab_sizes[0], self.min_count)
+            self.tgt_vocab = WordVocab.build((t for _, t in words["train"]), self.vocab_sizes[1], self.min_count)
         for name in words:
             self.sets[name] = [Pair(self.src_vocab.encode(s), self.tgt_vocab.encode(t), rs, rt)
                                for (s, t), (rs, rt) in zip(words[name], raw[name])]
         log.info("translation %s: %s pairs; vocabularies %d source / %d target words", self.langpair,
                  {k: len(v) for k, v in self.sets.items()}, len(self.src_vocab), len(self.tgt_vocab))
+
+    def _setup_test_sets(self) -> None:
+        """The test_sets alone, encoded with a checkpoint's vocabularies: no training corpus needed."""
+        if not self.restored:
+            raise DataError("test_only needs the vocabularies of a trained model (load_state_dict)")
+        self.src_vocab, self.tgt_vocab = WordVocab(self.restored["src_itos"]), WordVocab(self.restored["tgt_itos"])
+        tok_src, tok_tgt = self.tokenizers()
+        for name, spec in self.test_sets.items():
+            self.sets[f"test_{name}"] = [Pair(self.src_vocab.encode(tok_src(s)), self.tgt_vocab.encode(tok_tgt(t)), s, t)
+                                         for s, t in self._read(spec)]
+
+    def tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
+        return Tokenizer(self.src_lang, self.lowercase), Tokenizer(self.tgt_lang, self.lowercase)
+
+    def learned(self) -> dict[str, Any]:
+        if not hasattr(self, "src_vocab"):
+            return {}
+        return {"src_itos": self.src_vocab.itos, "tgt_itos": self.tgt_vocab.itos}
 
     def _read(self, spec: dict[str, str]) -> list[tuple[str, str]]:
         pairs, skipped = read_corpus(spec, self.data_root, self.langpair, self.bad_records)
@@ -341,7 +368,7 @@ class ParallelTextDataModule(StreamsDataModule):
 
     def model_kwargs(self) -> dict[str, Any]:
         # Held-out parts of a hash-split corpus are scored against every translation of a sentence.
-        split = ["valid"] * (self.valid_spec is None) + ["test"] * (self.test_spec is None)
+        split = [] if self.test_only else ["valid"] * (self.valid_spec is None) + ["test"] * (self.test_spec is None)
         return {"src_vocab_size": len(self.src_vocab), "tgt_itos": self.tgt_vocab.itos, "tgt_lang": self.tgt_lang,
                 "test_streams": self.stream_names(), "multi_ref_streams": split}
 

@@ -100,12 +100,18 @@ class PTBDataModule(TaskDataModule):
         bptt: int = 35,
         train_tokens: int | None = None,
         download: bool = True,
+        test_sets: dict[str, str] | None = None,
+        test_only: bool = False,
     ) -> None:
+        """`test_sets`: name -> a text file in PTB's format, scored as `test_<name>_ppl` like the test
+        split (one column); `test_only`: those alone, with the vocabulary from a checkpoint."""
         super().__init__()
+        self.keep_settings()
         if batch_size < 1 or bptt < 1:
             raise DataError(f"batch_size and bptt must be positive, got {batch_size} and {bptt}")
         self.data_root, self.batch_size, self.bptt = Path(data_root), batch_size, bptt
         self.train_tokens, self.allow_download = train_tokens, download
+        self.test_sets, self.test_only = dict(test_sets or {}), test_only
         self.vocab: WordVocab | None = None
         self.ids: dict[str, Tensor] = {}
 
@@ -115,9 +121,12 @@ class PTBDataModule(TaskDataModule):
 
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes."""
-        return [self.folder / n for n in sources.PTB.sha256]
+        extra = [Path(p) for p in self.test_sets.values()]
+        return extra if self.test_only else [self.folder / n for n in sources.PTB.sha256] + extra
 
     def prepare_data(self) -> None:
+        if self.test_only:
+            return
         missing = [n for n in sources.PTB.sha256 if not (self.folder / n).is_file()]
         if missing and not self.allow_download:
             raise DataError(f"{self.folder}: missing {', '.join(missing)}; run `bench fetch ptb` or fix --data-root")
@@ -127,17 +136,33 @@ class PTBDataModule(TaskDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        tokens = {s: read_tokens(self.folder / f"ptb.{s}.txt") for s in SPLITS}
-        self.vocab = WordVocab.build([tokens["train"]], specials=())  # <unk> and <eos> are PTB's own words
-        self.ids = {s: encode_split(self.vocab, t, self.folder / f"ptb.{s}.txt") for s, t in tokens.items()}
-        if self.train_tokens is not None:
+        files = {} if self.test_only else {s: self.folder / f"ptb.{s}.txt" for s in SPLITS}
+        files.update({f"test_{name}": Path(path) for name, path in self.test_sets.items()})
+        tokens = {s: read_tokens(path) for s, path in files.items()}
+        if self.restored:
+            self.vocab = WordVocab(self.restored["itos"], specials=())
+        elif self.test_only:
+            raise DataError("test_only needs the vocabulary of a trained model (load_state_dict)")
+        else:
+            self.vocab = WordVocab.build([tokens["train"]], specials=())  # <unk> and <eos> are PTB's own words
+        self.ids = {s: encode_split(self.vocab, t, files[s]) for s, t in tokens.items()}
+        if self.train_tokens is not None and "train" in self.ids:
             self.ids["train"] = self.ids["train"][: self.train_tokens]
         for split, ids in self.ids.items():
+            if split.startswith("test_") and ids.numel() >= 2:
+                continue  # read as one column, like the test split
             if ids.numel() < 2 * self.batch_size:
                 raise DataError(
                     f"{self.folder / f'ptb.{split}.txt'}: {ids.numel()} tokens, fewer than 2 per column "
                     f"for batch_size {self.batch_size}"
                 )
+
+    def learned(self) -> dict:
+        return {"itos": self.vocab.itos} if self.vocab is not None else {}
+
+    def stream_names(self) -> list[str]:
+        own = [] if self.test_only else ["test", f"test_b{self.batch_size}"]
+        return own + [f"test_{name}" for name in self.test_sets]
 
     def model_kwargs(self) -> dict:
         """What the model must know about the data."""
@@ -170,7 +195,8 @@ class PTBDataModule(TaskDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         # 0: the paper's protocol, the whole stream as one column (every rank scores all of it, so the
         #    synced mean is the same number); 1: the training layout with B columns, for comparison.
-        return [
+        own = [] if self.test_only else [
             self._loader("test", 1, drop_last=False, replicate=True),
             self._loader("test", self.batch_size, drop_last=False),
         ]
+        return own + [self._loader(f"test_{name}", 1, drop_last=False, replicate=True) for name in self.test_sets]

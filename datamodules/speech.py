@@ -126,6 +126,18 @@ def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speaker
     return splits
 
 
+def folder_utterances(folder: Path) -> list[Utterance]:
+    """Every utterance under a folder, at any depth, each folder of audio one speaker (TIMIT's
+    <dialect>/<speaker>/ layout, AN4's <speaker>/, or a flat folder)."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder; give a folder of audio files with a .phn beside each")
+    dirs = sorted({a.parent for a in folder.rglob("*") if a.suffix.lower() in AUDIO_SUFFIXES})
+    utts = [u for d in dirs for u in _utterances(d, d.name)]
+    if not utts:
+        raise DataError(f"{folder}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under it")
+    return utts
+
+
 def read_phn(path: Path, n_samples: int, phones: PhoneSet) -> list[tuple[int, int, int]]:
     """(start, end, training-label id or IGNORE) per line; errors name the file and line."""
     index = phones.train_index()
@@ -245,8 +257,15 @@ class SpeechDataModule(TaskDataModule):
         delay: int = 0,
         cache_dir: str | Path | None = None,
         bad_records: dict[str, Any] | None = None,
+        test_sets: dict[str, str] | None = None,
+        test_only: bool = False,
     ) -> None:
+        """`test_sets`: name -> a folder of audio with a `.phn` beside each file (TIMIT's layout, any
+        depth), scored as `test_<name>_*`; `test_only`: those alone, normalised with a checkpoint's
+        training statistics."""
         super().__init__()
+        self.keep_settings()
+        self.test_sets, self.test_only = dict(test_sets or {}), test_only
         if phone_set not in PHONE_SETS:
             raise DataError(f"unknown phone_set {phone_set!r}; known: {', '.join(PHONE_SETS)}")
         self.data_root, self.corpus, self.batch_size = Path(data_root), corpus, batch_size
@@ -264,9 +283,16 @@ class SpeechDataModule(TaskDataModule):
 
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes."""
-        return [self.data_root / self.corpus]
+        extra = [self._folder(p) for p in self.test_sets.values()]
+        return extra if self.test_only else [self.data_root / self.corpus, *extra]
+
+    def _folder(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.data_root / p
 
     def prepare_data(self) -> None:
+        if self.test_only:
+            return
         # NLTK's sample has a public archive and known file hashes; AN4 comes from CMU and is labelled
         # here by forced alignment; TIMIT is licensed, so for it find_splits() says what to put where.
         folder = self.data_root / self.corpus
@@ -311,10 +337,17 @@ class SpeechDataModule(TaskDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
             return
-        splits = find_splits(self.data_root, self.corpus, self.valid_speakers, self.test_speakers)
+        if self.test_only and not self.restored:
+            raise DataError("test_only needs the normalisation statistics of a trained model (load_state_dict)")
+        splits = {} if self.test_only else find_splits(self.data_root, self.corpus, self.valid_speakers,
+                                                       self.test_speakers)
+        for name, path in self.test_sets.items():
+            splits[f"test_{name}"] = folder_utterances(self._folder(path))
         # Cached features load in seconds; a cold cache computes fbanks for every utterance.
         raw: dict[str, list[tuple[Tensor, Tensor]]] = {}
-        for s in ("train", "valid", "test"):
+        for s in splits:
+            if s not in ("train", "valid", "test", *self.stream_names()):
+                continue
             if all(u.phn is None for u in splits[s]):
                 raise DataError(f"{self.data_root / self.corpus}: no {s} utterance has a .phn label file beside its "
                                 f"audio; `bench align {self.data_root / self.corpus}` makes them from word transcripts")
@@ -327,8 +360,12 @@ class SpeechDataModule(TaskDataModule):
                 except DataError as err:  # audio that does not read, a .phn that does not parse
                     bad.add(err)
             self.skipped += bad.check()
-        train = torch.cat([f for f, _ in raw["train"]])
-        mean, std = train.mean(0), train.std(0).clamp_min(1e-5)  # training statistics only
+        if self.restored:
+            mean, std = self.restored["mean"], self.restored["std"]
+        else:
+            train = torch.cat([f for f, _ in raw["train"]])
+            mean, std = train.mean(0), train.std(0).clamp_min(1e-5)  # training statistics only
+        self.mean, self.std = mean, std
         for split, items in raw.items():
             unlabelled = sum(int((y == IGNORE).sum()) for _, y in items)
             frames = sum(y.numel() for _, y in items)
@@ -337,6 +374,15 @@ class SpeechDataModule(TaskDataModule):
                          self.corpus, split, unlabelled, frames)
             self.sets[split] = StackDataset([(f - mean) / std for f, _ in items], [y for _, y in items])
         log.info("%s: %s utterances", self.corpus, {s: len(d) for s, d in self.sets.items()})
+
+    def learned(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std} if hasattr(self, "mean") else {}
+
+    def stream_names(self) -> list[str]:
+        return ["test", "train_eval"] * (not self.test_only) + [f"test_{name}" for name in self.test_sets]
+
+    def normalise(self, feats: Tensor) -> Tensor:
+        return (feats - self.mean) / self.std
 
     def model_kwargs(self) -> dict:
         return {"input_size": self.features.dim * (2 * self.context + 1), "num_classes": len(self.phones.train),
@@ -356,4 +402,5 @@ class SpeechDataModule(TaskDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         # The held-out test set, then the training set once more in eval mode (no dropout), so the
         # train/test gap the paper discusses is measured on equal terms.
-        return [self._eval_loader(s) for s in ("test", "train")]
+        own = [] if self.test_only else ["test", "train"]
+        return [self._eval_loader(s) for s in (*own, *(f"test_{name}" for name in self.test_sets))]

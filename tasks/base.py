@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 from torch import Tensor
+
+RUN_INFO_KEY = "rnnreg_run"  # the checkpoint entry holding `run_info`
 
 
 class TaskModule(L.LightningModule):
     output_prefix = ""
     """Set by the runner while it tests the best checkpoint ("best_"): the prefix of the test
     outputs a task writes, as of its metric names."""
+    run_info: dict[str, Any] | None = None
+    """Which run trained it (task, preset, dropout, seed, settings hash, commit), set by the runner
+    and written into every checkpoint, so a `.ckpt` moved anywhere still says what it is."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_info:
+            checkpoint[RUN_INFO_KEY] = dict(self.run_info)
+
+    def use_test_streams(self, names: list[str]) -> None:
+        """The DataModule's test streams (its `stream_names()`), in test_dataloader() order, when
+        they are not the ones the model was trained beside (`bench eval` on other test sets)."""
+        self.test_streams = tuple(names)
 
     def row_info(self) -> dict[str, str]:
         """Extra results-row columns (how BLEU was computed, which image encoder)."""

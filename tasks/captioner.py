@@ -89,9 +89,22 @@ class Captioner(TextGenerator):
         _, state = self.decoder(self.img_proj(feats).unsqueeze(0))
         return state
 
+    def to_text(self, ids: list[int]) -> str:
+        return " ".join(self.vocab.decode(ids))
+
     def caption(self, feats: Tensor, beam: int) -> list[str]:
         limit = torch.full((feats.size(0),), self.hparams.max_len, device=feats.device)
-        return [" ".join(self.vocab.decode(seq)) for seq in self.decode(self.start(feats), limit, beam)]
+        return [self.to_text(seq) for seq in self.decode(self.start(feats), limit, beam)]
+
+    def start_of(self, batch: dict) -> tuple[tuple[Tensor, Tensor], Tensor, list[Decoded]]:
+        """A test batch's decoder start state, output-length limits and rows (references)."""
+        state = self.start(self.features(batch))
+        limit = torch.full((state[0].size(1),), self.hparams.max_len, device=state[0].device)
+        return state, limit, [Decoded("", list(refs), ()) for refs in batch["refs"]]
+
+    def headline_scores(self, stage: str, rows: list[Decoded]) -> dict[str, float]:
+        hyps, refs = [r.hyps[0] for r in rows], [r.refs for r in rows]
+        return {f"{stage}_bleu4": text_metrics.bleu(hyps, refs, max_order=4)[0].score}
 
     def on_train_epoch_start(self) -> None:
         if self.cnn is not None:
@@ -111,9 +124,9 @@ class Captioner(TextGenerator):
     # -- evaluation ---------------------------------------------------------------------------------------
     def _collect(self, batch: dict, stage: str, beams: tuple[int, ...]) -> None:
         self._loss(batch, stage)
-        feats = self.features(batch)
-        hyps = [self.caption(feats, b) for b in beams]
-        self.outputs.setdefault(stage, []).extend(Decoded("", refs, h) for refs, *h in zip(batch["refs"], *hyps))
+        state, limit, rows = self.start_of(batch)  # the image is read once for every beam size
+        hyps = [[self.to_text(seq) for seq in self.decode(state, limit, b)] for b in beams]
+        self.outputs.setdefault(stage, []).extend(Decoded("", r.refs, h) for r, *h in zip(rows, *hyps))
 
     def _score(self, stage: str, rows: list[Decoded], beams: tuple[int, ...]) -> None:
         refs = [r.refs for r in rows]

@@ -17,7 +17,9 @@ reference is the hand transcription, not a frame alignment.
 
 from __future__ import annotations
 
+import json
 from itertools import groupby
+from pathlib import Path
 
 import jiwer
 import torch
@@ -31,6 +33,7 @@ from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.cadence import log_due
 
 IGNORE = -100
+COUNTS = ("correct", "frames", "edits", "phones", "edits_smoothed")
 
 
 def collapse(labels: list[int]) -> list[int]:
@@ -70,12 +73,20 @@ class FrameClassifier(TaskModule):
         self.head = nn.Linear(hidden_size, num_classes)
         init_uniform_(self, init_scale)
         self.samples: list[list[str]] = []  # (reference, predicted) phone sequences of a few test utterances
+        self.frames_out: dict[str, list[tuple[str, str]]] = {}  # test stream -> every utterance's (ref, hyp) frames
         self.register_buffer("fold", torch.tensor(fold_ids + [-1]), persistent=False)  # [-1]: IGNORE -> -1
-        self.counts = nn.ModuleDict({
-            f"{stage}_{name}": SumMetric()
-            for stage in ("train", "valid", "test", "train_eval")
-            for name in ("correct", "frames", "edits", "phones", "edits_smoothed")
-        })
+        self.counts = nn.ModuleDict()
+        self._add_counts(("train", "valid", "test", "train_eval"))
+
+    def _add_counts(self, stages) -> None:
+        for stage in stages:
+            for name in COUNTS:
+                if f"{stage}_{name}" not in self.counts:
+                    self.counts[f"{stage}_{name}"] = SumMetric().to(self.fold.device)
+
+    def use_test_streams(self, names: list[str]) -> None:
+        super().use_test_streams(names)
+        self._add_counts(names)
 
     def forward(self, feats: Tensor) -> Tensor:
         """(T, B, F) padded features -> (T, B, classes) logits.
@@ -99,16 +110,19 @@ class FrameClassifier(TaskModule):
         self.counts[f"{stage}_correct"].update((hyp == ref)[scored].sum())
         self.counts[f"{stage}_frames"].update(scored.sum())
         refs, hyps, smoothed = [], [], []
+        names = self.hparams.score_names
         for b in range(labels.size(1)):
             keep = scored[:, b]
             r, frames = collapse(ref[keep, b].tolist()), hyp[keep, b].tolist()
+            if stage in self.test_streams and stage != "train_eval":  # every scored frame, in the scoring classes
+                self.frames_out.setdefault(stage, []).append(
+                    (" ".join(names[i] for i in ref[keep, b].tolist()), " ".join(names[i] for i in frames)))
             if r:
                 refs.append(" ".join(map(str, r)))
                 hyps.append(" ".join(map(str, collapse(frames))) or "<none>")
                 decoded = drop_short_runs(frames, self.hparams.min_phone_frames)
                 smoothed.append(" ".join(map(str, decoded)) or "<none>")
-        if stage == "test" and len(self.samples) < self.num_samples:
-            names = self.hparams.score_names
+        if stage == self.test_streams[0] and len(self.samples) < self.num_samples:
             self.samples += [[" ".join(names[int(i)] for i in r.split()), " ".join(names[int(i)] for i in h.split())
                               if h != "<none>" else h] for r, h in zip(refs, hyps)][: self.num_samples - len(self.samples)]
         if refs:
@@ -120,8 +134,7 @@ class FrameClassifier(TaskModule):
         return loss
 
     def _log_epoch(self, stage: str) -> None:
-        c = {name: self.counts[f"{stage}_{name}"]
-             for name in ("correct", "frames", "edits", "phones", "edits_smoothed")}
+        c = {name: self.counts[f"{stage}_{name}"] for name in COUNTS}
         if c["frames"].update_count:
             self.log(f"{stage}_frame_acc", c["correct"].compute() / c["frames"].compute().clamp_min(1),
                      prog_bar=stage != "test", add_dataloader_idx=False)
@@ -155,13 +168,44 @@ class FrameClassifier(TaskModule):
 
     def on_test_epoch_start(self) -> None:
         self.samples: list[list[str]] = []
+        self.frames_out = {}
 
     def on_test_epoch_end(self) -> None:
         for stage in self.test_streams:
             self._log_epoch(stage)
+            self._write_frames(stage, text_metrics.gather(self.frames_out.pop(stage, [])))
         # A few test utterances' phone sequences beside their reference: <run>/samples/test.txt, a W&B table.
         rows = text_metrics.gather(self.samples)
         text_metrics.log_samples(self, f"{self.output_prefix}test", ["reference", "predicted"], rows[: self.num_samples])
+
+    @classmethod
+    @torch.no_grad()
+    def ensemble_eval(cls, members: list["FrameClassifier"], dm) -> dict[str, tuple[list[float], float]]:
+        """Frame accuracy on the test set of each member and of the average of their frame
+        posteriors (the usual acoustic-model ensemble), in the scoring classes."""
+        correct, frames = torch.zeros(len(members) + 1), 0
+        fold = members[0].fold
+        for batch in dm.test_dataloader()[0]:
+            probs = [m(batch["feats"]).float().softmax(-1) for m in members]
+            probs.append(torch.stack(probs).mean(0))
+            ref = fold[batch["labels"].clamp_min(-1)]
+            scored = ref >= 0
+            for j, p in enumerate(probs):
+                correct[j] += (fold[p.argmax(-1)] == ref)[scored].sum()
+            frames += int(scored.sum())
+        acc = (correct / max(frames, 1)).tolist()
+        return {"test_frame_acc": (acc[:-1], acc[-1])}
+
+    def _write_frames(self, stage: str, rows: list[tuple[str, str]]) -> None:
+        """<run>/outputs/<prefix><stage>.jsonl: per utterance, the reference and predicted label of
+        every scored frame (space-separated scoring classes), in test order. Rank 0."""
+        if not rows or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        path = Path(self.trainer.default_root_dir) / "outputs" / f"{self.output_prefix}{stage}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stream = f"{self.output_prefix}{stage}"
+        path.write_text("".join(json.dumps({"stream": stream, "key": str(k), "ref_frames": r, "hyp_frames": h}) + "\n"
+                                for k, (r, h) in enumerate(rows)), encoding="utf-8")
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -7,6 +7,8 @@ starts from zeros at every epoch of every stage.
 
 from __future__ import annotations
 
+import re
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -44,8 +46,11 @@ class LanguageModel(TaskModule):
         self.rnn = DropoutLSTM(hidden_size, hidden_size, num_layers, dropout, impl=backbone)
         self.head = nn.Linear(hidden_size, vocab_size)
         init_uniform_(self, init_scale)
-        self.state: dict[str, State | None] = {}  # per stream: "train", "val", "test0", "test1"
+        self.state: dict[str, State | None] = {}  # per stream: "train", "val", "test0", "test1", ...
         self.train_nll, self.val_nll = MeanMetric(), MeanMetric()
+        # The test split read as one column (the paper's protocol), then in the B-column training
+        # layout; `bench eval` names other streams (use_test_streams).
+        self.test_streams: tuple[str, ...] = ("test", "test_b")
         self.test_nll = nn.ModuleList([MeanMetric(), MeanMetric()])
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
@@ -100,10 +105,14 @@ class LanguageModel(TaskModule):
         self.log("valid_ppl", self.val_nll.compute().exp(), prog_bar=True)
         self.val_nll.reset()
 
+    def use_test_streams(self, names: list[str]) -> None:
+        super().use_test_streams(names)
+        self.test_nll = nn.ModuleList([MeanMetric() for _ in names]).to(self.device)
+
     def on_test_epoch_start(self) -> None:
         self.test_columns: dict[int, int] = {}
-        self.state.pop("test0", None)
-        self.state.pop("test1", None)
+        for i in range(len(self.test_streams)):
+            self.state.pop(f"test{i}", None)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.test_nll[dataloader_idx].update(self._nll(batch, f"test{dataloader_idx}"), weight=batch[1].numel())
@@ -131,9 +140,9 @@ class LanguageModel(TaskModule):
         return out
 
     def on_test_epoch_end(self) -> None:
-        # 0: whole test stream as one column (the paper's protocol); 1: the B-column training layout.
-        cols = self.test_columns.get(1, 0)
-        for i, name in enumerate(("test_ppl", f"test_ppl_b{cols}")):
+        for i, stream in enumerate(self.test_streams):
+            # The B-column layout keeps the name it always had: test_ppl_b20.
+            name = f"test_ppl_b{self.test_columns.get(i, 0)}" if re.fullmatch(r"test_b\d*", stream) else f"{stream}_ppl"
             if self.test_nll[i].update_count:
                 self.log(name, self.test_nll[i].compute().exp(), add_dataloader_idx=False)
             self.test_nll[i].reset()

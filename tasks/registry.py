@@ -48,6 +48,9 @@ class TaskSpec:
     paper_metric: str | None = None
     """The row key that is computed like the paper's figure, which the leaderboard's paper column
     and Δ compare; None: the headline."""
+    test_set_parts: tuple[str, ...] = ()
+    """What a test set given by path is made of (`bench eval --test`), in order: one part is a bare
+    path in the DataModule's `test_sets`, several a mapping of these names to paths."""
     default_preset: str = "quick"
     """What `bench run` trains without --preset."""
     config_dir: Path | None = None
@@ -110,6 +113,7 @@ register(TaskSpec(
     monitor=("valid_ppl", "min"),
     result_keys=("train_ppl", "valid_ppl", "test_ppl", "best_test_ppl"),
     capabilities=frozenset({Can.ENSEMBLE, Can.OWN_RANK_LAYOUT}),
+    test_set_parts=("text",),  # Mikolov's format: one sentence a line
     default_preset="small",
 ))
 register(TaskSpec(
@@ -121,6 +125,8 @@ register(TaskSpec(
     monitor=("valid_frame_acc", "max"),
     result_keys=("train_frame_acc", "valid_frame_acc", "test_frame_acc", "train_per", "valid_per", "test_per",
                  "train_eval_frame_acc", "train_eval_per", "test_frames", "best_test_frame_acc", "best_test_per"),
+    capabilities=frozenset({Can.ENSEMBLE}),
+    test_set_parts=("folder",),  # audio with a TIMIT-style .phn beside each file
 ))
 register(TaskSpec(
     name="translation",
@@ -130,7 +136,8 @@ register(TaskSpec(
     headline="test_bleu",  # beam search
     monitor=("valid_ppl", "min"),
     result_keys=("train_ppl", "valid_", "test_", "best_test_"),
-    capabilities=frozenset({Can.TEST_FILES, Can.OWN_RANK_LAYOUT}),
+    capabilities=frozenset({Can.ENSEMBLE, Can.TEST_FILES, Can.OWN_RANK_LAYOUT}),
+    test_set_parts=("src", "ref"),  # line-aligned plain text or WMT .sgm
     paper_metric="test_bleu_tok",  # the paper's 29.03 is BLEU on tokenized text, not sacrebleu's
 ))
 register(TaskSpec(
@@ -141,4 +148,6 @@ register(TaskSpec(
     headline="test_bleu4",  # beam search
     monitor=("valid_ppl", "min"),
     result_keys=("train_ppl", "valid_", "test_", "best_test_"),
+    capabilities=frozenset({Can.ENSEMBLE}),
+    test_set_parts=("captions", "images"),  # a COCO-format captions JSON and its image folder
 ))

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import SumMetric
@@ -68,6 +70,9 @@ class TextGenerator(TaskModule):
         self.word_nll = nn.ModuleDict({f"{s}_ppl": WordNLL() for s in ("train", "valid", *self.test_streams)})
         self.outputs: dict[str, list[Decoded]] = {}
         self.bleu_signatures: dict[str, str] = {}  # stage -> sacrebleu's signature of its BLEU(-4)
+
+    def use_test_streams(self, names: list[str]) -> None:
+        self.init_scoring(names)
 
     def row_info(self) -> dict[str, str]:
         """Extra results-row columns: how BLEU was computed for each test set (nrefs differ)."""
@@ -168,7 +173,41 @@ class TextGenerator(TaskModule):
             for stage in self.test_streams:
                 log.info("%s: sacrebleu BLEU signature %s", stage, self.bleu_signatures.get(stage, "-"))
 
+    @classmethod
+    @torch.no_grad()
+    def ensemble_eval(cls, members: list["TextGenerator"], dm) -> dict[str, tuple[list[float], float]]:
+        """The headline scores of each member and of their ensemble on the test stream, each decoded
+        with the members' beam: the ensemble searches over the average of the members'
+        distributions at every step, p(w) = 1/M sum_m p_m(w | its own state), all members' states
+        carried in one tuple so the search reorders them together."""
+        stream, beam = dm.stream_names()[0], members[0].hparams.beam
+        mixed = ensemble_step([m.step for m in members])
+        rows: list[list[Decoded]] = [[] for _ in range(len(members) + 1)]
+        for batch in dm.test_dataloader()[0]:
+            starts = [m.start_of(batch) for m in members]
+            limit, items = starts[0][1], starts[0][2]
+            hyps = [[m.to_text(seq) for seq in m.decode(s[0], limit, beam)] for m, s in zip(members, starts)]
+            state = tuple(t for s in starts for t in s[0])
+            v = members[0].vocab
+            ids = decoding.beam_search(mixed, state, v.bos, v.eos, limit, beam, members[0].hparams.length_alpha)
+            hyps.append([members[0].to_text(seq) for seq in ids])
+            for j, h in enumerate(hyps):
+                rows[j] += [Decoded(r.source, list(r.refs), (x,)) for r, x in zip(items, h)]
+        scores = [members[0].headline_scores(stream, r) for r in rows]
+        return {k: ([s[k] for s in scores[:-1]], scores[-1][k]) for k in scores[-1]}
+
     # -- supplied by the task -------------------------------------------------------------------------
+    def start_of(self, batch: dict) -> tuple[tuple[Tensor, Tensor], Tensor, list[Decoded]]:
+        """A test batch's decoder start state, output-length limits, and rows without hypotheses."""
+        raise NotImplementedError
+
+    def to_text(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def headline_scores(self, stage: str, rows: list[Decoded]) -> dict[str, float]:
+        """Corpus scores of the rows' first hypotheses: the numbers an ensemble is compared on."""
+        raise NotImplementedError
+
     def _logits(self, batch: dict) -> Tensor:
         raise NotImplementedError
 
@@ -177,6 +216,19 @@ class TextGenerator(TaskModule):
 
     def _score(self, stage: str, rows: list[Decoded], beams: tuple[int, ...]) -> None:
         raise NotImplementedError
+
+
+def ensemble_step(steps: list) -> decoding.StepFn:
+    """One decoding step of an ensemble: the log of the members' mean probability; the state is
+    every member's (h, c) in turn, so a beam reorder moves them all."""
+    def step(tokens: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        logps, new_state = [], []
+        for i, member_step in enumerate(steps):
+            logp, (h, c) = member_step(tokens, (state[2 * i], state[2 * i + 1]))
+            logps.append(logp)
+            new_state += [h, c]
+        return torch.stack(logps).logsumexp(0) - math.log(len(steps)), tuple(new_state)
+    return step
 
 
 def beam_suffix(beam: int) -> str:

@@ -141,18 +141,37 @@ class Translator(TextGenerator):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation ---------------------------------------------------------------------------------------
+    def length_limit(self, src_lengths: Tensor) -> Tensor:
+        hp = self.hparams
+        return (src_lengths.float() * hp.max_len_a + hp.max_len_b).long().clamp(1, hp.max_len)
+
+    def to_text(self, ids: list[int]) -> str:
+        return self.detok.detokenize(self.vocab.decode(ids))
+
     def translate(self, src: Tensor, src_lengths: Tensor, beam: int) -> list[str]:
         """Detokenised translations; beam 1 is greedy decoding."""
-        hp = self.hparams
-        limit = (src_lengths.float() * hp.max_len_a + hp.max_len_b).long().clamp(1, hp.max_len).to(src.device)
-        ids = self.decode(self.encode(src, src_lengths), limit, beam)
-        return [self.detok.detokenize(self.vocab.decode(seq)) for seq in ids]
+        limit = self.length_limit(src_lengths).to(src.device)
+        return [self.to_text(seq) for seq in self.decode(self.encode(src, src_lengths), limit, beam)]
+
+    def start_of(self, batch: dict) -> tuple[tuple[Tensor, Tensor], Tensor, list[Decoded]]:
+        """A test batch's decoder start state, output-length limits and rows (source, reference)."""
+        limit = self.length_limit(batch["src_lengths"]).to(batch["src"].device)
+        rows = [Decoded(src, [ref], ()) for src, ref in zip(batch["src_text"], batch["ref_text"])]
+        return self.encode(batch["src"], batch["src_lengths"]), limit, rows
 
     def _collect(self, batch: dict, stage: str, beams: tuple[int, ...]) -> None:
         self._loss(batch, stage)
-        hyps = [self.translate(batch["src"], batch["src_lengths"], b) for b in beams]
+        state, limit, rows = self.start_of(batch)  # the encoder runs once for every beam size
+        hyps = [[self.to_text(seq) for seq in self.decode(state, limit, b)] for b in beams]
         self.outputs.setdefault(stage, []).extend(
-            Decoded(src, [ref], h) for src, ref, *h in zip(batch["src_text"], batch["ref_text"], *hyps))
+            Decoded(r.source, r.refs, h) for r, *h in zip(rows, *hyps))
+
+    def headline_scores(self, stage: str, rows: list[Decoded]) -> dict[str, float]:
+        """The stage's BLEU of each row's first hypothesis, and BLEU on Moses tokens (the paper's)."""
+        rows = group_by_source(rows) if stage in self.hparams.multi_ref_streams else rows
+        hyps, refs = [r.hyps[0] for r in rows], [r.refs for r in rows]
+        return {f"{stage}_bleu": text_metrics.bleu(hyps, refs)[0].score,
+                f"{stage}_bleu_tok": text_metrics.tokenized_bleu(hyps, refs, self.hparams.tgt_lang)}
 
     def _score(self, stage: str, rows: list[Decoded], beams: tuple[int, ...]) -> None:
         rows = group_by_source(rows) if stage in self.hparams.multi_ref_streams else rows

@@ -159,7 +159,7 @@ def test_ensemble_of_two_runs_scores_members_as_their_own_test_did(tmp_path, dat
     # Averaging distributions never does worse than the members' geometric mean (Jensen).
     assert float(ens["test_ppl"]) <= math.sqrt(members[0] * members[1]) + 1e-6
     assert (ens["ensemble"], ens["seed"], ens["dropout"]) == ("2", "0+1", "on")
-    with pytest.raises(Exception, match="no result.json"):
+    with pytest.raises(Exception, match="neither a checkpoint file nor a run folder"):
         run_ensemble("ptb", [tmp_path, runs[0]], data_root, tmp_path / "results")
 
 

@@ -1,0 +1,108 @@
+"""`bench eval`: score a saved model on its preset's test sets or on others given by path.
+
+The model is tested by the same Lightning `test` hooks its training run used, so a test set scored
+both ways gets the same numbers. Each evaluation appends a row to runs.csv with an `evaluation`
+column (the leaderboard never pools these with training runs) that names the checkpoint and, for
+test sets given by path, every file read with its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from benchmark import environment, trained
+from benchmark.results import append_row
+from benchmark.runner import device_name, git_commit, progress_bar, save_outputs
+from tasks.nn.errors import ConfigError
+
+EVAL_DIR = "eval"  # <run>/eval/<checkpoint>-<test sets>/: an evaluation's outputs and samples
+
+
+def test_set_spec(parts: tuple[str, ...], paths: list[Path], task: str) -> tuple[str, Any]:
+    """(name, the DataModule's `test_sets` entry) of one `--test PATH...`."""
+    if len(paths) != len(parts):
+        raise ConfigError(f"--test for {task} takes {len(parts)} path(s), {' and '.join(parts).upper()}; "
+                          f"got {len(paths)}: {' '.join(map(str, paths))}")
+    for part, path in zip(parts, paths):
+        if not path.exists():
+            raise ConfigError(f"{path}: not found (given as the test set's {part})")
+    name = re.sub(r"\W+", "_", paths[0].name.split(".")[0]).strip("_") or "custom"
+    if len(parts) == 1:
+        return name, str(paths[0].resolve())
+    return name, {part: str(path.resolve()) for part, path in zip(parts, paths)}
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file; of a folder, over each file's relative path and sha256, in sorted order."""
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{file.relative_to(path).as_posix()}\0{digest(file)}\n".encode())
+    return h.hexdigest()
+
+
+def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: list[list[Path]] | None = None,
+             out_dir: Path | None = None, accelerator: str = "auto", batch_size: int | None = None,
+             command: str = "") -> dict[str, Any]:
+    t = trained.load(path, which)
+    spec = t.spec
+    given = dict(test_set_spec(spec.test_set_parts, list(map(Path, paths)), spec.name) for paths in tests or [])
+    if tests and len(given) < len(tests):
+        raise ConfigError("two --test sets share a name (their first file's name): rename one")
+    batch = {"eval_batch_size": batch_size} if batch_size and "eval_batch_size" in t.settings else (
+        {"batch_size": batch_size} if batch_size else {})
+    dm = t.datamodule(data_root, given or None, **batch)
+    dm.prepare_data()
+    dm.setup("test")
+    t.model.use_test_streams(dm.stream_names())
+    ckpt_name = t.path.stem
+    out = Path(out_dir) if out_dir else t.path.parent.parent / EVAL_DIR / f"{ckpt_name}-{'+'.join(given) or 'preset'}"
+    trainer = L.Trainer(default_root_dir=out, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        accelerator=accelerator, devices=1, callbacks=[progress_bar()], num_sanity_val_steps=0)
+    start = time.perf_counter()
+    results = trainer.test(t.model, datamodule=dm, verbose=False, weights_only=True)
+    seconds = time.perf_counter() - start
+    metrics = {k: float(v) for d in results for k, v in d.items()}
+    files = [Path(p) for spec_ in given.values() for p in ([spec_] if isinstance(spec_, str) else spec_.values())]
+    info, row_of_run = t.info, trained.run_row(t.path)
+    row = {
+        "task": spec.name,
+        "preset": info.get("preset", row_of_run.get("preset", "")),
+        "dropout": info.get("dropout", row_of_run.get("dropout", "")),
+        "seed": info.get("seed", row_of_run.get("seed", "")),
+        "evaluation": f"{ckpt_name} checkpoint",
+        "overrides": info.get("overrides", row_of_run.get("overrides", "")),
+        "config_hash": info.get("config_hash", row_of_run.get("config_hash", "")),
+        **{k: f"{v:.4f}" for k, v in sorted(metrics.items())},
+        **t.model.row_info(),
+        "eval_data": "; ".join(f"{f} sha256:{digest(f)}" for f in files) or "the preset's test sets",
+        "wall_s": f"{seconds:.1f}",
+        "device": device_name(trainer),
+        "devices": 1,
+        "host": platform.node(),
+        "git_commit": git_commit(),
+        "trained_commit": info.get("git_commit", row_of_run.get("git_commit", "")),
+        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "run_dir": str(t.path),
+        "command": command,
+    }
+    env, pkgs = environment.fingerprint(trainer.strategy.root_device)
+    environment.save_package_list(Path(results_dir), env["env_packages"], pkgs)
+    row.update(env)
+    saved = save_outputs(out, Path(results_dir), f"eval-{out.parent.parent.name}-{out.name}")
+    row["outputs"] = saved.relative_to(results_dir).as_posix() if saved else ""
+    append_row(results_dir, row)
+    return row

@@ -1,0 +1,114 @@
+"""A trained model from its checkpoint alone: what `bench eval`, `bench ensemble` and the inference
+commands start from.
+
+A checkpoint written by `bench run` holds, beside the weights and the model's hyperparameters:
+
+    <DataModule class name>       the DataModule's settings (the preset's `data:` section, resolved)
+                                  and what its setup() learned from the training data: vocabularies,
+                                  feature normalisation (TaskDataModule.state_dict)
+    rnnreg_run                    which run made it: task, preset, dropout, seed, settings hash
+
+so a model can read new input (and be scored on a new test set) with no training data at hand.
+Everything is read with torch's `weights_only` unpickler (benchmark/checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.checkpoints import check_checkpoint
+from datamodules.base import TaskDataModule
+from tasks import registry
+from tasks.base import RUN_INFO_KEY, TaskModule
+from tasks.nn.errors import ConfigError
+
+
+@dataclass
+class Trained:
+    path: Path  # the checkpoint file
+    spec: registry.TaskSpec
+    model: TaskModule  # in eval mode, on the CPU
+    settings: dict[str, Any]  # the DataModule's constructor arguments, less its folders
+    state: dict[str, Any]  # the DataModule's state_dict()
+    info: dict[str, Any]  # the run's identity (tasks.base.TaskModule.run_info); {} for older checkpoints
+
+    def datamodule(self, data_root: Path, test_sets: dict[str, Any] | None = None, **overrides: Any) -> TaskDataModule:
+        """The DataModule as it was trained, its learned state given back: with `test_sets`, one that
+        reads those alone (no training data); without, the preset's own splits (the data root's)."""
+        dm_cls = registry.load_class(self.spec.datamodule)
+        settings = {**self.settings, **overrides}
+        if test_sets:
+            settings.update(test_sets=test_sets, test_only=True)
+        dm = dm_cls(data_root=data_root, **settings)
+        dm.load_state_dict(self.state)
+        return dm
+
+    @property
+    def label(self) -> str:
+        """e.g. `translation/quick dropout on seed 0`, or the file's name where the run is unknown."""
+        if not self.info:
+            return str(self.path)
+        return f"{self.info['task']}/{self.info['preset']} dropout {self.info['dropout']} seed {self.info['seed']}"
+
+
+def checkpoint_path(path: Path, which: str = "last") -> Path:
+    """A run folder's last or best-by-validation checkpoint; a `.ckpt` file as it is."""
+    path = Path(path)
+    if path.is_file() or path.suffix == ".ckpt":
+        return path
+    folder = path / "checkpoints"
+    if not folder.is_dir():
+        raise ConfigError(f"{path}: neither a checkpoint file nor a run folder (no checkpoints/ inside)")
+    if which == "last":
+        return folder / "last.ckpt"
+    best = sorted(folder.glob("best-*.ckpt"))
+    if not best:
+        raise ConfigError(f"{folder}: no best-*.ckpt (a run without validation); use --checkpoint last")
+    return best[-1]
+
+
+def task_of(ckpt: dict[str, Any], path: Path) -> registry.TaskSpec:
+    """The registered task whose model wrote this checkpoint."""
+    info = ckpt.get(RUN_INFO_KEY) or {}
+    if info.get("task"):
+        return registry.get(info["task"])
+    for name in registry.names():  # older checkpoints: the DataModule's state names its class
+        spec = registry.get(name)
+        if spec.datamodule.rpartition(".")[2] in ckpt:
+            return spec
+    raise ConfigError(f"{path}: no task's data settings inside; it was written before checkpoints carried them "
+                      f"(or not by `bench run`): train it again with this version")
+
+
+def load(path: Path, which: str = "last", task: str | None = None) -> Trained:
+    """Load a trained model (`path`: a run folder or a `.ckpt`). `task`: the task the caller needs;
+    a checkpoint of another is refused with a message that says what it is."""
+    file = checkpoint_path(path, which)
+    if not file.is_file():
+        raise ConfigError(f"{file}: not found; give a run folder of `bench run` or a .ckpt file")
+    ckpt = check_checkpoint(file, purpose="load")
+    spec = task_of(ckpt, file)
+    if task is not None and spec.name != task:
+        raise ConfigError(f"{file}: a {spec.name} model; this command needs a {task} model")
+    dm_key = spec.datamodule.rpartition(".")[2]
+    if "settings" not in ckpt.get(dm_key, {}):
+        raise ConfigError(f"{file}: a {spec.name} checkpoint written before checkpoints carried their data "
+                          f"settings and vocabularies; train it again with this version")
+    module_cls = registry.load_class(spec.module)
+    model = module_cls(**ckpt["hyper_parameters"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.run_info = ckpt.get(RUN_INFO_KEY) or None
+    state = dict(ckpt[dm_key])
+    return Trained(file, spec, model.eval(), state.pop("settings"), state, dict(ckpt.get(RUN_INFO_KEY) or {}))
+
+
+def run_row(ckpt: Path) -> dict[str, Any]:
+    """The results row of the run a checkpoint belongs to (<run>/result.json), or {}."""
+    result = Path(ckpt).parent.parent / "result.json"
+    try:
+        return json.loads(result.read_text())["row"]
+    except (OSError, ValueError, KeyError):
+        return {}
