@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ensemble_parser(sub)
     _eval_parser(sub)
     _inference_parsers(sub)
+    _dashboard_parser(sub)
     return p
 
 
@@ -75,6 +76,8 @@ def _run_parser(sub) -> None:
     r.add_argument("--wandb-mode", choices=("auto", "online", "offline"), default="auto",
                    help="auto: online with WANDB_API_KEY or `wandb login`, else offline (sync later)")
     r.add_argument("--wandb-project", default="rnnreg-bench")
+    r.add_argument("--wandb-entity", default=None, help="W&B user or team (default: WANDB_ENTITY, else your "
+                                                        "account's default); WANDB_MODE=disabled turns W&B off")
     # Before --logger: `--wandb off` (csv only) or auto/online/offline (csv + W&B in that mode). Kept so
     # that the commands recorded in older results rows still run.
     r.add_argument("--wandb", choices=("auto", "online", "offline", "off"), default=None, help=argparse.SUPPRESS)
@@ -134,6 +137,7 @@ def _leaderboard_parser(sub) -> None:
                    help="wandb: also log the leaderboard as a W&B table artifact")
     b.add_argument("--wandb-mode", choices=("auto", "online", "offline"), default="auto")
     b.add_argument("--wandb-project", default="rnnreg-bench")
+    b.add_argument("--wandb-entity", default=None)
     b.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the W&B leaderboard run is kept")
 
 
@@ -169,7 +173,23 @@ def _eval_parser(sub) -> None:
     e.add_argument("--out", type=Path, default=None,
                    help="where outputs and samples go (default <run>/eval/<checkpoint>-<test sets>)")
     e.add_argument("--accelerator", default="auto")
+    e.add_argument("--precision", default=None, choices=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+                   help="default: what the run tested under (recorded in its checkpoint)")
     e.add_argument("--batch-size", type=_positive_int, default=None, help="evaluation batch (default: the preset's)")
+
+
+def _dashboard_parser(sub) -> None:
+    d = sub.add_parser("dashboard", help="a W&B workspace and report of a results folder's runs (offline: a "
+                                         "definitions file to publish later with --upload)")
+    d.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    d.add_argument("--runs-dir", type=Path, default=None, help="only the runs of one sweep: those under this folder")
+    d.add_argument("--wandb-project", default="rnnreg-bench")
+    d.add_argument("--wandb-entity", default=None)
+    d.add_argument("--wandb-mode", choices=("auto", "online", "offline"), default="auto")
+    d.add_argument("--out", type=Path, default=None, help="offline: the definitions file "
+                                                          "(default <results-dir>/wandb-dashboard.json)")
+    d.add_argument("--upload", type=Path, default=None, metavar="FILE",
+                   help="publish a definitions file written offline (after `wandb sync` uploaded its runs)")
 
 
 def _inference_parsers(sub) -> None:
@@ -302,6 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = sweep.RunOptions(
         data_root=args.data_root, results_dir=args.results_dir, runs_dir=args.runs_dir, run_dir=args.run_dir,
         resume=args.resume, loggers=args.logger, wandb_mode=args.wandb_mode, wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity,
         trainer=trainer, command=shlex.join(["bench", *args.argv]))
     return sweep.run_all(plan, options)
 
@@ -365,7 +386,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from benchmark.evaluate import evaluate
 
     row = evaluate(args.model, args.checkpoint, args.data_root, args.results_dir, args.tests, out_dir=args.out,
-                   accelerator=args.accelerator, batch_size=args.batch_size,
+                   accelerator=args.accelerator, batch_size=args.batch_size, precision=args.precision,
                    command=shlex.join(["bench", *args.argv]))
     spec = registry.get(row["task"])
     shown = [k for k in row if k.startswith("test") and not k.endswith("_frames") and row[k] != ""]
@@ -377,14 +398,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _read_lines(path: Path | None) -> list[str]:
-    if path is None:
-        return sys.stdin.read().splitlines()
+    """Lines as the DataModules read them: split at newlines only (parallel.py's _split)."""
+    from datamodules.parallel import split_lines
+
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        data = sys.stdin.buffer.read() if path is None else path.read_bytes()
+        return split_lines(data.decode("utf-8"), "\n")
     except OSError as err:
         raise ConfigError(f"{path}: unreadable ({err.strerror or err})") from err
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from err
+        raise ConfigError(f"{path or 'stdin'}: not UTF-8 text (byte {err.start})") from err
 
 
 def _load_for(args: argparse.Namespace, task: str):
@@ -433,12 +456,10 @@ def cmd_phones(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import io
-
     from benchmark import infer
 
     t = _load_for(args, "ptb")
-    ids, words, unknown = infer.ptb_ids(t, io.StringIO("\n".join(_read_lines(args.input))))
+    ids, words, unknown = infer.ptb_ids(t, "\n".join(_read_lines(args.input)))
     ppl = infer.perplexity(t, ids)
     print(f"perplexity {ppl:.2f} over {words} words (<eos> counted; {unknown} outside the vocabulary, read as <unk>)")
     return 0
@@ -451,16 +472,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmark import wandb_dashboard, wandb_log
+
+    if args.upload:
+        try:
+            defs = json.loads(args.upload.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{args.upload}: not a definitions file of `bench dashboard` ({err})") from err
+        for url in wandb_dashboard.publish(defs, args.wandb_entity):
+            print(url)
+        return 0
+    defs = wandb_dashboard.definitions(args.results_dir, args.wandb_project, args.wandb_entity, args.runs_dir)
+    if wandb_log.resolve_mode(args.wandb_mode) == "online":
+        for url in wandb_dashboard.publish(defs, args.wandb_entity):
+            print(url)
+        return 0
+    path = wandb_dashboard.write_offline(defs, args.out or args.results_dir / wandb_dashboard.DEFINITIONS_FILE)
+    print(f"W&B offline: the workspace and report definitions are in {path}; once the runs are uploaded "
+          f"(`wandb sync <run>/wandb/offline-run-*`), publish them with `bench dashboard --upload {path}`")
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from benchmark.dashboard import build_page
     from benchmark.leaderboard import MARKDOWN_FILE, build
 
     path = build(args.results_dir)
     print((path.parent / MARKDOWN_FILE).read_text(), end="")
+    print(f"dashboard: {build_page(args.results_dir)}")
     if "wandb" in args.logger:
         from benchmark import wandb_log
 
         wandb_log.log_leaderboard(path, args.runs_dir / "leaderboard", project=args.wandb_project,
-                                  mode=args.wandb_mode)
+                                  mode=args.wandb_mode, entity=args.wandb_entity)
     return 0
 
 
@@ -479,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     handler = {"run": cmd_run, "fetch": cmd_fetch, "align": cmd_align, "list": cmd_list, "presets": cmd_list,
                "leaderboard": cmd_leaderboard, "ensemble": cmd_ensemble, "eval": cmd_eval, "translate": cmd_translate,
-               "caption": cmd_caption, "phones": cmd_phones, "score": cmd_score, "sample": cmd_sample}
+               "caption": cmd_caption, "phones": cmd_phones, "score": cmd_score, "sample": cmd_sample,
+               "dashboard": cmd_dashboard}
     try:
         return handler[args.command](args)
     except BenchError as err:

@@ -17,11 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmark import environment, trained
 from benchmark.results import append_row
 from benchmark.runner import RESULT_FILE
+from datamodules.base import same_value
 from tasks import registry
 from tasks.nn.errors import ConfigError
 
@@ -73,9 +72,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
 
 
 def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    if a.keys() != b.keys():
-        return False
-    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+    return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
 
 
 def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, tuple[list[float], float]],

@@ -56,7 +56,7 @@ def digest(path: Path) -> str:
 
 def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: list[list[Path]] | None = None,
              out_dir: Path | None = None, accelerator: str = "auto", batch_size: int | None = None,
-             command: str = "") -> dict[str, Any]:
+             precision: str | None = None, command: str = "") -> dict[str, Any]:
     t = trained.load(path, which)
     spec = t.spec
     given = dict(test_set_spec(spec.test_set_parts, list(map(Path, paths)), spec.name) for paths in tests or [])
@@ -69,9 +69,14 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     dm.setup("test")
     t.model.use_test_streams(dm.stream_names())
     ckpt_name = t.path.stem
-    out = Path(out_dir) if out_dir else t.path.parent.parent / EVAL_DIR / f"{ckpt_name}-{'+'.join(given) or 'preset'}"
+    # Beside the run's own outputs; a checkpoint outside a run folder gets a folder beside it.
+    home = t.path.parent.parent if t.path.parent.name == "checkpoints" else t.path.parent
+    out = Path(out_dir) if out_dir else home / EVAL_DIR / f"{ckpt_name}-{'+'.join(given) or 'preset'}"
+    # The precision its run tested under, unless asked otherwise: the same numbers need the same arithmetic.
+    precision = precision or t.info.get("precision", "32-true")
     trainer = L.Trainer(default_root_dir=out, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        accelerator=accelerator, devices=1, callbacks=[progress_bar()], num_sanity_val_steps=0)
+                        accelerator=accelerator, devices=1, callbacks=[progress_bar()], num_sanity_val_steps=0,
+                        precision=precision)
     start = time.perf_counter()
     results = trainer.test(t.model, datamodule=dm, verbose=False, weights_only=True)
     seconds = time.perf_counter() - start
@@ -91,6 +96,7 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
         "eval_data": "; ".join(f"{f} sha256:{digest(f)}" for f in files) or "the preset's test sets",
         "wall_s": f"{seconds:.1f}",
         "device": device_name(trainer),
+        "precision": precision,
         "devices": 1,
         "host": platform.node(),
         "git_commit": git_commit(),

@@ -14,15 +14,14 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 import torch
 
 from benchmark.trained import Trained
 from datamodules.parallel import Tokenizer
 from datamodules.phones import PHONE_SETS
-from datamodules.ptb import EOS, UNK
-from datamodules.speech import Features, delay_labels, read_audio, stack_context
+from datamodules.ptb import EOS, UNK, tokens_of
+from datamodules.speech import delay_labels, read_audio, stack_context
 from datamodules.vocab import WordVocab
 from tasks.frame_classifier import collapse, drop_short_runs
 from tasks.nn.errors import DataError
@@ -98,11 +97,10 @@ def phones(t: Trained, audio: Path) -> tuple[list[str], list[str]]:
         data = audio.read_bytes()
     except OSError as err:
         raise DataError(f"{audio}: unreadable ({err.strerror or err})") from err
-    wave, rate, _ = read_audio(audio, data, decode=True)
-    if rate != 16000:
-        raise DataError(f"{audio}: {rate} Hz audio; the model was trained on 16 kHz speech: resample it first "
-                        f"(e.g. sox in.wav -r 16000 out.wav)")
-    feats = Features(n_mels=settings.get("n_mels", 40), deltas=settings.get("deltas", True)).compute(wave, rate)
+    wave, rate, n_samples = read_audio(audio, data, decode=True)
+    dm = t.datamodule(Path("."))
+    dm.check_audio(audio, rate, n_samples)  # the training rate, at least one frame
+    feats = dm.features.compute(wave, rate)
     feats = stack_context((feats - t.state["mean"]) / t.state["std"], settings.get("context", 0))
     delay = settings.get("delay", 0)
     feats, _ = delay_labels(feats, torch.zeros(feats.size(0), dtype=torch.long), delay)
@@ -110,17 +108,17 @@ def phones(t: Trained, audio: Path) -> tuple[list[str], list[str]]:
     scored = model.fold[frames].tolist()
     names = model.hparams.score_names
     labels = [names[i] if i >= 0 else PHONE_SETS[settings["phone_set"]].train[int(f)] for i, f in zip(scored, frames)]
-    runs = drop_short_runs(scored, model.hparams.min_phone_frames)
-    return [names[i] for i in collapse(runs) if i >= 0], labels
+    kept = [i for i in scored if i >= 0]  # frames of a class left out of scoring (TIMIT's q) do not split a phone
+    return [names[i] for i in collapse(drop_short_runs(kept, model.hparams.min_phone_frames))] if kept else [], labels
 
 
 # -- language model ------------------------------------------------------------------------------------------
-def ptb_ids(t: Trained, text: TextIO) -> tuple[torch.Tensor, int, int]:
+def ptb_ids(t: Trained, text: str) -> tuple[torch.Tensor, int, int]:
     """Token ids of text read as PTB's reader reads its files (one sentence a line, <eos> after
     each), the word count and how many were outside the vocabulary (read as <unk>)."""
     vocab = WordVocab(t.state["itos"], specials=())
-    tokens = [tok for line in text for tok in (*line.split(), EOS) if line.strip()]
-    if not tokens:
+    tokens = tokens_of(text)
+    if not any(tok != EOS for tok in tokens):
         raise DataError("no words to score")
     unknown = sum(1 for tok in tokens if tok not in vocab.stoi)
     return torch.tensor(vocab.encode(tokens)), len(tokens), unknown

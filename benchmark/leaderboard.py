@@ -264,8 +264,15 @@ def _curve(logs: list[Path], metric: str) -> dict[str, dict[int, float]]:
     return out
 
 
-def _seed_curves(rows: list[dict[str, str]], metric: str) -> list[dict[str, dict[int, float]]]:
-    logs = [metric_logs(Path(r["run_dir"])) for r in rows if r.get("run_dir")]
+def seed_curves(rows: list[dict[str, str]], metric: str, results_dir: Path) -> list[dict[str, dict[int, float]]]:
+    """Each row's curve: from its run folder's CSV logs where that folder is here, else from the
+    per-epoch copy its run left in <results>/curves/."""
+    logs = []
+    for r in rows:
+        paths = metric_logs(Path(r["run_dir"])) if r.get("run_dir") else []
+        if not paths and r.get("curves") and (Path(results_dir) / r["curves"]).is_file():
+            paths = [Path(results_dir) / r["curves"]]
+        logs.append(paths)
     return [_curve(paths, metric) for paths in logs if paths]
 
 
@@ -300,11 +307,13 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
     for (task, preset), chash in sorted(current_hashes(runs).items()):
         tm = TaskMetrics(task, preset)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        drawn = sum(_draw(ax, _seed_curves(grouped.get((task, preset, chash, d, ""), []), tm.curve), color, d)
+        drawn = sum(_draw(ax, seed_curves(grouped.get((task, preset, chash, d, ""), []), tm.curve, results_dir),
+                          color, d)
                     for d, color in (("off", "tab:red"), ("on", "tab:blue")))
         if not drawn:
             plt.close(fig)
-            log.info("%s/%s: no run folder with a CSV log here; its plot is left as it was", task, preset)
+            log.info("%s/%s: no run folder with a CSV log here and no curves/ copy; its plot is left as it was",
+                     task, preset)
             continue
         if tm.curve == "ppl":
             ax.set_yscale("log")
@@ -326,14 +335,21 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
     return written
 
 
-def build(results_dir: Path, plots: bool = True) -> Path:
-    results_dir = Path(results_dir)
-    runs = read_rows(results_dir / RUNS_FILE)
+def load_runs(results_dir: Path) -> list[dict[str, str]]:
+    """runs.csv's rows of the tasks registered now."""
+    runs = read_rows(Path(results_dir) / RUNS_FILE)
     unknown = sorted({r["task"] for r in runs} - set(registry.names()))
     if unknown:  # a task since removed (or a plugin's, not loaded now): its rows stay in runs.csv
-        log.warning("%s: rows of unregistered task(s) %s are left off the board", results_dir / RUNS_FILE,
+        log.warning("%s: rows of unregistered task(s) %s are left off the board", Path(results_dir) / RUNS_FILE,
                     ", ".join(unknown))
         runs = [r for r in runs if r["task"] not in unknown]
+    return runs
+
+
+def build(results_dir: Path, plots: bool = True) -> Path:
+    """leaderboard.csv, effects.csv, LEADERBOARD.md; with `plots`, the curves' PNGs."""
+    results_dir = Path(results_dir)
+    runs = load_runs(results_dir)
     out, effects = board_rows(runs), effect_rows(runs, results_dir)
     path = results_dir / LEADERBOARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

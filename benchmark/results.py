@@ -58,6 +58,29 @@ def last_logged(run_dir: Path, prefixes: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
+STEP_KEYS = ("train_loss", "train_nll")  # logged every few steps; the rest of train_*/valid_* once an epoch
+
+
+def save_curves(run_dir: Path, results_dir: Path, name: str) -> Path | None:
+    """<results>/curves/<run>.csv: the run's per-epoch train and valid metrics (Lightning's 0-based
+    `epoch`, as in its CSV logs), so the learning curves travel with the results rows and the
+    leaderboard can draw them without the run folder."""
+    epochs: dict[int, dict[str, str]] = {}
+    for path in metric_logs(run_dir):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                values = {k: v for k, v in row.items()
+                          if k and k.startswith(("train_", "valid_")) and k not in STEP_KEYS and v}
+                if values and row.get("epoch"):
+                    epochs.setdefault(int(row["epoch"]), {}).update(values)
+    if not epochs:
+        return None
+    out = Path(results_dir) / "curves" / f"{name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_rows_atomic(out, [{"epoch": e, **v} for e, v in sorted(epochs.items())], ["epoch"])
+    return out
+
+
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from benchmark import environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers
-from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, set_log_aside
+from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, save_curves, set_log_aside
 from tasks import registry
 from tasks.base import TaskModule
 from tasks.nn import backbone
@@ -55,6 +55,7 @@ class RunOptions:
     loggers: tuple[str, ...] = ("csv",)  # csv and/or wandb
     wandb_mode: str = "auto"  # auto | online | offline
     wandb_project: str = wandb_log.PROJECT
+    wandb_entity: str | None = None  # a W&B user or team; None: WANDB_ENTITY or the account's default
     trainer: dict[str, Any] = field(default_factory=dict)  # CLI pass-throughs, over the preset's
     callbacks: list[L.Callback] = field(default_factory=list)  # extra (tests inject failures here)
     command: str = ""
@@ -140,10 +141,11 @@ def make_loggers(run_dir: Path, opts: RunOptions, preset: Preset, config: dict) 
             set_log_aside(run_dir)  # a resumed run's earlier epochs stay in metrics.part-N.csv
         loggers.append(CSVLogger(run_dir, name="", version=CSV_LOG))
     if "wandb" in opts.loggers:
-        loggers.append(wandb_log.make_logger(
+        wandb = wandb_log.make_logger(
             run_dir, name=run_dir.name, group=preset.task, config=config,
             tags=[preset.task, preset.name, f"dropout_{opts.dropout}"], project=opts.wandb_project,
-            mode=opts.wandb_mode))
+            mode=opts.wandb_mode, entity=opts.wandb_entity)
+        loggers += [wandb] if wandb is not None else []
     return loggers
 
 
@@ -293,6 +295,7 @@ def build(r: Run) -> None:
                         "config_hash": r.chash, "overrides": overrides_of(preset, r.cli_trainer),
                         "git_commit": r.commit, "run_id": r.run_id}
     trainer_kwargs = {**preset.trainer, **r.cli_trainer}
+    r.model.run_info["precision"] = str(trainer_kwargs.get("precision") or "32-true")  # what its test ran under
     if _is_rank_zero():
         write_config(r, trainer_kwargs)
     r.loggers = make_loggers(r.run_dir, opts, preset, {
@@ -392,6 +395,8 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
     row.update(env)
     outputs = save_outputs(r.run_dir, Path(r.opts.results_dir), r.name)
     row["outputs"] = outputs.relative_to(r.opts.results_dir).as_posix() if outputs else ""
+    curves = save_curves(r.run_dir, Path(r.opts.results_dir), r.name)
+    row["curves"] = curves.relative_to(r.opts.results_dir).as_posix() if curves else ""
     path = append_row(r.opts.results_dir, row, replaces="run_id")
     # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
     _write_atomic(r.run_dir / RESULT_FILE, json.dumps({"row": row, "data": r.preset.data}, indent=1) + "\n")

@@ -94,7 +94,7 @@ def load(path: Path, which: str = "last", task: str | None = None) -> Trained:
     if task is not None and spec.name != task:
         raise ConfigError(f"{file}: a {spec.name} model; this command needs a {task} model")
     dm_key = spec.datamodule.rpartition(".")[2]
-    if "settings" not in ckpt.get(dm_key, {}):
+    if not ckpt.get(dm_key, {}).get("settings"):
         raise ConfigError(f"{file}: a {spec.name} checkpoint written before checkpoints carried their data "
                           f"settings and vocabularies; train it again with this version")
     module_cls = registry.load_class(spec.module)
@@ -107,6 +107,8 @@ def load(path: Path, which: str = "last", task: str | None = None) -> Trained:
 
 def run_row(ckpt: Path) -> dict[str, Any]:
     """The results row of the run a checkpoint belongs to (<run>/result.json), or {}."""
+    if Path(ckpt).parent.name != "checkpoints":
+        return {}
     result = Path(ckpt).parent.parent / "result.json"
     try:
         return json.loads(result.read_text())["row"]

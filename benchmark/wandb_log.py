@@ -20,10 +20,14 @@ _told_offline = False
 
 
 def resolve_mode(mode: str) -> str:
-    """auto -> online when W&B has credentials (WANDB_API_KEY or `wandb login`'s netrc entry)."""
+    """auto -> online when W&B has credentials (WANDB_API_KEY or `wandb login`'s netrc entry).
+    W&B's own switch wins: WANDB_MODE=disabled turns W&B off whatever the command says, and
+    WANDB_MODE=offline (or dryrun) keeps an `auto` run offline."""
+    if os.environ.get("WANDB_MODE") == "disabled":
+        return "disabled"
     if mode != "auto":
         return mode
-    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
         return "offline"
     if os.environ.get("WANDB_API_KEY"):
         return "online"
@@ -37,11 +41,16 @@ def resolve_mode(mode: str) -> str:
 
 
 def make_logger(run_dir: Path, *, name: str, group: str, tags: list[str], config: dict[str, Any],
-                project: str = PROJECT, mode: str = "auto"):
+                project: str = PROJECT, mode: str = "auto", entity: str | None = None):
+    """Lightning's WandbLogger for one run, or None when WANDB_MODE=disabled. `entity`: the W&B
+    user or team (default: WANDB_ENTITY, else the account's default)."""
     from lightning.pytorch.loggers import WandbLogger
 
     global _told_offline
     mode = resolve_mode(mode)
+    if mode == "disabled":
+        log.info("W&B: disabled by WANDB_MODE=disabled; logging to CSV only")
+        return None
     if mode == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")  # its banner would repeat per run; we say it once
         if not _told_offline:
@@ -49,7 +58,7 @@ def make_logger(run_dir: Path, *, name: str, group: str, tags: list[str], config
                         "`wandb sync runs/<run>/wandb/offline-run-*`")
             _told_offline = True
     return WandbLogger(project=project, name=name, group=group, tags=tags, job_type="train", config=config,
-                       save_dir=str(run_dir), offline=mode == "offline")
+                       save_dir=str(run_dir), offline=mode == "offline", entity=entity)
 
 
 def is_wandb(logger: Any) -> bool:
@@ -70,18 +79,22 @@ def finish(loggers: list, summary: dict[str, Any] | None = None, failed: bool = 
             log.warning("W&B: could not finish the run: %s", err)
 
 
-def log_leaderboard(csv_path: Path, save_dir: Path, project: str = PROJECT, mode: str = "auto") -> None:
+def log_leaderboard(csv_path: Path, save_dir: Path, project: str = PROJECT, mode: str = "auto",
+                    entity: str | None = None) -> None:
     """The leaderboard as a W&B table and a versioned artifact, in a run of its own."""
     import csv
 
     import wandb
 
     mode = resolve_mode(mode)
+    if mode == "disabled":
+        log.info("W&B: disabled by WANDB_MODE=disabled; the leaderboard is not logged there")
+        return
     with open(csv_path, newline="") as f:
         rows = list(csv.reader(f))
     save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, job_type="leaderboard", name="leaderboard", group="leaderboard",
-                     dir=str(save_dir), mode=mode)
+    run = wandb.init(project=project, entity=entity, job_type="leaderboard", name="leaderboard",
+                     group="leaderboard", dir=str(save_dir), mode=mode)
     try:
         table = wandb.Table(columns=rows[0], data=rows[1:])
         artifact = wandb.Artifact("leaderboard", type="results", description="bench leaderboard: runs.csv "

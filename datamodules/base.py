@@ -14,6 +14,29 @@ from torch.utils.data import DataLoader
 from datamodules.shards import EvalBlocks
 from tasks.nn.errors import DataError
 
+
+def plain(value: Any) -> Any:
+    """A setting as plain data that torch's weights_only loader reads back: paths (and anything
+    else unknown to it) as text, sets as sorted lists."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(v) for v in value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Learned state compared: float statistics to float tolerance (a feature cache recomputed on
+    another machine may differ in the last bits), the rest exactly."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6))
+    return a == b
+
+
 PLACE_ARGS = ("data_root", "cache_dir", "test_only")  # where data sits and what to read now: not settings
 
 
@@ -37,8 +60,7 @@ class TaskDataModule(L.LightningDataModule):
         out. (Not `save_hyperparameters`: Lightning would merge them with the model's for the loggers,
         and a `max_len` of each means different things.)"""
         frame = inspect.getargvalues(inspect.currentframe().f_back)
-        self.settings = {k: str(v) if isinstance(v, Path) else v for k, v in
-                         ((k, frame.locals[k]) for k in frame.args if k not in ("self", *PLACE_ARGS))}
+        self.settings = {k: plain(frame.locals[k]) for k in frame.args if k not in ("self", *PLACE_ARGS)}
 
     def learned(self) -> dict[str, Any]:
         """What setup() learned from the training data that a model needs to read new input; {}
@@ -55,8 +77,7 @@ class TaskDataModule(L.LightningDataModule):
         current, state = self.learned(), {k: v for k, v in state.items() if k != "settings"}
         if current:
             for key, value in state.items():
-                same = torch.equal(value, current.get(key)) if isinstance(value, torch.Tensor) else value == current.get(key)
-                if not same:
+                if key in current and not same_value(value, current[key]):
                     raise DataError(f"the data under this run changed since its checkpoint was written ({key} differs); "
                                     f"restore the data or start a new run")
             return

@@ -344,7 +344,6 @@ class CaptionsDataModule(StreamsDataModule):
         for name, spec in self.test_sets.items():
             entries[f"test_{name}"] = read_coco(self._path(spec["images"]), self._path(spec["captions"]))
         streams = [*([] if self.test_only else ["train", "valid"]), *self.stream_names()]
-        self.encoder = build_encoder(*self.encoder_args)
         cache = self.feature_cache()
         feats = {}
         for name in streams:
@@ -367,13 +366,23 @@ class CaptionsDataModule(StreamsDataModule):
                  self.encoder.description)
 
     def feature_cache(self) -> FeatureCache:
-        """The image pipeline the model was trained on: encoder, resize, crop, normalisation."""
+        """The image pipeline the model was trained on: encoder, resize, crop, normalisation. Its
+        name covers the encoder's weights and the whole transform; with a checkpoint's state, one
+        that differs (other weights behind the same name) is refused, not silently used."""
         if not hasattr(self, "encoder"):
             self.encoder = build_encoder(*self.encoder_args)
-        return FeatureCache(self.encoder, self.image_size, self.cache_dir, resize=self.resize)
+        cache = FeatureCache(self.encoder, self.image_size, self.cache_dir, resize=self.resize)
+        trained = (self.restored or {}).get("pipeline")
+        if trained and trained != cache.folder.name:
+            raise DataError(f"the image encoder here ({cache.folder.name}) is not the one the model was trained with "
+                            f"({trained}): other weights or another transform; install the same weights")
+        self.pipeline = cache.folder.name
+        return cache
 
     def learned(self) -> dict[str, Any]:
-        return {"itos": self.vocab.itos} if hasattr(self, "vocab") else {}
+        if not hasattr(self, "vocab"):
+            return {}
+        return {"itos": self.vocab.itos, "pipeline": getattr(self, "pipeline", "")}
 
     def model_kwargs(self) -> dict[str, Any]:
         description = self.encoder.description + (", fine-tuned" if self.finetune else "")

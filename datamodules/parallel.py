@@ -67,7 +67,7 @@ def _not_utf8(path: Path, line: int, err: UnicodeDecodeError) -> DataError:
                      f"(e.g. iconv -f latin1 -t utf-8)")
 
 
-def _split(data, newline):
+def split_lines(data, newline):
     """Lines split at `\n` only (a `\r` before it dropped, no empty line after a final `\n`): the
     same lines whether the file is read whole or line by line, and the count line-aligned twin
     files are checked by (str.splitlines would also break at U+2028, NEL and lone CRs)."""
@@ -85,10 +85,10 @@ def read_text(path: Path, policy: BadRecordPolicy = STRICT) -> tuple[list[str | 
         raise DataError(f"{path}: not found")
     data = path.read_bytes()
     try:
-        lines: list[str | None] = _split(data.decode("utf-8"), "\n")
+        lines: list[str | None] = split_lines(data.decode("utf-8"), "\n")
         bad = BadRecords(str(path), len(lines), policy)
     except UnicodeDecodeError as err:
-        raw = _split(data, b"\n")
+        raw = split_lines(data, b"\n")
         bad = BadRecords(str(path), len(raw), policy)
         if not bad.tolerant:
             raise _not_utf8(path, data[: err.start].count(b"\n") + 1, err) from err

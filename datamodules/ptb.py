@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 EOS, UNK = "<eos>", "<unk>"
+# The test split in the B-column training layout (`test_ppl_b<B>`); no test set named from a file
+# (letters, digits, _) can take this name.
+COLUMNS_STREAM = "test:columns"
+EVAL_WINDOW_TOKENS = 2048  # tokens per evaluation window (all columns): 80 MB of logits at 10,000 words
 
 
 
@@ -49,10 +53,15 @@ def read_tokens(path: Path) -> list[str]:
         raise DataError(f"{path}: file not found") from err
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); expected Mikolov's ptb.*.txt") from err
-    tokens = [tok for line in text.splitlines() for tok in (*line.split(), EOS)]
+    tokens = tokens_of(text)
     if not any(tok != EOS for tok in tokens):
         raise DataError(f"{path}: no words in this split; the file is empty or blank")
     return tokens
+
+
+def tokens_of(text: str) -> list[str]:
+    """PTB's reading of text: whitespace-separated words, `<eos>` closing every line (blank ones too)."""
+    return [tok for line in text.splitlines() for tok in (*line.split(), EOS)]
 
 
 def encode_split(vocab: WordVocab, tokens: list[str], source: Path) -> Tensor:
@@ -115,13 +124,17 @@ class PTBDataModule(TaskDataModule):
         self.vocab: WordVocab | None = None
         self.ids: dict[str, Tensor] = {}
 
+    def _path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.data_root / p
+
     @property
     def folder(self) -> Path:
         return self.data_root / sources.PTB.name
 
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes."""
-        extra = [Path(p) for p in self.test_sets.values()]
+        extra = [self._path(p) for p in self.test_sets.values()]
         return extra if self.test_only else [self.folder / n for n in sources.PTB.sha256] + extra
 
     def prepare_data(self) -> None:
@@ -137,7 +150,7 @@ class PTBDataModule(TaskDataModule):
         if self.vocab is not None:
             return
         files = {} if self.test_only else {s: self.folder / f"ptb.{s}.txt" for s in SPLITS}
-        files.update({f"test_{name}": Path(path) for name, path in self.test_sets.items()})
+        files.update({f"test_{name}": self._path(path) for name, path in self.test_sets.items()})
         tokens = {s: read_tokens(path) for s, path in files.items()}
         if self.restored:
             self.vocab = WordVocab(self.restored["itos"], specials=())
@@ -161,7 +174,7 @@ class PTBDataModule(TaskDataModule):
         return {"itos": self.vocab.itos} if self.vocab is not None else {}
 
     def stream_names(self) -> list[str]:
-        own = [] if self.test_only else ["test", f"test_b{self.batch_size}"]
+        own = [] if self.test_only else ["test", COLUMNS_STREAM]
         return own + [f"test_{name}" for name in self.test_sets]
 
     def model_kwargs(self) -> dict:
@@ -183,7 +196,11 @@ class PTBDataModule(TaskDataModule):
     def _loader(self, split: str, batch_size: int, drop_last: bool, replicate: bool = False) -> DataLoader:
         grid = batchify(self.ids[split], batch_size)
         col0, col1 = (0, batch_size) if replicate else self._columns(batch_size)
-        return DataLoader(BPTTWindows(grid, self.bptt, col0, col1, drop_last), batch_size=None)
+        # Evaluation carries the state from window to window and trains nothing, so its windows can
+        # be long (the same numbers up to float rounding) and the stream is read in fewer steps: the
+        # test's one column takes 40 windows instead of 4,100.
+        bptt = self.bptt if split == "train" else max(self.bptt, EVAL_WINDOW_TOKENS // batch_size)
+        return DataLoader(BPTTWindows(grid, bptt, col0, col1, drop_last), batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
         # The paper drops the last partial window in training; every step sees a full (bptt, B) block.

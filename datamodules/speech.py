@@ -280,6 +280,7 @@ class SpeechDataModule(TaskDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else fetch.default_cache_dir()
         self.bad_records = BadRecordPolicy.of(bad_records)
         self.sets: dict[str, StackDataset] = {}  # split -> (features, labels) per utterance
+        self.rates: set[int] = set()  # sample rates read in the split being set up
 
     def data_files(self) -> list[Path]:
         """What the run reads: the settings hash covers their names and sizes."""
@@ -324,6 +325,7 @@ class SpeechDataModule(TaskDataModule):
             except Exception:  # a damaged cache entry is recomputed, never trusted
                 log.warning("%s: unreadable cache entry, recomputing", cache)
         wave, rate, n_samples = read_audio(utt.audio, data, decode=feats is None)
+        self.check_audio(utt.audio, rate, n_samples)
         if feats is None:
             feats = self.features.compute(wave, rate)
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +334,18 @@ class SpeechDataModule(TaskDataModule):
             os.replace(tmp, cache)
         shift, window = int(rate * self.features.frame_shift_ms / 1000), int(rate * self.features.frame_length_ms / 1000)
         labels = frame_labels(read_phn(utt.phn, n_samples, self.phones), feats.size(0), shift, window)
+        self.rates.add(rate)  # an utterance skipped as a bad record does not count
         return feats, labels
+
+    def check_audio(self, path: Path, rate: int, n_samples: int) -> None:
+        """Audio the features can be computed from, at the rate the model was trained on."""
+        # Checkpoints from before the rate was recorded: AN4 and TIMIT, 16 kHz.
+        trained_rate = self.restored.get("sample_rate", 16000) if self.restored else -1
+        if trained_rate > 0 and rate != trained_rate:
+            raise DataError(f"{path}: {rate} Hz audio; the model was trained on {trained_rate} Hz speech: resample "
+                            f"it first (e.g. sox in.wav -r {trained_rate} out.wav)")
+        if n_samples < rate * self.features.frame_length_ms / 1000:
+            raise DataError(f"{path}: {n_samples} samples, shorter than one {self.features.frame_length_ms:g} ms frame")
 
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
@@ -349,8 +362,11 @@ class SpeechDataModule(TaskDataModule):
             if s not in ("train", "valid", "test", *self.stream_names()):
                 continue
             if all(u.phn is None for u in splits[s]):
-                raise DataError(f"{self.data_root / self.corpus}: no {s} utterance has a .phn label file beside its "
-                                f"audio; `bench align {self.data_root / self.corpus}` makes them from word transcripts")
+                where = (self._folder(self.test_sets[s.removeprefix("test_")]) if s.removeprefix("test_") in
+                         self.test_sets else self.data_root / self.corpus)
+                raise DataError(f"{where}: no {s} utterance has a .phn label file beside its audio; "
+                                f"`bench align {where}` makes them from word transcripts")
+            self.rates = set()
             bad, raw[s] = BadRecords(f"{self.corpus} {s} utterances", len(splits[s]), self.bad_records), []
             for utt in tqdm(splits[s], desc=f"features {self.corpus} {s}", unit="utt", leave=False, mininterval=2):
                 try:
@@ -360,6 +376,14 @@ class SpeechDataModule(TaskDataModule):
                 except DataError as err:  # audio that does not read, a .phn that does not parse
                     bad.add(err)
             self.skipped += bad.check()
+            if s == "train":  # the rate the model learns: later input at another is refused
+                self.sample_rate = next(iter(self.rates)) if len(self.rates) == 1 else -1
+                if len(self.rates) > 1:
+                    log.warning("%s: training audio at several sample rates %s: features differ between them, and "
+                                "no rate is checked on later input", self.corpus, sorted(self.rates))
+            elif getattr(self, "sample_rate", -1) > 0 and self.rates - {self.sample_rate}:
+                log.warning("%s %s: audio at %s Hz; the training audio is at %d Hz", self.corpus, s,
+                            sorted(self.rates - {self.sample_rate}), self.sample_rate)
         if self.restored:
             mean, std = self.restored["mean"], self.restored["std"]
         else:
@@ -376,7 +400,10 @@ class SpeechDataModule(TaskDataModule):
         log.info("%s: %s utterances", self.corpus, {s: len(d) for s, d in self.sets.items()})
 
     def learned(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std} if hasattr(self, "mean") else {}
+        if not hasattr(self, "mean"):
+            return {}
+        return {"mean": self.mean, "std": self.std,
+                "sample_rate": getattr(self, "sample_rate", (self.restored or {}).get("sample_rate", -1))}
 
     def stream_names(self) -> list[str]:
         return ["test", "train_eval"] * (not self.test_only) + [f"test_{name}" for name in self.test_sets]

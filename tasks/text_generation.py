@@ -154,11 +154,19 @@ class TextGenerator(TaskModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         # Greedy only (beam search every epoch costs too much); `valid_decode: false` scores
-        # perplexity alone, which is what the checkpoint monitor reads, and decodes only at test.
-        if self.hparams.valid_decode:
+        # perplexity alone, which is what the checkpoint monitor reads, and decodes only at test;
+        # `valid_decode: N` decodes every N-th epoch and the last.
+        if self._decode_this_epoch():
             self._collect(batch, "valid", (1,))
         else:
             self._loss(batch, "valid")
+
+    def _decode_this_epoch(self) -> bool:
+        every = self.hparams.valid_decode
+        if isinstance(every, bool) or every <= 1:
+            return bool(every)
+        epoch, last = self.current_epoch + 1, self.trainer.max_epochs
+        return epoch % every == 0 or (last is not None and last > 0 and epoch >= last)
 
     def on_validation_epoch_end(self) -> None:
         self._finish("valid", (1,))

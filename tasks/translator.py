@@ -79,7 +79,7 @@ class Translator(TextGenerator):
         max_len_b: int = 10,
         max_len: int = 200,
         num_samples: int = 5,
-        valid_decode: bool = True,
+        valid_decode: bool | int = True,
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):

@@ -222,3 +222,53 @@ def test_dropout_off_zeroes_every_rate(tmp_path, data_root):
     ckpt = torch.load(find_run(tmp_path / "runs", "ptb-small-dropout_off-seed0") / "checkpoints" / "last.ckpt",
                       weights_only=False)
     assert ckpt["hyper_parameters"]["dropout"] == 0.0
+
+
+@pytest.mark.parametrize("rows", [1, 128, 300])  # within one chunk, exactly one, across chunks
+def test_fused_output_layer_and_loss_is_the_unfused_math(rows):
+    from tasks.nn.fused_loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(rows, 16, requires_grad=True)
+    head = torch.nn.Linear(16, 50)
+    y = torch.randint(0, 50, (rows,))
+    fused = linear_cross_entropy(h, head.weight, head.bias, y) / 7.0  # a scale, as the paper's loss has
+    grads = torch.autograd.grad(fused, [h, head.weight, head.bias])
+    plain = F.cross_entropy(head(h), y, reduction="sum") / 7.0
+    for a, b in zip(grads, torch.autograd.grad(plain, [h, head.weight, head.bias])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-5)
+
+
+def test_fused_loss_trains_to_the_same_perplexity(tmp_path, data_root):
+    """A short run at a fixed seed, the output layer's loss fused and not: the same numbers to
+    float tolerance (the sums run in another order), and validation never uses it."""
+    rows = [run(tiny_preset(fused_loss=fused), opts(tmp_path / str(fused), data_root, seed=1)) for fused in (True, False)]
+    for key in ("train_ppl", "valid_ppl", "test_ppl"):
+        assert float(rows[0][key]) == pytest.approx(float(rows[1][key]), rel=1e-4), key
+
+
+def test_evaluation_windows_only_change_how_many_steps_read_the_stream(data_root, monkeypatch):
+    """Evaluation carries the state across windows, so long windows (the default, one window
+    for the fixture's whole stream) and short ones (16 tokens) score the same."""
+    from datamodules import ptb
+
+    dm = PTBDataModule(data_root, batch_size=4, bptt=5, download=False)
+    dm.setup()
+    torch.manual_seed(0)
+    model = LanguageModel(**dm.model_kwargs(), hidden_size=16).eval()
+
+    @torch.no_grad()
+    def score(loader) -> tuple[float, int]:
+        state, nll, n, windows = None, 0.0, 0, 0
+        for x, y in loader:
+            logits, state = model(x, state)
+            nll += float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+            n, windows = n + y.numel(), windows + 1
+        return nll / n, windows
+
+    long = [score(loader) for loader in (dm.val_dataloader(), *dm.test_dataloader())]
+    monkeypatch.setattr(ptb, "EVAL_WINDOW_TOKENS", 16)
+    short = [score(loader) for loader in (dm.val_dataloader(), *dm.test_dataloader())]
+    for (a, wa), (b, wb) in zip(long, short):
+        assert a == pytest.approx(b, rel=1e-5) and wb > wa

@@ -11,7 +11,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
 from benchmark.cli import main
@@ -154,6 +156,14 @@ def test_speech_eval_by_folder_phones_and_ensemble(speech, capsys):
     # The frames the test scored (those with a reference label) are the frames `bench phones` prints.
     assert labels.split()[: len(frames[0]["hyp_frames"].split())] == frames[0]["hyp_frames"].split()
     assert set(seq.split()) <= set(labels.split()) and "missing.wav: unreadable" in err
+    # Audio the model cannot read: another sample rate, shorter than one frame; named, and skipped.
+    other_rate, short = root / "8k.wav", root / "short.wav"
+    sf.write(other_rate, np.zeros(8000, dtype=np.float32), 8000)
+    sf.write(short, np.zeros(100, dtype=np.float32), 16000)
+    assert main(["phones", "--model", str(run_dir), str(other_rate), str(short), str(first)]) == 0
+    out, err = capsys.readouterr()
+    assert "8k.wav: 8000 Hz audio; the model was trained on 16000 Hz" in err
+    assert "short.wav: 100 samples, shorter than one 25 ms frame" in err and out.splitlines()[2].split("\t")[1] == seq
     ens = run_ensemble("speech", [run_dir, run_dir], root / "data", root / "ens")
     assert ens["test_frame_acc"] == row["test_frame_acc"] == ens["members_test_frame_acc"].split()[0]
 
@@ -186,9 +196,34 @@ def test_ptb_eval_score_sample_and_a_checkpoint_that_says_what_it_is(ptb, capsys
     # Evaluation rows stay off the leaderboard: beside the training row, only the training row counts.
     as_named = [{**r, "overrides": ""} for r in (row, own)]  # as if both were of the preset as named
     assert [rows for rows in groups(as_named).values()] == [[as_named[0]]]
+    # A file whose name looks like the B-column stream's metric, with blank lines: `bench eval` and
+    # `bench score` read it alike (a blank line is an <eos>, as PTB's reader has it).
+    odd = root / "b4.txt"
+    odd.write_text(test_file.read_text().replace("\n", "\n\n", 3))
+    ev = _eval(run_dir, root, "--test", str(odd))
+    assert "test_b4_ppl" in ev and ev["test_ppl_b4"] == ""
+    capsys.readouterr()
+    assert main(["score", "--model", str(run_dir), str(odd)]) == 0
+    assert f"perplexity {float(ev['test_b4_ppl']):.2f} over" in capsys.readouterr().out
     assert main(["translate", "--model", str(run_dir), str(test_file)]) == 2
     assert "a ptb model; this command needs a translation model" in capsys.readouterr().err
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert (config["task"], config["seed"], config["dropout"], config["config_hash"]) == (
         "ptb", 0, "on", row["config_hash"])
     assert config["model"]["dropout"] == 0.5 and config["data"]["bptt"] == 5
+
+
+def test_settings_a_checkpoint_carries_are_plain_data(tmp_path):
+    """Paths and sets given by a Python caller, however deep, become text and lists: torch's
+    weights_only loader reads the checkpoint back."""
+    import torch
+
+    from datamodules.ptb import PTBDataModule
+
+    write_ptb(tmp_path / "ptb")
+    dm = PTBDataModule(tmp_path, batch_size=4, bptt=5, test_sets={"extra": tmp_path / "ptb" / "ptb.test.txt"})
+    dm.setup()
+    torch.save({"dm": dm.state_dict()}, tmp_path / "x.ckpt")
+    state = torch.load(tmp_path / "x.ckpt", weights_only=True)["dm"]
+    assert state["settings"]["test_sets"] == {"extra": str(tmp_path / "ptb" / "ptb.test.txt")}
+    assert state["itos"] == dm.vocab.itos

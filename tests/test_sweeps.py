@@ -14,7 +14,7 @@ import torch
 from benchmark.cli import main
 from benchmark.ensemble import run_ensemble
 from benchmark.leaderboard import build
-from benchmark.results import append_row, read_rows
+from benchmark.results import append_row, read_rows, write_rows_atomic
 from tasks.nn.mixture import mixture_nll
 from tests.conftest import find_run
 
@@ -133,6 +133,29 @@ def test_learning_curves_plot_on_and_off_from_the_run_logs(tmp_path):
     assert ((rgb[..., 2] > 0.6) & (rgb[..., 0] < 0.3)).sum() > 200
 
 
+def test_curves_travel_with_the_results_rows(tmp_path, data_root):
+    """A run copies its per-epoch train/valid metrics to <results>/curves/<run>.csv; with the run
+    folder gone (a fresh clone of the results), the leaderboard still draws the curves."""
+    import shutil
+
+    for dropout in ("on", "off"):
+        assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--dropout", dropout, "--data-root",
+                     str(data_root), *TINY) == 0
+    rows = read_rows(tmp_path / "results" / "runs.csv")
+    curves = [tmp_path / "results" / r["curves"] for r in rows]
+    with open(curves[0], newline="") as f:
+        epochs = list(csv.DictReader(f))
+    assert [e["epoch"] for e in epochs] == ["0", "1"] and all(e["train_ppl"] and e["valid_ppl"] for e in epochs)
+    assert "train_loss" not in epochs[0]  # per-step numbers stay in the run folder
+    shutil.rmtree(tmp_path / "runs")
+    # As if made by the preset as named (the board draws only those; these are tiny --set runs).
+    write_rows_atomic(tmp_path / "results" / "runs.csv", [{**r, "overrides": ""} for r in rows])
+    png = tmp_path / "results" / "curves-ptb-quick.png"
+    png.unlink(missing_ok=True)
+    build(tmp_path / "results")
+    assert png.is_file()
+
+
 def test_mixture_nll_averages_distributions():
     p1 = torch.tensor([[0.7, 0.2, 0.1]]).log()
     p2 = torch.tensor([[0.1, 0.6, 0.3]]).log()
@@ -206,6 +229,19 @@ def test_paper_numbers_for_both_dropout_settings():
     assert paper_numbers(tr, "off") == {"test_ppl": 5.8, "test_bleu_tok": 25.9}  # YAML's bare `off:` is not False
     small = load_preset("ptb", "small")  # one setting: the numbers belong to the preset's default_dropout
     assert paper_numbers(small, "off")["test_ppl"] == 114.5 and paper_numbers(small, "on") == {}
+
+
+def test_wandb_mode_disabled_turns_wandb_off(tmp_path, data_root, monkeypatch):
+    """W&B's own switch: WANDB_MODE=disabled means no W&B at all (not an offline run), whatever
+    --logger asks for; the CSV log and the results row are as always."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", "on", "--data-root", str(data_root),
+                 "--logger", "csv,wandb", *TINY) == 0
+    run_dir = find_run(tmp_path / "runs", "ptb-small-dropout_on-seed0")
+    assert not (run_dir / "wandb").exists() and (run_dir / "csv" / "metrics.csv").is_file()
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--logger", "wandb",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert not (tmp_path / "runs" / "leaderboard").exists()
 
 
 def test_the_older_wandb_flag_still_parses_so_recorded_commands_rerun(tmp_path, capsys):

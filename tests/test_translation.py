@@ -328,3 +328,19 @@ def test_named_sacrebleu_test_set_reads_sacrebleus_files(tmp_path, monkeypatch):
     monkeypatch.setattr(sbu, "get_source_file", offline)
     with pytest.raises(DataError, match=r"sacrebleu test set 'wmt14/full' \(en-fr\) unavailable.*by path instead"):
         read_corpus({"sacrebleu": "wmt14/full"}, tmp_path, "en-fr")
+
+
+def test_validation_decodes_every_nth_epoch_and_the_last(tmp_path):
+    """`valid_decode: 2` over 3 epochs: perplexity every epoch, greedy BLEU at epochs 2 and 3."""
+    write_tab(tmp_path / "tab.txt")
+    (tmp_path / "news.en").write_text("\n".join(EN) + "\n")
+    (tmp_path / "news.fr").write_text("\n".join(FR) + "\n")
+    preset = tiny_translation_preset(tmp_path)
+    preset.model["valid_decode"] = 2
+    preset.trainer["max_epochs"] = 3
+    run(preset, RunOptions(data_root=tmp_path, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs"))
+    run_dir = find_run(tmp_path / "runs", "translation-quick-dropout_on-seed0")
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        epochs = [r for r in csv.DictReader(f) if r.get("valid_ppl")]
+    assert len(epochs) == 3 and [bool(r["valid_bleu_greedy"]) for r in epochs] == [False, True, True]
+    assert sorted(p.name for p in (run_dir / "samples").glob("valid-*")) == ["valid-epoch001.txt", "valid-epoch002.txt"]

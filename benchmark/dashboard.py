@@ -1,0 +1,147 @@
+"""The leaderboard as one self-contained web page: `bench leaderboard` writes <results>/dashboard.html.
+
+Per task, for each current setting: the learning curves (train dashed, valid solid; dropout on blue,
+off red; the mean over seeds with a min-to-max band), interactive (Plotly, its JavaScript inlined:
+the page opens with no network); the leaderboard rows beside the paper's number; dropout's effect
+with its interval; a few test outputs of the runs (translations, captions, phone strings). Built
+from the same rows, effects and curves as LEADERBOARD.md, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+from datetime import datetime, timezone
+from itertools import groupby
+from pathlib import Path
+
+from benchmark import leaderboard
+from tasks import registry
+
+PAGE_FILE = "dashboard.html"
+COLORS = {"off": ("#d62728", "rgba(214,39,40,0.15)"), "on": ("#1f77b4", "rgba(31,119,180,0.15)")}
+SAMPLES = 3  # test outputs shown per run
+BOARD_COLUMNS = [("dropout", "dropout"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
+                 ("best_mean", "best-valid checkpoint"), ("paper", "paper"), ("diff", "Δ paper"),
+                 ("train", "train"), ("valid", "valid"), ("test", "test"), ("epochs", "epochs"),
+                 ("wall_s", "wall s"), ("device", "device"), ("commit", "commit")]
+
+
+def curve_figure(task: str, preset: str, chash: str, by_dropout: dict[str, list[dict[str, str]]],
+                 results_dir: Path):
+    """Plotly figure of one setting's learning curves, or None when no run left its curves."""
+    import plotly.graph_objects as go
+
+    tm = leaderboard.TaskMetrics(task, preset)
+    fig, drawn = go.Figure(), 0
+    for dropout, rows in by_dropout.items():
+        curves = leaderboard.seed_curves(rows, tm.curve, results_dir)
+        line, band = COLORS[dropout]
+        for split, dash in (("train", "dash"), ("valid", "solid")):
+            epochs = sorted(set.intersection(*(set(c[split]) for c in curves))) if curves else []
+            if not epochs:
+                continue
+            values = [[c[split][e] for c in curves] for e in epochs]
+            name = f"dropout {dropout}, {split} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+            if len(curves) > 1:
+                fig.add_scatter(x=epochs, y=[max(v) for v in values], mode="lines", line={"width": 0},
+                                showlegend=False, hoverinfo="skip", legendgroup=name)
+                fig.add_scatter(x=epochs, y=[min(v) for v in values], mode="lines", line={"width": 0},
+                                fill="tonexty", fillcolor=band, showlegend=False, hoverinfo="skip", legendgroup=name)
+            fig.add_scatter(x=epochs, y=[sum(v) / len(v) for v in values], mode="lines+markers", name=name,
+                            line={"color": line, "dash": dash}, legendgroup=name)
+            drawn += 1
+    if not drawn:
+        return None
+    label = {"ppl": "perplexity per word", "frame_acc": "frame accuracy"}.get(tm.curve, tm.curve)
+    fig.update_layout(title=f"{task}/{preset} ({chash}): train (dashed) vs valid (solid), band: min to max over seeds",
+                      xaxis_title="epoch", yaxis_title=label, yaxis_type="log" if tm.curve == "ppl" else "linear",
+                      height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white")
+    return fig
+
+
+def samples(rows: list[dict[str, str]], results_dir: Path) -> list[tuple[str, str, str]]:
+    """(run, output, reference) of the first test outputs of each run that kept its outputs."""
+    out = []
+    for row in rows:
+        path = Path(results_dir) / row["outputs"] if row.get("outputs") else None
+        if path is None or not path.is_file():
+            continue
+        taken = 0
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for item in map(json.loads, f):
+                if item.get("stream") != "test" or taken == SAMPLES:
+                    continue
+                if "hyp" in item:
+                    hyp, ref = item["hyp"], " | ".join(item["refs"][:2])
+                else:  # speech: every scored frame -> the phone sequence the frames spell
+                    hyp, ref = (" ".join(k for k, _ in groupby(item[key].split())) for key in ("hyp_frames", "ref_frames"))
+                out.append((f"dropout {row['dropout']} seed {row['seed']}", hyp, ref))
+                taken += 1
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def build_page(results_dir: Path) -> Path:
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    results_dir = Path(results_dir)
+    runs = leaderboard.load_runs(results_dir)
+    board, effects = leaderboard.board_rows(runs), leaderboard.effect_rows(runs, results_dir)
+    grouped, parts = leaderboard.groups(runs), []
+    for task in registry.names():
+        current = sorted((p, h) for (t, p), h in leaderboard.current_hashes(runs).items() if t == task)
+        if not current:
+            continue
+        parts.append(f'<section id="task-{task}" class="task"><h2>{html.escape(registry.get(task).title)}</h2>')
+        for preset, chash in current:
+            by_dropout = {d: grouped.get((task, preset, chash, d, ""), []) for d in ("off", "on")}
+            parts.append(f"<h3>{task}/{preset} <code>{chash}</code></h3>")
+            fig = curve_figure(task, preset, chash, {d: r for d, r in by_dropout.items() if r}, results_dir)
+            parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"curves-{task}-{preset}")
+                         if fig else '<p class="none">No learning curves: these rows come from before runs kept '
+                                     'theirs in results/curves/, and their run folders are not here.</p>')
+            rows = [r for r in board if (r["task"], r["preset"], r["config_hash"]) == (task, preset, chash)]
+            if rows:
+                parts.append(f"<p>Headline: <b>{html.escape(rows[0]['metric'])}</b>; paper figure compared on "
+                             f"{html.escape(rows[0]['paper_metric'])}.</p>")
+                parts.append(_table([label for _, label in BOARD_COLUMNS],
+                                    [[r.get(k, "") for k, _ in BOARD_COLUMNS] for r in rows]))
+            for e in (e for e in effects if (e["task"], e["preset"]) == (task, preset)):
+                ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
+                parts.append(f"<p class=\"effect\">{html.escape(e['metric'])} ({e['better']} is better): on − off = "
+                             f"<b>{html.escape(e['diff'])}</b>{html.escape(ci)} over {e['pairs']} paired seed(s): "
+                             f"{html.escape(e['verdict'])}.</p>")
+            shown = samples([r for d in ("on", "off") for r in by_dropout[d]], results_dir)
+            if shown:
+                parts.append("<h4>Test outputs</h4>" + _table(["run", "output", "reference(s)"], [list(s) for s in shown]))
+        parts.append("</section>")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>rnnreg-bench dashboard</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }} .none {{ color: #777; }} section.task {{ margin-bottom: 2.5em; }}
+</style>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head><body>
+<h1>rnnreg-bench: dropout on the non-recurrent connections, on against off</h1>
+<p>Built by <code>bench leaderboard</code> from {html.escape(str(results_dir / 'runs.csv'))} ({len(runs)} rows),
+{when}. Headline: the last epoch's test metric; mean over seeds. The same numbers as LEADERBOARD.md.</p>
+{''.join(parts)}
+</body></html>
+"""
+    path = results_dir / PAGE_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,108 @@
+"""Where one PTB training step spends its time, with the output layer's loss fused and not, and
+what reading the test stream in long windows saves: the profiles behind the training-step changes.
+
+    python scripts/profile_step.py --data-root ../shared/data --out results/profile-step.md
+
+The step is the module's own (`LanguageModel._nll` times the batch's columns, backward, clip,
+SGD) on the small preset's shape, outside Lightning, under torch.profiler; the table lists the
+operators by self CPU time per step. The test stream is scored both ways on a fresh model with the
+preset's windows and with the evaluation windows the DataModule now uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmark.config import load_preset  # noqa: E402
+from datamodules import ptb  # noqa: E402
+from tasks.language_model import LanguageModel  # noqa: E402
+
+
+def build(data_root: Path, preset_name: str, fused: bool) -> tuple[ptb.PTBDataModule, LanguageModel]:
+    preset = load_preset("ptb", preset_name)
+    torch.manual_seed(0)
+    dm = ptb.PTBDataModule(data_root, download=False, **preset.data)
+    dm.setup("fit")
+    model = LanguageModel(**{**preset.model, "dropout": 0.0, "fused_loss": fused}, **dm.model_kwargs())
+    return dm, model
+
+
+def step_profile(dm: ptb.PTBDataModule, model: LanguageModel, steps: int, warmup: int = 10) -> tuple[str, float]:
+    """(the operator table, ms per step) over `steps` steps after `warmup`."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    batches = iter(dm.train_dataloader())
+
+    def one() -> None:
+        x, y = next(batches)
+        loss = model._nll((x, y), "train") * y.size(0)  # the paper's scale, as training_step
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+
+    for _ in range(warmup):
+        one()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            one()
+        ms = (time.perf_counter() - start) * 1000 / steps
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40)
+    return table, ms
+
+
+@torch.no_grad()
+def test_stream(dm: ptb.PTBDataModule, model: LanguageModel, window: int) -> tuple[float, float]:
+    """(perplexity, seconds) of the test split as one column read in `window`-token windows."""
+    model.eval()
+    grid = ptb.batchify(dm.ids["test"], 1)
+    windows = ptb.BPTTWindows(grid, window, 0, 1, drop_last=False)
+    state, nll, n = None, 0.0, 0
+    start = time.perf_counter()
+    for x, y in windows:
+        logits, state = model(x, state)
+        nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
+        n += y.numel()
+    return math.exp(nll / n), time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", type=Path, required=True)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    lines = [f"# One PTB training step, profiled ({args.preset} shape, {torch.get_num_threads()} threads)\n",
+             f"`{shlex.join(['python', *sys.argv])}`\n"]
+    for fused in (False, True):
+        dm, model = build(args.data_root, args.preset, fused)
+        table, ms = step_profile(dm, model, args.steps)
+        lines += [f"## Output layer and loss {'fused' if fused else 'as two steps (before)'}: {ms:.1f} ms per step\n",
+                  "```", table.rstrip(), "```\n"]
+        print(f"fused={fused}: {ms:.1f} ms/step", flush=True)
+    dm, model = build(args.data_root, args.preset, True)
+    short = test_stream(dm, model, dm.bptt)
+    long = test_stream(dm, model, ptb.EVAL_WINDOW_TOKENS)
+    lines += ["## The test stream, one column, an untrained model\n",
+              "| windows | perplexity | seconds |", "|---|---:|---:|",
+              f"| {dm.bptt} tokens (before) | {short[0]:.6f} | {short[1]:.2f} |",
+              f"| {ptb.EVAL_WINDOW_TOKENS} tokens | {long[0]:.6f} | {long[1]:.2f} |"]
+    print(f"test stream: {short} vs {long}")
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
