@@ -22,7 +22,7 @@ from tasks import registry
 PAGE_FILE = "dashboard.html"
 COLORS = {"off": ("#d62728", "rgba(214,39,40,0.15)"), "on": ("#1f77b4", "rgba(31,119,180,0.15)")}
 SAMPLES = 3  # test outputs shown per run
-BOARD_COLUMNS = [("dropout", "dropout"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
+BOARD_COLUMNS = [("dropout", "dropout"), ("ensemble", "ensemble of"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
                  ("best_mean", "best-valid checkpoint"), ("paper", "paper"), ("diff", "Δ paper"),
                  ("train", "train"), ("valid", "valid"), ("test", "test"), ("epochs", "epochs"),
                  ("wall_s", "wall s"), ("device", "device"), ("commit", "commit")]
@@ -119,7 +119,9 @@ def build_page(results_dir: Path) -> Path:
                 parts.append(f"<p class=\"effect\">{html.escape(e['metric'])} ({e['better']} is better): on − off = "
                              f"<b>{html.escape(e['diff'])}</b>{html.escape(ci)} over {e['pairs']} paired seed(s): "
                              f"{html.escape(e['verdict'])}.</p>")
-            shown = samples([r for d in ("on", "off") for r in by_dropout[d]], results_dir)
+            # The first seed's outputs each way: the same test items, on against off.
+            first = [min(rows, key=lambda r: int(r["seed"])) for rows in (by_dropout["on"], by_dropout["off"]) if rows]
+            shown = samples(first, results_dir)
             if shown:
                 parts.append("<h4>Test outputs</h4>" + _table(["run", "output", "reference(s)"], [list(s) for s in shown]))
         parts.append("</section>")

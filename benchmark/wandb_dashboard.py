@@ -54,9 +54,10 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
     for task in sorted({r["task"] for r in rows}):
         spec, task_rows = registry.get(task), [r for r in rows if r["task"] == task]
         keys = set().union(*(logged_keys(Path(r["run_dir"])) for r in task_rows if r.get("run_dir")))
-        keys |= {k for r in task_rows for k in r if k.startswith(("test_", "best_test_")) and r[k]}
+        # The rows' metrics too: all that is known of runs whose folders are not here.
+        keys |= {k for r in task_rows for k in r if k.startswith(spec.result_keys) and r[k]}
         tm = leaderboard.TaskMetrics(task, task_rows[0]["preset"])
-        epoch = {k for k in keys if k.startswith(("train_", "valid_")) and not k.startswith(STEP_PREFIXES)}
+        epoch = {k for k in keys if k.startswith(("train_", "valid_")) and not k.startswith((*STEP_PREFIXES, "train_eval_"))}
         test = {k for k in keys if k.startswith(("test_", "best_test_", "train_eval_"))}
         tables = {k for k in keys if k in SAMPLE_TABLES}
         tasks.append({
