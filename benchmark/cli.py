@@ -1,4 +1,5 @@
-"""`bench`: run presets, fetch and label data, list presets, build the leaderboard."""
+"""`bench`: run presets, fetch and label data, list presets, build the leaderboard and dashboards,
+and use trained models (evaluate, translate, caption, phones, score, sample, ensemble)."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ def _align_parser(sub) -> None:
 
 def _leaderboard_parser(sub) -> None:
     b = sub.add_parser("leaderboard", help="<results-dir>/runs.csv + the paper's numbers -> leaderboard.csv, effects.csv, "
-                                           "LEADERBOARD.md and learning-curve plots")
+                                           "LEADERBOARD.md, learning-curve plots and dashboard.html")
     b.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
                    help="the runs.csv to read and where the board goes (default runs/results; results/ for the "
                         "published reference)")
