@@ -7,7 +7,6 @@ import argparse
 import copy
 import logging
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -269,7 +268,7 @@ def add_test_files(preset, src: Path | None, ref: Path | None) -> None:
     for path in (src, ref):
         if not path.is_file():
             raise ConfigError(f"{path}: not found (given with --test-src/--test-ref)")
-    name = re.sub(r"\W+", "_", src.name.split(".")[0]).strip("_") or "custom"
+    name = config.test_set_name(src)
     preset.data["test_sets"] = {**(preset.data.get("test_sets") or {}),
                                 name: {"src": str(src.resolve()), "ref": str(ref.resolve())}}
 

@@ -15,6 +15,7 @@ classes those are is the task's, in tasks/registry.py). Sections:
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,9 @@ def overrides_of(preset: Preset, trainer: dict[str, Any]) -> str:
             if ours.get(key) != ref.get(key):
                 diffs.append(f"{section}.{key}={ours.get(key)}")
     return " ".join(diffs)
+
+
+def test_set_name(path: Path) -> str:
+    """A test set given by path is named by its (first) file: `newstest2014.en` -> `newstest2014`,
+    its metrics `test_newstest2014_*`."""
+    return re.sub(r"\W+", "_", Path(path).name.split(".")[0]).strip("_") or "custom"

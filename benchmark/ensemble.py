@@ -54,9 +54,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
         if not _same_state(t.state, first.state):
             raise ConfigError(f"{t.path}: its vocabulary or feature statistics differ from {first.path}'s: "
                               f"members must be trained on the same data")
-    sizes = {"eval_batch_size": batch_size} if batch_size and "eval_batch_size" in first.settings else (
-        {"batch_size": batch_size} if batch_size else {})
-    dm = first.datamodule(data_root, **sizes)
+    dm = first.datamodule(data_root, batch_size=batch_size)
     dm.prepare_data()
     dm.setup("test")
     models = [t.model for t, _ in members]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +18,10 @@ from typing import Any
 import lightning as L
 
 from benchmark import environment, trained
+from benchmark.config import test_set_name
 from benchmark.results import append_row
 from benchmark.runner import device_name, git_commit, progress_bar, save_outputs
+from datamodules.download import sha256_of
 from tasks.nn.errors import ConfigError
 
 EVAL_DIR = "eval"  # <run>/eval/<checkpoint>-<test sets>/: an evaluation's outputs and samples
@@ -34,7 +35,7 @@ def test_set_spec(parts: tuple[str, ...], paths: list[Path], task: str) -> tuple
     for part, path in zip(parts, paths):
         if not path.exists():
             raise ConfigError(f"{path}: not found (given as the test set's {part})")
-    name = re.sub(r"\W+", "_", paths[0].name.split(".")[0]).strip("_") or "custom"
+    name = test_set_name(paths[0])
     if len(parts) == 1:
         return name, str(paths[0].resolve())
     return name, {part: str(path.resolve()) for part, path in zip(parts, paths)}
@@ -43,11 +44,7 @@ def test_set_spec(parts: tuple[str, ...], paths: list[Path], task: str) -> tuple
 def digest(path: Path) -> str:
     """sha256 of a file; of a folder, over each file's relative path and sha256, in sorted order."""
     if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return sha256_of(path)
     h = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(f"{file.relative_to(path).as_posix()}\0{digest(file)}\n".encode())
@@ -62,9 +59,7 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     given = dict(test_set_spec(spec.test_set_parts, list(map(Path, paths)), spec.name) for paths in tests or [])
     if tests and len(given) < len(tests):
         raise ConfigError("two --test sets share a name (their first file's name): rename one")
-    batch = {"eval_batch_size": batch_size} if batch_size and "eval_batch_size" in t.settings else (
-        {"batch_size": batch_size} if batch_size else {})
-    dm = t.datamodule(data_root, given or None, **batch)
+    dm = t.datamodule(data_root, given or None, batch_size)
     dm.prepare_data()
     dm.setup("test")
     t.model.use_test_streams(dm.stream_names())

@@ -35,23 +35,20 @@ class Trained:
     state: dict[str, Any]  # the DataModule's state_dict()
     info: dict[str, Any]  # the run's identity (tasks.base.TaskModule.run_info); {} for older checkpoints
 
-    def datamodule(self, data_root: Path, test_sets: dict[str, Any] | None = None, **overrides: Any) -> TaskDataModule:
+    def datamodule(self, data_root: Path, test_sets: dict[str, Any] | None = None,
+                   batch_size: int | None = None) -> TaskDataModule:
         """The DataModule as it was trained, its learned state given back: with `test_sets`, one that
-        reads those alone (no training data); without, the preset's own splits (the data root's)."""
+        reads those alone (no training data); without, the preset's own splits (the data root's).
+        `batch_size`: the evaluation batch (`eval_batch_size` where the DataModule has one)."""
         dm_cls = registry.load_class(self.spec.datamodule)
-        settings = {**self.settings, **overrides}
+        settings = dict(self.settings)
+        if batch_size:
+            settings["eval_batch_size" if "eval_batch_size" in settings else "batch_size"] = batch_size
         if test_sets:
             settings.update(test_sets=test_sets, test_only=True)
         dm = dm_cls(data_root=data_root, **settings)
         dm.load_state_dict(self.state)
         return dm
-
-    @property
-    def label(self) -> str:
-        """e.g. `translation/quick dropout on seed 0`, or the file's name where the run is unknown."""
-        if not self.info:
-            return str(self.path)
-        return f"{self.info['task']}/{self.info['preset']} dropout {self.info['dropout']} seed {self.info['seed']}"
 
 
 def checkpoint_path(path: Path, which: str = "last") -> Path:

@@ -408,9 +408,6 @@ class SpeechDataModule(TaskDataModule):
     def stream_names(self) -> list[str]:
         return ["test", "train_eval"] * (not self.test_only) + [f"test_{name}" for name in self.test_sets]
 
-    def normalise(self, feats: Tensor) -> Tensor:
-        return (feats - self.mean) / self.std
-
     def model_kwargs(self) -> dict:
         return {"input_size": self.features.dim * (2 * self.context + 1), "num_classes": len(self.phones.train),
                 "fold_ids": self.phones.fold_ids(), "score_names": list(self.phones.score)}
