@@ -54,6 +54,10 @@ def _run_parser(sub) -> None:
     r.add_argument("--dropout", type=_dropouts, default=None, metavar="on|off|on,off",
                    help="on: the preset's dropout rates; off: all zero; on,off: both, same seed; "
                         "default: the paper's choice for the preset")
+    r.add_argument("--regularizer", type=_names, default=None, metavar="NAME[,NAME...]|all",
+                   help="which regularizer `--dropout on` trains with: zaremba (the paper, default), or one the "
+                        "preset gives rates for (variational, locked, weight_drop, embedding, zoneout, recurrent, "
+                        "awd...); a comma list or all sweeps them. `--dropout off` is one run for all of them")
     seeds = r.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0)")
     seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
@@ -228,6 +232,13 @@ def _dropouts(text: str) -> tuple[str, ...]:
     return values
 
 
+def _names(text: str) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a name, a comma list or all, got {text!r}")
+    return values
+
+
 def _seed_list(text: str) -> tuple[int, ...]:
     """A comma list of seeds. A bare number is how older commands (and the rows they wrote) said a
     count: it keeps that meaning, loudly, so a recorded command still repeats its runs."""
@@ -274,7 +285,7 @@ def add_test_files(preset, src: Path | None, ref: Path | None) -> None:
 
 
 def plan_runs(args: argparse.Namespace) -> list[tuple]:
-    """Every (preset, dropout, seed) the command asks for, each preset resolved up front: a typo in
+    """Every (preset, dropout, seed) the command asks for (the preset set to its regularizer), each preset resolved up front: a typo in
     the last task's preset fails before the first task trains."""
     known = registry.names()
     names = known if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
@@ -291,9 +302,16 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
                 add_test_files(base, args.test_src, args.test_ref)
             elif len(names) == 1:
                 add_test_files(base, args.test_src, args.test_ref)  # raises: says which tasks take them
+        asked = args.regularizer or (base.default_regularizer,)
+        regularizers = config.regularizer_names(base) if "all" in asked else list(asked)
+        for name in regularizers:  # a typo fails now, before any run
+            config.apply_regularizer(copy.deepcopy(base), name)
         for dropout in args.dropout or (base.default_dropout,):
-            for seed in seeds:
-                plan.append((copy.deepcopy(base), dropout, seed))  # each run sets its own dropout rates
+            # `off` trains without any of them: one run per seed, whatever the regularizers.
+            for name in regularizers if dropout == "on" else regularizers[:1]:
+                preset = copy.deepcopy(base)
+                config.apply_regularizer(preset, name)
+                plan.extend((copy.deepcopy(preset), dropout, seed) for seed in seeds)
     if args.run_dir and len(plan) > 1:
         raise ConfigError(f"--run-dir names one run's folder, but this command plans {len(plan)} runs; "
                           f"use --runs-dir")

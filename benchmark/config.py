@@ -9,12 +9,17 @@ classes those are is the task's, in tasks/registry.py). Sections:
     trainer               lightning.Trainer kwargs
     paper                 the paper's reported numbers, keyed like our metrics: for the default_dropout
                           setting, or `on:` and `off:` blocks when the paper reports both
+    default_regularizer   optional: what `--dropout on` trains with without --regularizer (default zaremba)
+    regularizers          optional: `--regularizer NAME` -> {mechanism: rate} for `on` (tasks/nn/regularizers.py);
+                          `zaremba` (the paper) is model.dropout and needs no entry
     extends               optional: another preset of the same task to start from
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +29,10 @@ import yaml
 
 from tasks import registry
 from tasks.nn.errors import ConfigError
+from tasks.nn.mechanisms import FLAGS, MECHANISMS, ZAREMBA
 
-SECTIONS = {"default_dropout", "model", "data", "trainer", "paper", "extends", "notes"}
+SECTIONS = {"default_dropout", "model", "data", "trainer", "paper", "extends", "notes", "regularizers",
+            "default_regularizer"}
 
 
 @dataclass
@@ -41,6 +48,16 @@ class Preset:
     trainer: dict[str, Any] = field(default_factory=dict)
     paper: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    regularizers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    regularizer: str = ZAREMBA
+    default_regularizer: str = ZAREMBA
+    base_model: dict[str, Any] | None = None
+    """The model section before `apply_regularizer` changed it: what the settings hash reads, so that
+    every regularizer of a setting pairs with the same `off` runs."""
+
+    @property
+    def hashed_model(self) -> dict[str, Any]:
+        return self.base_model if self.base_model is not None else self.model
 
 
 def presets(task: str) -> list[str]:
@@ -111,7 +128,68 @@ def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
         paper={({True: "on", False: "off"}[k] if isinstance(k, bool) else k): v
                for k, v in (raw.get("paper") or {}).items()},
         notes=str(raw.get("notes", "")),
+        regularizers=_regularizers(path, raw),
+        default_regularizer=str(raw.get("default_regularizer", ZAREMBA)),
     )
+
+
+def _regularizers(path: Path, raw: dict) -> dict[str, dict[str, Any]]:
+    """The `regularizers:` section, checked: known mechanisms, rates in [0, 1)."""
+    section = raw.get("regularizers") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: `regularizers:` must map names to {{mechanism: rate}}")
+    out = {}
+    for name, rates in section.items():
+        if not isinstance(rates, dict) or not rates:
+            raise ConfigError(f"{path}: regularizer {name!r} must map mechanisms to rates, e.g. {{locked: 0.5}}")
+        unknown = set(rates) - set(MECHANISMS) - set(FLAGS)
+        if unknown:
+            raise ConfigError(f"{path}: regularizer {name!r} names unknown mechanism(s) {sorted(unknown)}; "
+                              f"known: {', '.join(MECHANISMS + FLAGS)}")
+        bad = {k: v for k, v in rates.items() if k not in FLAGS and not (isinstance(v, (int, float)) and 0 <= v < 1)}
+        if bad:
+            raise ConfigError(f"{path}: regularizer {name!r}: rates must be numbers in [0, 1), got {bad}")
+        out[str(name)] = dict(rates)
+    zaremba = out.pop(ZAREMBA, None)
+    rate = (raw.get("model") or {}).get("dropout")
+    if zaremba is not None and zaremba != {"dropout": rate}:
+        raise ConfigError(f"{path}: regularizers.{ZAREMBA} is the paper's dropout alone, model.dropout ({rate}); "
+                          f"drop the entry or make it {{dropout: {rate}}}")
+    return out
+
+
+def regularizer_names(preset: Preset) -> list[str]:
+    """What `--regularizer all` runs for this preset: the paper's, then the preset's, in its order."""
+    return [ZAREMBA, *preset.regularizers]
+
+
+def apply_regularizer(preset: Preset, name: str) -> None:
+    """Set the model section to regularizer `name`'s rates (for `--dropout on`): `dropout` for the
+    paper's mechanism, `regularization` for the others. The settings hash keeps reading the model
+    as the preset wrote it (`base_model`)."""
+    if name == ZAREMBA:
+        preset.regularizer = name
+        return
+    if name not in preset.regularizers:
+        known = ", ".join(regularizer_names(preset))
+        raise ConfigError(f"{preset.path}: no rates for regularizer {name!r} (this preset has: {known}); add them "
+                          f"under `regularizers:` ({name}: {{mechanism: rate}})")
+    rates = preset.regularizers[name]
+    preset.base_model = copy.deepcopy(preset.hashed_model)
+    for key in dropout_keys(preset.model):
+        preset.model[key] = 0.0
+    preset.model["dropout"] = float(rates.get("dropout", 0.0))
+    preset.model["regularization"] = {k: v for k, v in rates.items() if k != "dropout"} or None
+    preset.regularizer = name
+
+
+def regularizer_tag(preset: Preset) -> str:
+    """`locked-3f2a91`: a regularizer other than the paper's and a hash of its rates, for run folders
+    and rows (so a changed rate never resumes, or pools with, the old one); "" for zaremba."""
+    if preset.regularizer == ZAREMBA:
+        return ""
+    rates = json.dumps(preset.regularizers[preset.regularizer], sort_keys=True)
+    return f"{preset.regularizer}-{hashlib.sha256(rates.encode()).hexdigest()[:6]}"
 
 
 def paper_numbers(preset: Preset, dropout: str) -> dict[str, float]:
@@ -137,7 +215,9 @@ def apply_dropout(preset: Preset, mode: str) -> dict[str, float]:
     if mode == "off":
         for k in keys:
             preset.model[k] = 0.0
-    return {k: float(preset.model[k]) for k in keys}
+        preset.model.pop("regularization", None)
+    rates = {k: float(preset.model[k]) for k in keys}
+    return {**rates, **(preset.model.get("regularization") or {})}
 
 
 # Trainer settings that change where and how fast a run goes, not what it computes.
@@ -154,7 +234,8 @@ def overrides_of(preset: Preset, trainer: dict[str, Any]) -> str:
     apply_dropout(fresh, "on")
     diffs = []
     for section in ("model", "data", "trainer"):
-        ours = {**getattr(preset, section), **(trainer if section == "trainer" else {})}
+        mine = preset.hashed_model if section == "model" else getattr(preset, section)
+        ours = {**mine, **(trainer if section == "trainer" else {})}
         ref = getattr(fresh, section)
         for key in sorted(set(ours) | set(ref)):
             if key in PLACEMENT_KEYS or (section == "model" and key in dropout_keys(ours)):

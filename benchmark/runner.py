@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from benchmark import environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
-from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers
+from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
 from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, save_curves, set_log_aside
 from tasks import registry
 from tasks.base import TaskModule
@@ -92,8 +92,15 @@ def device_name(trainer: L.Trainer) -> str:
 
 def run_name(preset: Preset, dropout: str, seed: int, chash: str) -> str:
     """The run's folder: its settings hash is part of it, so a `--set` run or a changed preset
-    never lands in (or resumes from) another setting's folder."""
-    return f"{preset.task}-{preset.name}-{chash}-dropout_{dropout}-seed{seed}"
+    never lands in (or resumes from) another setting's folder. A regularizer other than the paper's
+    names itself and a hash of its rates in place of `dropout_on`; `off` is the same run for all."""
+    tag = regularizer_tag(preset) if dropout == "on" else ""
+    return f"{preset.task}-{preset.name}-{chash}-{tag or f'dropout_{dropout}'}-seed{seed}"
+
+
+def regularizer_of(r: "Run") -> str:
+    """The row's `regularizer`: the one it trained with, "none" for `--dropout off`."""
+    return r.preset.regularizer if r.opts.dropout == "on" else "none"
 
 
 def make_datamodule(preset: Preset, data_root: Path) -> L.LightningDataModule:
@@ -109,7 +116,8 @@ def settings_hash(preset: Preset, dm: L.LightningDataModule, cli_trainer: dict[s
     zeroes its rates: on and off runs of one setting share it."""
     trainer = {**preset.trainer, **{k: v for k, v in cli_trainer.items() if v is not None}}
     fingerprint = identity.data_fingerprint(dm.data_files(), Path(data_root))
-    return identity.config_hash(preset.module, preset.datamodule, preset.model, preset.data, trainer, fingerprint)
+    return identity.config_hash(preset.module, preset.datamodule, preset.hashed_model, preset.data, trainer,
+                                fingerprint)
 
 
 def code_changed_since(commit: str) -> bool:
@@ -143,7 +151,8 @@ def make_loggers(run_dir: Path, opts: RunOptions, preset: Preset, config: dict) 
     if "wandb" in opts.loggers:
         wandb = wandb_log.make_logger(
             run_dir, name=run_dir.name, group=preset.task, config=config,
-            tags=[preset.task, preset.name, f"dropout_{opts.dropout}"], project=opts.wandb_project,
+            tags=[preset.task, preset.name, f"dropout_{opts.dropout}", f"regularizer_{config['regularizer']}"],
+            project=opts.wandb_project,
             mode=opts.wandb_mode, entity=opts.wandb_entity)
         loggers += [wandb] if wandb is not None else []
     return loggers
@@ -291,7 +300,8 @@ def build(r: Run) -> None:
     except TypeError as err:
         raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
     r.model.use_test_streams(r.dm.stream_names())
-    r.model.run_info = {"task": preset.task, "preset": preset.name, "dropout": opts.dropout, "seed": opts.seed,
+    r.model.run_info = {"task": preset.task, "preset": preset.name, "dropout": opts.dropout,
+                        "regularizer": regularizer_of(r), "seed": opts.seed,
                         "config_hash": r.chash, "overrides": overrides_of(preset, r.cli_trainer),
                         "git_commit": r.commit, "run_id": r.run_id}
     trainer_kwargs = {**preset.trainer, **r.cli_trainer}
@@ -300,7 +310,7 @@ def build(r: Run) -> None:
         write_config(r, trainer_kwargs)
     r.loggers = make_loggers(r.run_dir, opts, preset, {
         "task": preset.task, "preset": preset.name, "dropout": opts.dropout, "dropout_rates": r.rates,
-        "seed": opts.seed, "config_hash": r.chash, "model": preset.model, "data": preset.data,
+        "regularizer": regularizer_of(r), "seed": opts.seed, "config_hash": r.chash, "model": preset.model, "data": preset.data,
         "trainer": trainer_kwargs, "paper": preset.paper, "config_file": str(preset.path), "git_commit": r.commit,
         "command": opts.command})
     r.best = ModelCheckpoint(dirpath=r.ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -322,7 +332,8 @@ def write_config(r: Run, trainer_kwargs: dict[str, Any]) -> Path:
     command line's trainer settings over the preset's), as Lightning's CLI records a run's config."""
     preset = r.preset
     resolved = {"task": preset.task, "preset": preset.name, "config_file": str(preset.path),
-                "dropout": r.opts.dropout, "dropout_rates": r.rates, "seed": r.opts.seed, "config_hash": r.chash,
+                "dropout": r.opts.dropout, "regularizer": regularizer_of(r), "dropout_rates": r.rates,
+                "seed": r.opts.seed, "config_hash": r.chash,
                 "git_commit": r.commit, "command": r.opts.command, "model": preset.model, "data": preset.data,
                 "trainer": trainer_kwargs, "paper": preset.paper}
     r.run_dir.mkdir(parents=True, exist_ok=True)
@@ -485,6 +496,7 @@ def results_row(r: Run, metrics: dict[str, float], wall: float) -> dict[str, Any
         "task": r.preset.task,
         "preset": r.preset.name,
         "dropout": opts.dropout,
+        "regularizer": regularizer_of(r),
         "dropout_rate": ";".join(f"{k}={v}" for k, v in r.rates.items()),
         "seed": opts.seed,
         "overrides": overrides_of(r.preset, r.cli_trainer),

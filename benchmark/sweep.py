@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from benchmark.config import Preset, apply_dropout
+from benchmark.config import ZAREMBA, Preset, apply_dropout
 from benchmark.runner import RunOptions, finished_row, make_datamodule, run, run_name, settings_hash
 from tasks.nn.errors import BenchError, RunInterrupted
 
@@ -34,8 +34,13 @@ def describe(preset: Preset, dropout: str, seed: int, trainer: dict[str, Any], d
     resolved = {"config_file": str(preset.path), "model": preset.model, "data": preset.data,
                 "trainer": {**preset.trainer, **{k: v for k, v in trainer.items() if v is not None}},
                 "paper": preset.paper or None}
-    return (f"# {preset.task}/{preset.name} dropout={dropout} seed={seed} config_hash={chash} -> {run_dir} "
+    return (f"# {preset.task}/{preset.name} {label(preset, dropout)} seed={seed} config_hash={chash} -> {run_dir} "
             f"({state})\n" + yaml.safe_dump(resolved, sort_keys=False))
+
+
+def label(preset: Preset, dropout: str) -> str:
+    """`dropout_off`, `dropout_on` (the paper's), or the regularizer `dropout on` trains with."""
+    return f"dropout_{dropout}" if dropout == "off" or preset.regularizer == ZAREMBA else preset.regularizer
 
 
 def run_all(plan: list[tuple[Preset, str, int]], options: RunOptions) -> int:
@@ -43,7 +48,7 @@ def run_all(plan: list[tuple[Preset, str, int]], options: RunOptions) -> int:
     outcomes: list[tuple[str, str]] = []  # (run, status)
     start = time.perf_counter()
     for preset, dropout, seed in plan:
-        name = f"{preset.task}-{preset.name}-dropout_{dropout}-seed{seed}"
+        name = f"{preset.task}-{preset.name}-{label(preset, dropout)}-seed{seed}"
         try:
             status = _one(preset, dataclasses.replace(options, dropout=dropout, seed=seed))
         except (KeyboardInterrupt, RunInterrupted):
@@ -70,7 +75,7 @@ def _one(preset: Preset, opts: RunOptions) -> str | None:
     if row is None:
         return None
     shown = {k: v for k, v in row.items() if k.startswith(("train_", "valid_", "test_")) and k != "train_loss"}
-    print(f"{preset.task}/{preset.name} dropout {opts.dropout} seed {opts.seed}: "
+    print(f"{preset.task}/{preset.name} {label(preset, opts.dropout)} seed {opts.seed}: "
           + ", ".join(f"{k}={v}" for k, v in shown.items()))
     skipped = row.get("skipped")
     return (f"skipped (finished earlier, at {skipped})" if isinstance(skipped, str) else

@@ -24,6 +24,7 @@ from datamodules.image_encoders import build_encoder
 from datamodules.vocab import WordVocab
 from tasks.nn import text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
+from tasks.nn.regularizers import Regularization, WordEmbedding
 from tasks.text_generation import Decoded, TextGenerator, beam_column, beam_suffix
 
 
@@ -53,6 +54,7 @@ class Captioner(TextGenerator):
         valid_decode: bool | int = True,
         finetune: list | None = None,
         encoder_lr: float = 1e-4,
+        regularization: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -61,8 +63,9 @@ class Captioner(TextGenerator):
         # DataModule built it; frozen (the default), batches carry cached features instead.
         self.cnn = build_encoder(*finetune).net if finetune else None
         self.img_proj = nn.Linear(feat_dim, emb_size)
-        self.emb = nn.Embedding(len(self.vocab), emb_size)
-        self.decoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone)
+        reg = Regularization.of(regularization) or Regularization()
+        self.emb = WordEmbedding(len(self.vocab), emb_size, drop_types=reg.embedding)
+        self.decoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
         self.head = nn.Linear(hidden_size, len(self.vocab))
         for module in (self.img_proj, self.emb, self.decoder, self.head):
             init_uniform_(module, init_scale)  # the decoder only: a fine-tuned CNN keeps its ImageNet weights

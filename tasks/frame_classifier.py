@@ -31,6 +31,7 @@ from tasks.base import TaskModule
 from tasks.nn import text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.cadence import log_due
+from tasks.nn.regularizers import Regularization
 
 IGNORE = -100
 COUNTS = ("correct", "frames", "edits", "phones", "edits_smoothed")
@@ -66,10 +67,14 @@ class FrameClassifier(TaskModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         min_phone_frames: int = 3,
+        regularization: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.rnn = DropoutLSTM(input_size, hidden_size, num_layers, dropout, impl=backbone)
+        reg = Regularization.of(regularization)
+        if reg is not None and reg.embedding:
+            raise ValueError("speech reads acoustic features, not words: embedding dropout does not apply")
+        self.rnn = DropoutLSTM(input_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
         self.head = nn.Linear(hidden_size, num_classes)
         init_uniform_(self, init_scale)
         self.samples: list[list[str]] = []  # (reference, predicted) phone sequences of a few test utterances

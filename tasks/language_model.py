@@ -20,6 +20,7 @@ from tasks.nn.backbone import DropoutLSTM, Impl, State, init_uniform_
 from tasks.nn.cadence import log_due
 from tasks.nn.fused_loss import linear_cross_entropy
 from tasks.nn.mixture import mixture_nll
+from tasks.nn.regularizers import Regularization, WordEmbedding
 
 
 class LanguageModel(TaskModule):
@@ -36,6 +37,8 @@ class LanguageModel(TaskModule):
         lr_decay: float = 2.0,
         decay_after: int = 4,
         fused_loss: bool = False,
+        regularization: dict[str, float] | None = None,
+        weight_decay: float = 0.0,
     ) -> None:
         """`lr_decay` divides the learning rate once per epoch after the first `decay_after` epochs:
         the paper's text ("after 4 epochs" for the small model). The paper's code (`decay`,
@@ -44,11 +47,15 @@ class LanguageModel(TaskModule):
         `fused_loss`: train with the output layer and its cross-entropy in one step
         (tasks/nn/fused_loss.py: the same math, fewer passes over the logits). Off by default: on
         this project's 2-core CPUs its gain did not hold up beyond noise
-        (results/throughput-fused-loss.csv); on for a machine where the benchmark shows it pays."""
+        (results/throughput-fused-loss.csv); on for a machine where the benchmark shows it pays.
+        `regularization`: the mechanisms beyond `dropout` (tasks/nn/regularizers.py), `embedding` here.
+        `weight_decay`: SGD's, lr * wd * w per step (Gal & Ghahramani's script subtracts wd * w
+        whatever the rate: the same at lr 1, weaker once the rate decays)."""
         super().__init__()
         self.save_hyperparameters()
-        self.embed = nn.Embedding(vocab_size, hidden_size)
-        self.rnn = DropoutLSTM(hidden_size, hidden_size, num_layers, dropout, impl=backbone)
+        reg = Regularization.of(regularization) or Regularization()
+        self.embed = WordEmbedding(vocab_size, hidden_size, drop_types=reg.embedding)
+        self.rnn = DropoutLSTM(hidden_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
         self.head = nn.Linear(hidden_size, vocab_size)
         init_uniform_(self, init_scale)
         self.state: dict[str, State | None] = {}  # per stream: "train", "val", "test0", "test1", ...
@@ -94,7 +101,7 @@ class LanguageModel(TaskModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.SGD(self.parameters(), lr=hp.lr)
+        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         # Epoch e (0-based) runs at lr / decay^max(0, e + 1 - decay_after): `decay_after` epochs at lr.
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda e: hp.lr_decay ** -max(0, e + 1 - hp.decay_after)

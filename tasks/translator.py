@@ -27,6 +27,7 @@ from datamodules.vocab import WordVocab
 from tasks.nn import text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.errors import ConfigError
+from tasks.nn.regularizers import Regularization, WordEmbedding
 from tasks.text_generation import Decoded, TextGenerator, beam_column, beam_suffix
 
 
@@ -80,6 +81,7 @@ class Translator(TextGenerator):
         max_len: int = 200,
         num_samples: int = 5,
         valid_decode: bool | int = True,
+        regularization: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -92,10 +94,11 @@ class Translator(TextGenerator):
         # Unless set: Adam's step does not depend on the loss's scale, plain SGD's does (see _loss).
         self.loss_scale = loss_scale or ("sentence" if optimizer == "sgd" else "word")
         self.vocab = WordVocab(tgt_itos)
-        self.src_emb = nn.Embedding(src_vocab_size, emb_size)
-        self.emb = nn.Embedding(len(self.vocab), emb_size)
-        self.encoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone)
-        self.decoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone)
+        reg = Regularization.of(regularization) or Regularization()
+        self.src_emb = WordEmbedding(src_vocab_size, emb_size, drop_types=reg.embedding)
+        self.emb = WordEmbedding(len(self.vocab), emb_size, drop_types=reg.embedding)
+        self.encoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
+        self.decoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
         self.head = nn.Linear(hidden_size, len(self.vocab))
         init_uniform_(self, init_scale)  # Sutskever et al.: uniform in [-0.08, 0.08]
         self.detok = MosesDetokenizer(lang=tgt_lang)

@@ -15,17 +15,25 @@ Two implementations share this interface and parameter layout:
     cuDNN/oneDNN call without dropout, so on GPU it is deterministic (masks come from torch's RNG).
   * "fused": one multi-layer nn.LSTM whose own inter-layer dropout covers the L-1 inner connections;
     we add the first and last. Faster on GPU, but cuDNN's dropout is not reproducible run to run.
+
+`regularization` adds the regularizers that came after the paper (tasks/nn/regularizers.py) without
+changing the parameters: with it the layers run one at a time (the masks between layers are ours),
+each through the LSTM kernel, or through a step loop where a mask acts inside the recurrence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from tasks.nn.regularizers import Regularization, locked_dropout, lstm_steps
 
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, batch, hidden)
 Impl = Literal["stacked", "fused"]
@@ -102,6 +110,7 @@ class DropoutLSTM(nn.Module):
         num_layers: int,
         dropout: float = 0.0,
         impl: Impl = "stacked",
+        regularization: Regularization | dict | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -111,6 +120,10 @@ class DropoutLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.impl: Impl = impl
         self.drop = nn.Dropout(dropout)
+        reg = regularization
+        reg = reg if isinstance(reg, Regularization) or reg is None else Regularization.of(reg)
+        # Embedding dropout is the task's (its word embedding); the rest act here.
+        self.reg = None if reg is None or dataclasses.replace(reg, embedding=0.0) == Regularization() else reg
         if impl == "fused":
             # nn.LSTM's own dropout acts on every layer's output except the last: the L-1 inner
             # connections. (It warns when num_layers == 1 and dropout > 0; there is nothing inner.)
@@ -126,6 +139,8 @@ class DropoutLSTM(nn.Module):
         return self.drop.p
 
     def forward(self, x: Tensor | PackedSequence, state: State | None = None):
+        if self.reg is not None:
+            return self._forward_regularized(x, state)
         x = dropout_any(self.drop, x)
         if self.impl == "fused":
             y, state = _run_lstm(self.lstm, x, state)
@@ -139,6 +154,71 @@ class DropoutLSTM(nn.Module):
             # Dropout between layers and after the last: the next layer's input, never h or c.
             x = dropout_any(self.drop, x)
         return x, (torch.cat(hs), torch.cat(cs))
+
+    def _weights(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Layer i's (W_ih, W_hh, b_ih, b_hh), from either layout."""
+        lstm, k = (self.lstm, i) if self.impl == "fused" else (self.layers[i], 0)
+        return tuple(getattr(lstm, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+    def _shell(self, i: int) -> nn.LSTM:
+        """A one-layer nn.LSTM of layer i's shape that runs layer i's weights (functional_call):
+        the stacked layout's own layer; for the fused one, a helper kept out of the parameters."""
+        if self.impl == "stacked":
+            return self.layers[i]
+        shells = self.__dict__.setdefault("_shells", {})
+        if i not in shells:
+            shells[i] = nn.LSTM(self.input_size if i == 0 else self.hidden_size, self.hidden_size)
+        return shells[i]
+
+    def _forward_regularized(self, x: Tensor | PackedSequence, state: State | None):
+        reg, training = self.reg, self.training
+        steps = reg.steps if training else reg.steps_at_eval
+        drop_hh = reg.weight_drop if training else 0.0
+        if self.impl == "fused" and not steps and not (training and reg.locked):
+            # Weight-drop alone keeps the multi-layer kernel: each W_hh dropped once for this call.
+            x = dropout_any(self.drop, x)
+            swap = {f"weight_hh_l{i}": nn.functional.dropout(self._weights(i)[1], drop_hh)
+                    for i in range(self.num_layers)} if drop_hh else {}
+            y, state = _run_lstm(lambda v, s: functional_call(self.lstm, swap, (v, s)), x, state)
+            return dropout_any(self.drop, y), state
+        hs, cs = [], []
+        for i in range(self.num_layers):
+            x = self._drop_between(x, skip_locked=steps and reg.per_gate)
+            w_ih, w_hh, b_ih, b_hh = self._weights(i)
+            if drop_hh:
+                w_hh = nn.functional.dropout(w_hh, drop_hh)  # DropConnect: one mask for every step of this call
+            layer_state = None if state is None else (state[0][i : i + 1], state[1][i : i + 1])
+            if steps:
+                x, (h, c) = self._steps(x, layer_state, (w_ih, w_hh, b_ih, b_hh))
+            else:
+                weights = dict(zip((f"{n}_l0" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+                                   (w_ih, w_hh, b_ih, b_hh)))
+                shell = self._shell(i)
+                x, (h, c) = _run_lstm(lambda v, s: functional_call(shell, weights, (v, s)), x, layer_state)
+            hs.append(h)
+            cs.append(c)
+        return self._drop_between(x), (torch.cat(hs), torch.cat(cs))
+
+    def _drop_between(self, x: Tensor | PackedSequence, skip_locked: bool = False) -> Tensor | PackedSequence:
+        """The paper's connections: its per-step dropout, then the per-sequence (locked) mask."""
+        x = dropout_any(self.drop, x)
+        return x if skip_locked or not self.training else locked_dropout(x, self.reg.locked)
+
+    def _steps(self, x: Tensor | PackedSequence, state: State | None, weights) -> tuple:
+        packed = isinstance(x, PackedSequence)
+        lengths = None
+        if packed:
+            x, lengths = pad_packed_sequence(x)
+            lengths = lengths.to(x.device)
+        if state is None:
+            zeros = x.new_zeros(x.size(1), self.hidden_size)
+            state = (zeros, zeros)
+        else:
+            state = (state[0][0], state[1][0])
+        y, (h, c) = lstm_steps(x, state, weights, self.reg, self.training, lengths)
+        if packed:
+            y = pack_padded_sequence(y, lengths.cpu(), enforce_sorted=False)
+        return y, (h.unsqueeze(0), c.unsqueeze(0))
 
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
         zeros = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device)
