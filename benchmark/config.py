@@ -88,7 +88,10 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
     if "extends" in raw:
         base = _read(path.parent / f"{raw['extends']}.yaml", seen + (path,))
-        raw = _merge(base, {k: v for k, v in raw.items() if k != "extends"})
+        merged = _merge(base, {k: v for k, v in raw.items() if k != "extends"})
+        if "paper" in raw:  # one setting's published numbers: a preset's own replace its base's whole
+            merged["paper"] = raw["paper"]
+        raw = merged
     return raw
 
 

@@ -22,7 +22,7 @@ from tasks import registry
 PAGE_FILE = "dashboard.html"
 COLORS = {"off": ("#d62728", "rgba(214,39,40,0.15)"), "on": ("#1f77b4", "rgba(31,119,180,0.15)")}
 SAMPLES = 3  # test outputs shown per run
-BOARD_COLUMNS = [("dropout", "dropout"), ("ensemble", "ensemble of"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
+BOARD_COLUMNS = [("dropout", "dropout"), ("regularizer", "regularizer"), ("rates", "rates"), ("ensemble", "ensemble of"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
                  ("best_mean", "best-valid checkpoint"), ("paper", "paper"), ("diff", "Δ paper"),
                  ("train", "train"), ("valid", "valid"), ("test", "test"), ("epochs", "epochs"),
                  ("wall_s", "wall s"), ("device", "device"), ("commit", "commit")]
@@ -116,7 +116,8 @@ def build_page(results_dir: Path) -> Path:
                                     [[r.get(k, "") for k, _ in BOARD_COLUMNS] for r in rows]))
             for e in (e for e in effects if (e["task"], e["preset"]) == (task, preset)):
                 ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
-                parts.append(f"<p class=\"effect\">{html.escape(e['metric'])} ({e['better']} is better): on − off = "
+                what = "" if e["regularizer"] == leaderboard.ZAREMBA else f"{e['regularizer']}: "
+                parts.append(f"<p class=\"effect\">{html.escape(what + e['metric'])} ({e['better']} is better): on − off = "
                              f"<b>{html.escape(e['diff'])}</b>{html.escape(ci)} over {e['pairs']} paired seed(s): "
                              f"{html.escape(e['verdict'])}.</p>")
             # The first seed's outputs each way: the same test items, on against off.

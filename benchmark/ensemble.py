@@ -23,6 +23,7 @@ from benchmark.runner import RESULT_FILE
 from datamodules.base import same_value
 from tasks import registry
 from tasks.nn.errors import ConfigError
+from tasks.nn.mechanisms import ZAREMBA
 
 
 def _member(path: Path, which: str) -> tuple[trained.Trained, dict[str, Any]]:
@@ -77,10 +78,15 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
          ckpts: list[Path], seconds: float, command: str) -> dict[str, Any]:
     """The ensemble's results row: its scores beside its members', measured the same way."""
     dropouts = sorted({r["dropout"] for r in rows})
+    # Members trained with one regularizer at one set of rates pool with its rows; others are "mixed".
+    arms = sorted({(r.get("regularizer") or ("none" if r["dropout"] == "off" else ZAREMBA), r.get("dropout_rate", ""))
+                   for r in rows})  # rows from before regularizers existed trained the paper's
     return {
         "task": task,
         "preset": preset,
         "dropout": dropouts[0] if len(dropouts) == 1 else "mixed",
+        "regularizer": arms[0][0] if len(arms) == 1 else "mixed",
+        "dropout_rate": arms[0][1] if len(arms) == 1 else "mixed",
         "seed": "+".join(str(r["seed"]) for r in rows),
         "ensemble": len(rows),
         "overrides": rows[0].get("overrides", ""),

@@ -7,14 +7,17 @@ setting; rows of older hashes (or from before hashes existed) are listed as supe
 pooled. Only runs of a preset as named count (rows with `overrides` stay in runs.csv, off the
 board); a seed run twice counts by its latest row.
 
-leaderboard.csv: one row per task x preset x hash x dropout (x ensemble size): the task's headline
+Regularizers (`bench run --regularizer`): the `dropout` axis is an arm: `off`, `on` (the paper's
+dropout, `zaremba`), or another regularizer at its rates; every arm pairs with the same `off` runs.
+
+leaderboard.csv: one row per task x preset x hash x arm (x ensemble size): the task's headline
 metric (`headline` on its LightningModule) as mean and std over seeds, the same for the
 best-by-validation checkpoint, the paper's figure for that setting and our difference from it (on
 `paper_metric`, our number computed as the paper computed its own: translation's tokenized BLEU), the
 train/valid/test values of the learning-curve metric, and where, how long and from which commit.
 
-effects.csv: dropout on minus off per task x preset x hash, paired by seed, with a 95% t-interval
-(benchmark/stats.py), and for BLEU tasks sacrebleu's paired bootstrap per seed.
+effects.csv: each regularizer on minus off per task x preset x hash, paired by seed, with a 95%
+t-interval (benchmark/stats.py), and for BLEU tasks sacrebleu's paired bootstrap per seed.
 """
 
 from __future__ import annotations
@@ -29,17 +32,18 @@ from benchmark import config, stats
 from benchmark.results import RUNS_FILE, metric_logs, read_rows, write_rows_atomic
 from tasks import registry
 from tasks.nn.errors import ConfigError
+from tasks.nn.mechanisms import ZAREMBA
 
 log = logging.getLogger(__name__)
 LEADERBOARD_FILE = "leaderboard.csv"
 EFFECTS_FILE = "effects.csv"
 MARKDOWN_FILE = "LEADERBOARD.md"
 LEGACY = "legacy"  # the hash shown for rows written before runs had one
-COLUMNS = ["task", "preset", "config_hash", "status", "dropout", "ensemble", "metric", "mean", "std", "seeds",
+COLUMNS = ["task", "preset", "config_hash", "status", "dropout", "regularizer", "rates", "ensemble", "metric", "mean", "std", "seeds",
            "best_mean", "best_std", "paper_metric", "paper", "diff", "diff_pct", "split_metric", "train", "valid", "test", "epochs",
            "best_epoch", "wall_s", "tokens_per_s", "device", "host", "precision", "devices", "env", "commit",
            "date", "command"]
-EFFECT_COLUMNS = ["task", "preset", "config_hash", "metric", "better", "pairs", "off_mean", "on_mean", "diff",
+EFFECT_COLUMNS = ["task", "preset", "config_hash", "regularizer", "rates", "metric", "better", "pairs", "off_mean", "on_mean", "diff",
                   "ci_low", "ci_high", "verdict", "bootstrap", "env"]
 class TaskMetrics:
     """A task's headline and learning-curve metrics (its registry entry) and a preset's paper numbers."""
@@ -87,12 +91,28 @@ def current_hashes(runs: list[dict[str, str]]) -> dict[tuple[str, str], str]:
     return {key: _hash(row) for key, row in newest.items()}
 
 
+def regularizer(row: dict[str, str]) -> str:
+    """The row's regularizer; rows from before regularizers existed trained the paper's."""
+    if row.get("dropout") == "off":
+        return "none"
+    return row.get("regularizer") or ZAREMBA
+
+
+def arm(row: dict[str, str]) -> str:
+    """`off`, `on` (the paper's dropout) or `NAME dropout=0.0;locked=0.5`: a regularizer other than
+    the paper's with its rates (they are not in the settings hash, so they keep pools apart here)."""
+    name = regularizer(row)
+    if name in ("none", ZAREMBA):
+        return row["dropout"]
+    return f"{name} {';'.join(sorted(row.get('dropout_rate', '').split(';')))}"  # the same rates in any order
+
+
 def groups(runs: list[dict[str, str]]) -> dict[tuple[str, str, str, str, str], list[dict[str, str]]]:
-    """(task, preset, hash, dropout, ensemble) -> its rows, one per seed (the latest)."""
+    """(task, preset, hash, arm, ensemble) -> its rows, one per seed (the latest)."""
     out: dict[tuple[str, str, str, str, str], dict[str, dict[str, str]]] = defaultdict(dict)
     for row in sorted(runs, key=lambda r: r.get("finished_utc", "")):
         if not row.get("overrides") and not row.get("evaluation"):  # `bench eval` rows are not training runs
-            key = (row["task"], row["preset"], _hash(row), row["dropout"], row.get("ensemble") or "")
+            key = (row["task"], row["preset"], _hash(row), arm(row), row.get("ensemble") or "")
             out[key][row["seed"]] = row
     return {k: list(v.values()) for k, v in sorted(out.items())}
 
@@ -114,8 +134,9 @@ def _stat(rows: list[dict], key: str) -> tuple[str, str, list[float]]:
 def board_rows(runs: list[dict[str, str]]) -> list[dict]:
     current = current_hashes(runs)
     out = []
-    for (task, preset, chash, dropout, ensemble), rows in groups(runs).items():
+    for (task, preset, chash, arm_name, ensemble), rows in groups(runs).items():
         tm = TaskMetrics(task, preset)
+        dropout, reg = rows[0]["dropout"], regularizer(rows[0])
         ours, std, values = _stat(rows, tm.headline)
         if not values:
             continue
@@ -128,7 +149,8 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
         out.append({
             "task": task, "preset": preset, "config_hash": chash,
             "status": "current" if current.get((task, preset)) == chash else "superseded",
-            "dropout": dropout, "ensemble": ensemble, "metric": tm.headline, "mean": ours, "std": std,
+            "dropout": dropout, "regularizer": reg, "rates": rows[0].get("dropout_rate", ""),
+            "ensemble": ensemble, "metric": tm.headline, "mean": ours, "std": std,
             "seeds": len(values), "best_mean": best, "best_std": best_std, "paper_metric": tm.paper_metric,
             "paper": "" if ref is None else ref,
             "diff": "" if diff is None else _fmt(diff, like=ref),
@@ -159,31 +181,54 @@ def _bootstraps(on: list[dict], off: list[dict], results_dir: Path) -> str:
     return "; ".join(parts)
 
 
+def arms(grouped: dict, task: str, preset: str, chash: str) -> list[str]:
+    """The arms run for one setting, the paper's first, then the other regularizers by name."""
+    found = {a for (t, p, h, a, e) in grouped if (t, p, h, e) == (task, preset, chash, "")}
+    return sorted(found - {"off"}, key=lambda a: (a != "on", a))
+
+
 def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
-    """Dropout on minus off, paired by seed, for every current setting run both ways."""
+    """Each regularizer on minus off, paired by seed, for every current setting run both ways."""
     grouped, out = groups(runs), []
     for (task, preset), chash in sorted(current_hashes(runs).items()):
-        on, off = grouped.get((task, preset, chash, "on", ""), []), grouped.get((task, preset, chash, "off", ""), [])
-        if not on or not off:
-            continue
-        tm = TaskMetrics(task, preset)
-        for metric in (tm.headline, f"best_{tm.headline}"):
-            by_seed = [{int(r["seed"]): float(r[metric]) for r in rows if r.get(metric)} for rows in (on, off)]
-            effect = stats.paired_effect(*by_seed)
-            if effect is None:
-                continue
-            lower = stats.lower_is_better(metric)
-            out.append({
-                "task": task, "preset": preset, "config_hash": chash, "metric": metric,
-                "better": "lower" if lower else "higher", "pairs": effect.pairs,
-                "off_mean": _fmt(effect.off), "on_mean": _fmt(effect.on),
-                **{k: _fmt(v, like=effect.off) for k, v in (("diff", effect.diff), ("ci_low", effect.low),
-                                                            ("ci_high", effect.high))},
-                "verdict": effect.verdict(lower),
-                "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
-                "env": _envs(on + off),
-            })
+        off = grouped.get((task, preset, chash, "off", ""), [])
+        for arm_name in arms(grouped, task, preset, chash) if off else []:
+            out += _effects(task, preset, chash, grouped[(task, preset, chash, arm_name, "")], off, results_dir)
     return out
+
+
+def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict], results_dir: Path) -> list[dict]:
+    out, tm = [], TaskMetrics(task, preset)
+    for metric in (tm.headline, f"best_{tm.headline}"):
+        by_seed = [{int(r["seed"]): float(r[metric]) for r in rows if r.get(metric)} for rows in (on, off)]
+        effect = stats.paired_effect(*by_seed)
+        if effect is None:
+            continue
+        lower = stats.lower_is_better(metric)
+        out.append({
+            "task": task, "preset": preset, "config_hash": chash, "regularizer": regularizer(on[0]),
+            "rates": on[0].get("dropout_rate", ""), "metric": metric,
+            "better": "lower" if lower else "higher", "pairs": effect.pairs,
+            "off_mean": _fmt(effect.off), "on_mean": _fmt(effect.on),
+            **{k: _fmt(v, like=effect.off) for k, v in (("diff", effect.diff), ("ci_low", effect.low),
+                                                        ("ci_high", effect.high))},
+            "verdict": effect.verdict(lower).replace("dropout", _name(on[0])),
+            "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
+            "env": _envs(on + off),
+        })
+    return out
+
+
+def _name(row: dict[str, str]) -> str:
+    """How an effect line names what was switched on: the paper's `dropout`, or the regularizer."""
+    name = regularizer(row)
+    return "dropout" if name == ZAREMBA else name
+
+
+def _arm_order(r: dict) -> tuple:
+    """A setting's rows: off, the paper's dropout, then the other regularizers; ensembles after."""
+    return (r["preset"], r["config_hash"], r["ensemble"], {"none": 0, ZAREMBA: 1}.get(r["regularizer"], 2),
+            r["regularizer"])
 
 
 def _table(trs: list[dict]) -> list[str]:
@@ -191,16 +236,17 @@ def _table(trs: list[dict]) -> list[str]:
     # Where the paper's figure is computed otherwise than the headline, Δ is taken on our number
     # computed its way (translation: tokenized BLEU), and the header says so.
     paper = "paper | Δ" if like == head else f"paper ({like}) | Δ (our {like} − paper)"
-    lines = [f"| setting | dropout | seeds | **{head}** (last epoch) | best-valid checkpoint | {paper} | "
+    lines = [f"| setting | dropout | regularizer | seeds | **{head}** (last epoch) | best-valid checkpoint | {paper} | "
              f"train {curve} | valid {curve} | test {curve} | epochs | wall s | device |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in trs:
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(trs, key=_arm_order):
+        reg = r["regularizer"] if r["regularizer"] in ("none", ZAREMBA) else f"{r['regularizer']} ({r['rates']})"
         setting = r["preset"] + (f" (ensemble of {r['ensemble']})" if r["ensemble"] else "")
         setting += " (legacy: before settings hashes)" if r["config_hash"] == LEGACY else f" `{r['config_hash']}`"
         ours = r["mean"] + (f" ± {r['std']}" if r["std"] else "")
         best = r["best_mean"] + (f" ± {r['best_std']}" if r["best_std"] else "")
         best += f" (epoch {r['best_epoch']})" if r["best_mean"] and r["best_epoch"] and not r["std"] else ""
-        lines.append(f"| {setting} | {r['dropout']} | {r['seeds']} | **{ours}** | {best} | {r['paper']} | "
+        lines.append(f"| {setting} | {r['dropout']} | {reg} | {r['seeds']} | **{ours}** | {best} | {r['paper']} | "
                      f"{r['diff']} | {r['train']} | {r['valid']} | {r['test']} | {r['epochs']} | {r['wall_s']} | "
                      f"{r['device']} |")
     return lines
@@ -210,7 +256,8 @@ def _effect_lines(effects: list[dict]) -> list[str]:
     lines = []
     for e in effects:
         ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
-        lines.append(f"- {e['preset']} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
+        what = "dropout" if e["regularizer"] == ZAREMBA else f"{e['regularizer']} ({e['rates']})"
+        lines.append(f"- {e['preset']} {what} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
                      f"over {e['pairs']} paired seed(s): {e['verdict']}.")
         if " environments" in e["env"]:
             lines.append(f"  - the pairs mix {e['env']} (runs.csv's env columns say what differs)")
@@ -241,7 +288,8 @@ def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
                       f"(runs.csv's env columns say what differs)" for r in current if " environments" in r["env"]]
         task_effects = [e for e in effects if e["task"] == task]
         if task_effects:
-            lines += ["", "Dropout's effect:", ""] + _effect_lines(task_effects)
+            lines += ["", "Effect of dropout (and of each other regularizer run), against the same `off` runs:", ""]
+            lines += _effect_lines(task_effects)
         old = sorted({(r["preset"], r["config_hash"]) for r in trs if r["status"] == "superseded"})
         if old:
             lines += ["", "Superseded (older settings or code, not pooled): " +
@@ -327,11 +375,57 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
                  "valid: end of epoch, no dropout", fontsize=6.5, color="0.4")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = Path(results_dir) / f"curves-{task}-{preset}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, Path(results_dir) / f"curves-{task}-{preset}.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_regularizers(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
+    """regularizers-<task>-<preset>.png for each current setting run with regularizers beyond the
+    paper's: the headline test metric of every seed (dots) and their mean with a 95% t-interval
+    (bar), per regularizer, `off` first, the same seeds in every column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grouped, written = groups(runs), []
+    for (task, preset), chash in sorted(current_hashes(runs).items()):
+        names = arms(grouped, task, preset, chash)
+        if not any(a != "on" for a in names):
+            continue
+        tm = TaskMetrics(task, preset)
+        columns = [("off", grouped.get((task, preset, chash, "off", ""), []))] + [
+            (a, grouped[(task, preset, chash, a, "")]) for a in names]
+        fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2, 4.2))
+        labels = []
+        for x, (name, rows) in enumerate(columns):
+            values = [float(r[tm.headline]) for r in rows if r.get(tm.headline)]
+            label, _, rates = name.partition(" ")
+            rates = "\n".join(r for r in rates.split(";") if r and r != "dropout=0.0")  # which of a name's rate sets
+            labels.append(f"{'dropout (zaremba)' if name == 'on' else label}\n{rates}\n{len(values)} seed(s)"
+                          .replace("\n\n", "\n"))
+            if not values:
+                continue
+            ax.plot([x] * len(values), values, "o", color="0.55", markersize=4)
+            half = stats.t_half_width(values)
+            ax.errorbar([x], [mean(values)], yerr=[half] if half else None, fmt="_", color="tab:blue",
+                        markersize=18, capsize=6, linewidth=1.5)
+        ax.set_xticks(range(len(columns)), labels, fontsize=7)
+        ax.set_ylabel(f"{tm.headline} ({'lower' if stats.lower_is_better(tm.headline) else 'higher'} is better)")
+        ax.set_title(f"{task}/{preset} ({chash}): test metric by regularizer", fontsize=10)
+        fig.text(0.01, 0.01, "dots: seeds; bar: mean with 95% t-interval over seeds; rates in LEADERBOARD.md",
+                 fontsize=6.5, color="0.4")
+        ax.grid(True, axis="y", alpha=0.3)
+        written.append(_save(fig, Path(results_dir) / f"regularizers-{task}-{preset}.png"))
     return written
 
 
@@ -360,6 +454,6 @@ def build(results_dir: Path, plots: bool = True) -> Path:
     tmp.write_text(markdown(out, effects))
     tmp.replace(md)
     if plots:
-        for png in plot_curves(runs, results_dir):
+        for png in plot_curves(runs, results_dir) + plot_regularizers(runs, results_dir):
             log.info("wrote %s", png)
     return path

@@ -76,7 +76,11 @@ def git_commit() -> str:
 
 
 def device_name(trainer: L.Trainer) -> str:
-    root = trainer.strategy.root_device
+    return device_label(trainer.strategy.root_device)
+
+
+def device_label(root: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the thread count torch uses."""
     if root.type == "cuda":
         return torch.cuda.get_device_name(root)
     cpu = platform.processor() or platform.machine()

@@ -47,6 +47,13 @@ class Effect:
         return "not beyond seed noise (the interval holds 0)"
 
 
+def t_half_width(values: list[float], confidence: float = 0.95) -> float | None:
+    """Half the width of the t-interval of the mean of `values`; None for fewer than two."""
+    if len(values) < 2:
+        return None
+    return scipy_stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stdev(values) / math.sqrt(len(values))
+
+
 def paired_effect(on: dict[int, float], off: dict[int, float], confidence: float = 0.95) -> Effect | None:
     """on - off over the seeds both have, with a t-interval (n - 1 degrees of freedom)."""
     seeds = sorted(set(on) & set(off))
@@ -56,7 +63,7 @@ def paired_effect(on: dict[int, float], off: dict[int, float], confidence: float
     means = (mean(on[s] for s in seeds), mean(off[s] for s in seeds))
     if len(diffs) == 1:
         return Effect(1, *means, diffs[0], None, None)
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * stdev(diffs) / math.sqrt(len(diffs))
+    half = t_half_width(diffs, confidence)
     return Effect(len(diffs), *means, mean(diffs), mean(diffs) - half, mean(diffs) + half)
 
 

@@ -34,7 +34,8 @@ def describe(preset: Preset, dropout: str, seed: int, trainer: dict[str, Any], d
     resolved = {"config_file": str(preset.path), "model": preset.model, "data": preset.data,
                 "trainer": {**preset.trainer, **{k: v for k, v in trainer.items() if v is not None}},
                 "paper": preset.paper or None}
-    return (f"# {preset.task}/{preset.name} {label(preset, dropout)} seed={seed} config_hash={chash} -> {run_dir} "
+    reg = f" regularizer={preset.regularizer}" if dropout == "on" and preset.regularizer != ZAREMBA else ""
+    return (f"# {preset.task}/{preset.name} dropout={dropout}{reg} seed={seed} config_hash={chash} -> {run_dir} "
             f"({state})\n" + yaml.safe_dump(resolved, sort_keys=False))
 
 

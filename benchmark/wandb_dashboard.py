@@ -48,7 +48,9 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
         rows = [r for r in rows if Path(r.get("run_dir", "")).resolve().is_relative_to(Path(runs_dir).resolve())]
     if not rows:
         raise ConfigError(f"{results_dir / 'runs.csv'}: no training runs" + (f" under {runs_dir}" if runs_dir else ""))
-    board = {(r["task"], r["preset"], r["dropout"]): r for r in leaderboard.board_rows(rows) if r["status"] == "current"}
+    # The paper's on/off comparison; other regularizers' rows are in the leaderboard table panel.
+    board = {(r["task"], r["preset"], r["dropout"]): r for r in leaderboard.board_rows(rows)
+             if r["status"] == "current" and r["regularizer"] in ("none", leaderboard.ZAREMBA)}
     effects = leaderboard.effect_rows(rows, results_dir)
     tasks = []
     for task in sorted({r["task"] for r in rows}):
@@ -102,7 +104,7 @@ def workspace(defs: dict[str, Any], entity: str):
         entity=entity, project=defs["project"], name=defs["title"],
         sections=[ws.Section(name=f"{t['task']}: {t['title']}", panels=_task_panels(t), is_open=True)
                   for t in defs["tasks"]],
-        runset_settings=ws.RunsetSettings(groupby=[ws.Config("task"), ws.Config("dropout")],
+        runset_settings=ws.RunsetSettings(groupby=[ws.Config("task"), ws.Config("dropout"), ws.Config("regularizer")],
                                           query="^(" + "|".join(names) + ")$", regex_query=True))
 
 
@@ -117,11 +119,11 @@ def report(defs: dict[str, Any], entity: str):
         lines = [f"{b['preset']} dropout {b['dropout']}: {t['headline']} {b['mean']}"
                  + (f" ± {b['std']}" if b["std"] else "") + f" over {b['seeds']} seed(s)"
                  + (f"; paper {b['paper']}" if b["paper"] else "") for b in t["board"]]
-        lines += [f"{e['preset']} {e['metric']}: on − off {e['diff']}"
+        lines += [f"{e['preset']} {e.get('regularizer') or 'zaremba'} {e['metric']}: on − off {e['diff']}"
                   + (f" [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else "") + f", {e['verdict']}"
                   for e in t["effects"]]
         runset = wr.Runset(entity=entity, project=defs["project"], name=t["task"],
-                           filters=[ws.Config("task") == t["task"]], groupby=["dropout"])
+                           filters=[ws.Config("task") == t["task"]], groupby=["dropout", "regularizer"])
         blocks += [wr.H2(t["title"]), wr.UnorderedList(items=lines or ["no current rows"]),
                    wr.PanelGrid(runsets=[runset], panels=_task_panels(t))]
     if defs["leaderboard"]:

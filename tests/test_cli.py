@@ -22,7 +22,7 @@ def bench(tmp_path, *args) -> int:
 def test_unknown_preset_lists_the_known_ones(tmp_path, capsys):
     assert bench(tmp_path, "--task", "ptb", "--preset", "huge") == 2
     err = capsys.readouterr().err
-    assert "unknown preset 'huge'" in err and "large, medium, paper, quick, small" in err
+    assert "unknown preset 'huge'" in err and "large, large-variational, medium, medium-awd, medium-variational, paper, quick, small" in err
 
 
 def test_unknown_task(tmp_path, capsys):
@@ -98,10 +98,10 @@ def test_leaderboard_sets_the_paper_beside_the_setting_it_ran(tmp_path):
     assert board[("off", "2")]["mean"] == "105.00" and board[("off", "2")]["seeds"] == "1"
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "## ptb: Word-level perplexity on the Penn Tree Bank (Sec. 4.1, Table 1)" in md
-    assert "| small (legacy: before settings hashes) | off | 2 | **117.00 ± 1.41** |  | 114.5 | 2.50 | 40.00 | 120.00 | 117.00 |" in md
+    assert "| small (legacy: before settings hashes) | off | none | 2 | **117.00 ± 1.41** |  | 114.5 | 2.50 | 40.00 | 120.00 | 117.00 |" in md
     # one paired seed (0) is a smoke test, not a claim
     assert "on − off = **-16.00** over 1 paired seed(s): one seed: a smoke test, no claim." in md
-    assert "| small (ensemble of 2) (legacy: before settings hashes) | off | 1 | **105.00** |" in md
+    assert "| small (ensemble of 2) (legacy: before settings hashes) | off | none | 1 | **105.00** |" in md
 
 
 def test_small_preset_on_uses_a_rate_marked_not_from_the_paper():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.config import load_preset, presets
+from benchmark.config import apply_regularizer, load_preset, presets
 from benchmark.results import read_rows
 from benchmark.runner import RunOptions, run
 from datamodules import sources
@@ -80,6 +80,7 @@ def test_preset_trains_two_steps_and_tests(task, name, tmp_path, monkeypatch):
     # NLTK's TIMIT sample downloads when its listed files are missing: the tiny copy lists none.
     monkeypatch.setattr(sources, "TIMIT_SAMPLE", dataclasses.replace(sources.TIMIT_SAMPLE, sha256={}))
     preset = load_preset(task, name)
+    apply_regularizer(preset, preset.default_regularizer)  # as `bench run` trains it
     TINY_DATA[task](preset, tmp_path / "data")
     if task == "speech":
         preset.data["cache_dir"] = str(tmp_path / "cache")
@@ -89,3 +90,23 @@ def test_preset_trains_two_steps_and_tests(task, name, tmp_path, monkeypatch):
     row = run(preset, opts)
     assert row["steps"] == 2 and row[registry.get(task).headline] != ""
     assert read_rows(tmp_path / "results" / "runs.csv")[0]["preset"] == name
+
+
+@pytest.mark.parametrize("task", ["ptb", "speech", "translation", "captioning"])
+def test_every_mechanism_at_once_trains_each_task(task, tmp_path, monkeypatch):
+    """Every regularization mechanism together on the task's quick preset (speech: all but word-type
+    dropout): the step loop, packed sequences (translation's encoder), DropConnect and zoneout's
+    evaluation through training, validation, test and decoding."""
+    preset = load_preset(task, "quick")
+    preset.regularizers["everything"] = {"dropout": 0.2, "locked": 0.2, "hidden": 0.2, "weight_drop": 0.2,
+                                         "zoneout_c": 0.2, "zoneout_h": 0.1, "recurrent": 0.2,
+                                         **({} if task == "speech" else {"embedding": 0.1})}
+    apply_regularizer(preset, "everything")
+    TINY_DATA[task](preset, tmp_path / "data")
+    if task == "speech":
+        preset.data["cache_dir"] = str(tmp_path / "cache")
+    preset.trainer.update(TWO_STEPS)
+    row = run(preset, RunOptions(dropout="on", data_root=tmp_path / "data", results_dir=tmp_path / "results",
+                                 runs_dir=tmp_path / "runs"))
+    assert row["regularizer"] == "everything" and "hidden=0.2" in row["dropout_rate"]
+    assert row[registry.get(task).headline] != ""
