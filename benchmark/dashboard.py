@@ -108,7 +108,8 @@ def build_page(results_dir: Path) -> Path:
             parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"curves-{task}-{preset}")
                          if fig else '<p class="none">No learning curves: these rows come from before runs kept '
                                      'theirs in results/curves/, and their run folders are not here.</p>')
-            rows = [r for r in board if (r["task"], r["preset"], r["config_hash"]) == (task, preset, chash)]
+            rows = sorted((r for r in board if (r["task"], r["preset"], r["config_hash"]) == (task, preset, chash)),
+                          key=leaderboard.arm_order)
             if rows:
                 parts.append(f"<p>Headline: <b>{html.escape(rows[0]['metric'])}</b>; paper figure compared on "
                              f"{html.escape(rows[0]['paper_metric'])}.</p>")

@@ -225,7 +225,7 @@ def _name(row: dict[str, str]) -> str:
     return "dropout" if name == ZAREMBA else name
 
 
-def _arm_order(r: dict) -> tuple:
+def arm_order(r: dict) -> tuple:
     """A setting's rows: off, the paper's dropout, then the other regularizers; ensembles after."""
     return (r["preset"], r["config_hash"], r["ensemble"], {"none": 0, ZAREMBA: 1}.get(r["regularizer"], 2),
             r["regularizer"])
@@ -239,7 +239,7 @@ def _table(trs: list[dict]) -> list[str]:
     lines = [f"| setting | dropout | regularizer | seeds | **{head}** (last epoch) | best-valid checkpoint | {paper} | "
              f"train {curve} | valid {curve} | test {curve} | epochs | wall s | device |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(trs, key=_arm_order):
+    for r in sorted(trs, key=arm_order):
         reg = r["regularizer"] if r["regularizer"] in ("none", ZAREMBA) else f"{r['regularizer']} ({r['rates']})"
         setting = r["preset"] + (f" (ensemble of {r['ensemble']})" if r["ensemble"] else "")
         setting += " (legacy: before settings hashes)" if r["config_hash"] == LEGACY else f" `{r['config_hash']}`"
