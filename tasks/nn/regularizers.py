@@ -148,12 +148,13 @@ def lstm_steps(
         mh = h.new_empty((4,) * reg.per_gate + h.shape).bernoulli_(1 - reg.hidden).div_(1 - reg.hidden)
     w_gates = w_hh.view(4, hidden, hidden) if training and reg.per_gate else None
     outs = []
-    for t in range(x.size(0)):
+    # unbind, not gx[t]: each indexing's backward would write a zero tensor of gx's full size, T times.
+    for t, gx_t in enumerate(gx.unbind(0)):
         if w_gates is not None:
             hk = h.unsqueeze(0) * mh if mh is not None else h.unsqueeze(0).expand(4, *h.shape)
-            gates = gx[t] + torch.einsum("kbh,kgh->bkg", hk, w_gates).flatten(1)
+            gates = gx_t + torch.einsum("kbh,kgh->bkg", hk, w_gates).flatten(1)
         else:
-            gates = gx[t] + F.linear(h if mh is None else h * mh, w_hh)
+            gates = gx_t + F.linear(h if mh is None else h * mh, w_hh)
         i, f, g, o = gates.chunk(4, 1)
         g = torch.tanh(g)
         if training and reg.recurrent:
