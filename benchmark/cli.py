@@ -310,13 +310,13 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
             print(f"bench: note: {base.path} gives no rates for {', '.join(lacking)}: {task} runs without "
                   f"{'it' if len(lacking) == 1 else 'them'}", file=sys.stderr)
             regularizers = [n for n in regularizers if n not in lacking]
-        for name in regularizers:  # a typo fails now, before any run
-            config.apply_regularizer(copy.deepcopy(base), name)
+        armed = []  # the preset set to each regularizer: a typo fails now, before any run
+        for name in regularizers:
+            armed.append(copy.deepcopy(base))
+            config.apply_regularizer(armed[-1], name)
         for dropout in args.dropout or (base.default_dropout,):
             # `off` trains without any of them: one run per seed, whatever the regularizers.
-            for name in regularizers if dropout == "on" else regularizers[:1]:
-                preset = copy.deepcopy(base)
-                config.apply_regularizer(preset, name)
+            for preset in armed if dropout == "on" else armed[:1]:
                 plan.extend((copy.deepcopy(preset), dropout, seed) for seed in seeds)
     if args.run_dir and len(plan) > 1:
         raise ConfigError(f"--run-dir names one run's folder, but this command plans {len(plan)} runs; "

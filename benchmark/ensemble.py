@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import environment, trained
-from benchmark.results import append_row
+from benchmark.results import append_row, row_regularizer
 from benchmark.runner import RESULT_FILE
 from datamodules.base import same_value
 from tasks import registry
 from tasks.nn.errors import ConfigError
-from tasks.nn.mechanisms import ZAREMBA
 
 
 def _member(path: Path, which: str) -> tuple[trained.Trained, dict[str, Any]]:
@@ -79,8 +78,7 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
     """The ensemble's results row: its scores beside its members', measured the same way."""
     dropouts = sorted({r["dropout"] for r in rows})
     # Members trained with one regularizer at one set of rates pool with its rows; others are "mixed".
-    arms = sorted({(r.get("regularizer") or ("none" if r["dropout"] == "off" else ZAREMBA), r.get("dropout_rate", ""))
-                   for r in rows})  # rows from before regularizers existed trained the paper's
+    arms = sorted({(row_regularizer(r), r.get("dropout_rate", "")) for r in rows})
     return {
         "task": task,
         "preset": preset,

@@ -30,6 +30,7 @@ from statistics import mean, stdev
 
 from benchmark import config, stats
 from benchmark.results import RUNS_FILE, metric_logs, read_rows, write_rows_atomic
+from benchmark.results import row_regularizer as regularizer
 from tasks import registry
 from tasks.nn.errors import ConfigError
 from tasks.nn.mechanisms import ZAREMBA
@@ -89,13 +90,6 @@ def current_hashes(runs: list[dict[str, str]]) -> dict[tuple[str, str], str]:
         if key not in newest or row.get("finished_utc", "") >= newest[key].get("finished_utc", ""):
             newest[key] = row
     return {key: _hash(row) for key, row in newest.items()}
-
-
-def regularizer(row: dict[str, str]) -> str:
-    """The row's regularizer; rows from before regularizers existed trained the paper's."""
-    if row.get("dropout") == "off":
-        return "none"
-    return row.get("regularizer") or ZAREMBA
 
 
 def arm(row: dict[str, str]) -> str:
@@ -212,7 +206,7 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
             "off_mean": _fmt(effect.off), "on_mean": _fmt(effect.on),
             **{k: _fmt(v, like=effect.off) for k, v in (("diff", effect.diff), ("ci_low", effect.low),
                                                         ("ci_high", effect.high))},
-            "verdict": effect.verdict(lower).replace("dropout", _name(on[0])),
+            "verdict": effect.verdict(lower, subject=_name(on[0])),
             "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
             "env": _envs(on + off),
         })

@@ -19,10 +19,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tasks.nn.errors import DataError
+from tasks.nn.mechanisms import ZAREMBA
 
 log = logging.getLogger(__name__)
 
 RUNS_FILE = "runs.csv"
+
+
+def row_regularizer(row: dict[str, str]) -> str:
+    """A row's regularizer: "none" for `--dropout off`; rows from before regularizers trained the paper's."""
+    if row.get("dropout") == "off":
+        return "none"
+    return row.get("regularizer") or ZAREMBA
 CSV_LOG = "csv"  # <run>/csv/metrics.csv: Lightning's CSVLogger, one row per logged step or epoch
 _PART = re.compile(r"metrics\.part-(\d+)\.csv")
 

@@ -38,12 +38,13 @@ class Effect:
     low: float | None  # 95% t-interval; None with a single pair
     high: float | None
 
-    def verdict(self, lower_better: bool) -> str:
+    def verdict(self, lower_better: bool, subject: str = "dropout") -> str:
+        """`subject`: what was switched on (the paper's dropout, or another regularizer)."""
         if self.low is None:
             return "one seed: a smoke test, no claim"
         if self.low > 0 or self.high < 0:
             helps = (self.high < 0) if lower_better else (self.low > 0)
-            return "dropout better, beyond seed noise" if helps else "dropout worse, beyond seed noise"
+            return f"{subject} {'better' if helps else 'worse'}, beyond seed noise"
         return "not beyond seed noise (the interval holds 0)"
 
 
