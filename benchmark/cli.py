@@ -305,11 +305,14 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
         asked = args.regularizer or (base.default_regularizer,)
         regularizers = config.regularizer_names(base) if "all" in asked else list(asked)
         lacking = [n for n in regularizers if n not in config.regularizer_names(base)]
-        if lacking and len(names) > 1 and len(lacking) < len(regularizers):
+        if lacking and len(names) > 1:
             # `--task all --regularizer embedding`: speech has no words to drop; the others run it.
-            print(f"bench: note: {base.path} gives no rates for {', '.join(lacking)}: {task} runs without "
-                  f"{'it' if len(lacking) == 1 else 'them'}", file=sys.stderr)
             regularizers = [n for n in regularizers if n not in lacking]
+            print(f"bench: note: {base.path} gives no rates for {', '.join(lacking)}: {task} "
+                  + (f"runs without {'it' if len(lacking) == 1 else 'them'}" if regularizers else "is left out"),
+                  file=sys.stderr)
+            if not regularizers:
+                continue
         armed = []  # the preset set to each regularizer: a typo fails now, before any run
         for name in regularizers:
             armed.append(copy.deepcopy(base))
@@ -318,6 +321,8 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
             # `off` trains without any of them: one run per seed, whatever the regularizers.
             for preset in armed if dropout == "on" else armed[:1]:
                 plan.extend((copy.deepcopy(preset), dropout, seed) for seed in seeds)
+    if not plan:
+        raise ConfigError(f"no task of {args.task!r} gives rates for {', '.join(args.regularizer)}")
     if args.run_dir and len(plan) > 1:
         raise ConfigError(f"--run-dir names one run's folder, but this command plans {len(plan)} runs; "
                           f"use --runs-dir")

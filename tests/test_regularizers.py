@@ -250,6 +250,10 @@ def test_a_sweep_of_regularizers_shares_one_off_run_per_seed():
     names = config.regularizer_names(config.load_preset("ptb", "quick"))
     assert [a for a in arms if a[1] == "off"] == [("zaremba", "off", 0), ("zaremba", "off", 1)]
     assert {a[0] for a in arms if a[1] == "on"} == set(names) and len(arms) == 2 * len(names) + 2
+    several = build_parser().parse_args(["run", "--task", "ptb,speech", "--preset", "quick", "--regularizer",
+                                         "embedding", "--dropout", "on"])
+    several.argv = []
+    assert [(p.task, p.regularizer) for p, _, _ in plan_runs(several)] == [("ptb", "embedding")]  # speech: no words
     gal = build_parser().parse_args(["run", "--task", "ptb", "--preset", "large-variational"])
     gal.argv = []
     (preset, dropout, _), = plan_runs(gal)
