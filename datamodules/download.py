@@ -6,6 +6,7 @@ land by atomic rename, so an interrupted download never leaves a half-written da
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
@@ -15,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,9 @@ class Dataset:
     members: dict[str, str]  # file name under data_root/name -> its path's tail inside the archive
     sha256: dict[str, str]  # file name under data_root/name -> sha256
     homepage: str
+    # A publisher without an archive: file name -> the URL of its gzip-compressed copy (then `url`
+    # names the folder they sit in, and `members` is empty). The sha256 is the uncompressed file's.
+    gz_files: dict[str, str] = field(default_factory=dict)
 
 
 def default_cache_dir() -> Path:
@@ -86,10 +90,12 @@ def offline_help(ds: Dataset, folder: Path, reason: str) -> str:
     if len(listed) > 12:
         files += f"\n    ... and {len(listed) - 12} more files in the same layout"
     members = ", ".join(list(ds.members.values())[:3]) + (", ..." if len(ds.members) > 3 else "")
+    where = (f"the files of the same names, gzip-compressed (.gz), in {ds.url}" if ds.gz_files else
+             f"{members} inside {ds.url.rsplit('/', 1)[-1]}")
     return (
         f"could not download {ds.name} from {ds.url}: {reason}\n"
         f"  Fetch it on a machine with network and place these files:\n{files}\n"
-        f"  They are {members} inside {ds.url.rsplit('/', 1)[-1]} (see {ds.homepage}).\n"
+        f"  They are {where} (see {ds.homepage}).\n"
         f"  Or point --data-root (or RNNREG_DATA_ROOT) at a folder that already holds {ds.name}/."
     )
 
@@ -108,35 +114,13 @@ def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
     except OSError as err:
         raise DataError(offline_help(ds, folder, f"cannot create {folder}: {err}")) from err
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
-        archive = Path(tmp) / ds.url.rsplit("/", 1)[-1]
-        try:
-            with urllib.request.urlopen(ds.url, timeout=timeout) as resp, open(archive, "wb") as out:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {ds.name}") as bar:
-                    for chunk in iter(lambda: resp.read(1 << 16), b""):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            raise DataError(offline_help(ds, folder, str(err))) from err
         extracted = Path(tmp) / "x"
-        try:
-            arc = _Archive(archive)
-            try:
-                by_tail = {}
-                for n in arc.names:  # archives differ in a leading "./" or folder: match the path's tail
-                    by_tail.setdefault(n.rsplit("/", 1)[-1], []).append(n)
-                for name, tail in ds.members.items():
-                    member = next((n for n in by_tail.get(tail.rsplit("/", 1)[-1], ()) if n.endswith(tail)), None)
-                    src = arc.open(member) if member else None
-                    if src is None:
-                        raise KeyError(f"{tail} not in archive")
-                    (extracted / name).parent.mkdir(parents=True, exist_ok=True)
-                    with src, open(extracted / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-            finally:
-                arc.close()
-        except (tarfile.TarError, zipfile.BadZipFile, KeyError, EOFError) as err:
-            raise DataError(offline_help(ds, folder, f"archive {archive.name} is corrupt or incomplete ({err})")) from err
+        if ds.gz_files:
+            _fetch_gz_files(ds, folder, Path(tmp), extracted, timeout)
+        else:
+            archive = Path(tmp) / ds.url.rsplit("/", 1)[-1]
+            _fetch(ds, folder, ds.url, archive, timeout)
+            _extract_members(ds, folder, archive, extracted)
         for name, digest in ds.sha256.items():
             got = sha256_of(extracted / name)
             if got != digest:
@@ -145,6 +129,51 @@ def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(extracted / name, folder / name)
     return folder
+
+
+def _fetch(ds: Dataset, folder: Path, url: str, path: Path, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(path, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {ds.name}") as bar:
+                for chunk in iter(lambda: resp.read(1 << 16), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise DataError(offline_help(ds, folder, str(err))) from err
+
+
+def _extract_members(ds: Dataset, folder: Path, archive: Path, extracted: Path) -> None:
+    try:
+        arc = _Archive(archive)
+        try:
+            by_tail = {}
+            for n in arc.names:  # archives differ in a leading "./" or folder: match the path's tail
+                by_tail.setdefault(n.rsplit("/", 1)[-1], []).append(n)
+            for name, tail in ds.members.items():
+                member = next((n for n in by_tail.get(tail.rsplit("/", 1)[-1], ()) if n.endswith(tail)), None)
+                src = arc.open(member) if member else None
+                if src is None:
+                    raise KeyError(f"{tail} not in archive")
+                (extracted / name).parent.mkdir(parents=True, exist_ok=True)
+                with src, open(extracted / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        finally:
+            arc.close()
+    except (tarfile.TarError, zipfile.BadZipFile, KeyError, EOFError) as err:
+        raise DataError(offline_help(ds, folder, f"archive {archive.name} is corrupt or incomplete ({err})")) from err
+
+
+def _fetch_gz_files(ds: Dataset, folder: Path, tmp: Path, extracted: Path, timeout: float) -> None:
+    extracted.mkdir(parents=True, exist_ok=True)
+    for name, url in ds.gz_files.items():
+        packed = tmp / f"{name}.gz"
+        _fetch(ds, folder, url, packed, timeout)
+        try:
+            with gzip.open(packed) as src, open(extracted / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as err:
+            raise DataError(offline_help(ds, folder, f"{url} is not a complete gzip file ({err})")) from err
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,27 @@ WMT_DEV = fetch.Dataset(
             "newstest2013.fr": "909b63be5df3eb8c13e1d5967bf3f0adfdb9f6ed5e638c5bffff563ee2ff7f41"},
     homepage="https://www.statmt.org/wmt14/translation-task.html",
 )
-PUBLISHED = (TATOEBA, WMT_DEV)  # fetched on first use when a corpus spec points into their folder
+# Multi30k task 1 (Elliott et al. 2016): 29,000 Flickr30k image descriptions with their French
+# translations, the validation set and the 2016 Flickr test set, as the repository's raw/ folder
+# holds them (one .gz per file). The sums are of the uncompressed files as in ../shared/data.
+_MULTI30K_RAW = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
+_MULTI30K_SUMS = {
+    "train.en": "460a15fbd157e34a7a9957ee388c1ca247fe47af3ef25fb50442af6c274e0fc6",
+    "train.fr": "5925a3c18f1587b6b54b87743106e6e8ab93618edb6f65d19eac0621f853a10d",
+    "val.en": "1f2a23d992769b5b3d209b0a10dd0b77c08cceb1f20dfb97ed0aafa49d107227",
+    "val.fr": "5304e444d842e962b2dda4d816b70b22a1765b15401642b7ca37a67477e708dc",
+    "test_2016_flickr.en": "399a4382932c1aadd3ceb9bef1008d388a64c76d4ae4e9d4728c6f4301cac182",
+    "test_2016_flickr.fr": "cb3160d69b002bb638e66cc7612fcd56cb0af82eadc9c142dedc438afb885ef6",
+}
+MULTI30K = fetch.Dataset(
+    name="multi30k",
+    url=_MULTI30K_RAW,
+    members={},
+    sha256=_MULTI30K_SUMS,
+    homepage="https://github.com/multi30k/dataset",
+    gz_files={name: f"{_MULTI30K_RAW}/{name}.gz" for name in _MULTI30K_SUMS},
+)
+PUBLISHED = (TATOEBA, WMT_DEV, MULTI30K)  # fetched on first use when a corpus spec points into their folder
 
 # Sutskever et al. trained on Schwenk's 12M-pair selection of these corpora, which is not published
 # in this form; `bench fetch wmt14` gives the full WMT'14 English-French training data (~36M pairs).
@@ -266,6 +286,9 @@ FETCH_HELP = {
              "that timit/TRAIN/DR1/FCJF0/SI1027.WAV and .PHN exist (upper or lower case both work)",
     "tatoeba-fra-eng": "the ManyThings/Tatoeba export (`bench fetch tatoeba`, or unzip "
                        "https://www.manythings.org/anki/fra-eng.zip so that tatoeba-fra-eng/fra.txt exists)",
+    "multi30k": "Multi30k task 1 (`bench fetch multi30k`, 4 MB, or by hand: the train, val and test_2016_flickr "
+                "files of https://github.com/multi30k/dataset/tree/master/data/task1/raw, gunzipped, as "
+                "multi30k/train.en, train.fr, ...)",
     "wmt": "the WMT news test sets: https://www.statmt.org/wmt14/dev.tgz unpacked, one sentence per line, as "
            "wmt/dev/newstest2013.en and .fr (the .sgm files work too)",
     "wmt14": "the WMT'14 English-French training data (`bench fetch wmt14 --yes`, several GB; or by hand from "
@@ -284,6 +307,6 @@ FETCH_HELP = {
 
 # `bench fetch <name>`
 SOURCES: dict[str, fetch.Dataset | fetch.LargeDataset] = {
-    "ptb": PTB, "an4": AN4, "timit-sample": TIMIT_SAMPLE, "tatoeba": TATOEBA, "wmt-dev": WMT_DEV, "wmt14": WMT14,
+    "ptb": PTB, "an4": AN4, "timit-sample": TIMIT_SAMPLE, "tatoeba": TATOEBA, "multi30k": MULTI30K, "wmt-dev": WMT_DEV, "wmt14": WMT14,
     "coco2014": COCO2014, "flickr8k": FLICKR8K,
 }

@@ -79,9 +79,9 @@ def ptb_utf8(d: Path):
 
 
 def _translation(d: Path, lines: list[str], *extra: str) -> list[str]:
-    """translation/quick trained on `lines` as its Tatoeba file, data/pairs.txt."""
+    """translation/tatoeba-quick trained on `lines` as its Tatoeba file, data/pairs.txt."""
     (d / "data" / "pairs.txt").write_text("\n".join(lines) + "\n")
-    return _run(d, "--task", "translation", "--preset", "quick", "--set", "data.train={tab: pairs.txt}",
+    return _run(d, "--task", "translation", "--preset", "tatoeba-quick", "--set", "data.train={tab: pairs.txt}",
                 "--set", "data.train_pairs=null", *extra, *TINY[:4])
 
 

@@ -48,7 +48,7 @@ class Fixed(L.LightningDataModule):
 
 
 def setup(data_root: Path, batches: int) -> tuple[ParallelTextDataModule, dict, list[dict]]:
-    preset = load_preset("translation", "quick")
+    preset = load_preset("translation", "tatoeba-quick")
     torch.manual_seed(0)
     dm = ParallelTextDataModule(data_root, **preset.data)
     dm.setup("fit")
@@ -120,7 +120,7 @@ def main() -> None:
         for name in (list(sides) if rep % 2 == 0 else list(sides)[::-1]):
             runs[name].append(sides[name](dm, preset, batches, args.warmup))
     med = {k: statistics.median(v) for k, v in runs.items()}
-    row = {"task": "translation", "preset": "quick", "threads": args.threads, "steps": args.steps, "reps": args.reps,
+    row = {"task": "translation", "preset": "tatoeba-quick", "threads": args.threads, "steps": args.steps, "reps": args.reps,
            **{f"{k}_tok_s": f"{v:.0f}" for k, v in med.items()},
            **{f"{k}_runs": " ".join(f"{x:.0f}" for x in v) for k, v in runs.items()},
            "ratio_lightning_over_plain": f"{med['lightning'] / med['plain']:.3f}",

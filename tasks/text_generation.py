@@ -80,14 +80,18 @@ class TextGenerator(TaskModule):
                                             if s in self.bleu_signatures)}
 
     # -- decoding -------------------------------------------------------------------------------------
-    def step(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One decoding step for (N,) previous words; <pad> and <bos> are never generated."""
+    def step(self, tokens: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """One decoding step for (N,) previous words from the decoder's (h, c)."""
         y, state = self.decoder(self.emb(tokens).unsqueeze(0), state)
-        logp = F.log_softmax(self.head(y[0]).float(), dim=-1)
-        logp[:, [self.vocab.pad, self.vocab.bos]] = float("-inf")
-        return logp, state
+        return self.next_word_logp(y[0]), state
 
-    def decode(self, state: tuple[Tensor, Tensor], limit: Tensor, beam: int) -> list[list[int]]:
+    def next_word_logp(self, y: Tensor) -> Tensor:
+        """(N, H) decoder outputs -> (N, V) float32 log-probabilities; <pad> and <bos> are never generated."""
+        logp = F.log_softmax(self.head(y).float(), dim=-1)
+        logp[:, [self.vocab.pad, self.vocab.bos]] = float("-inf")
+        return logp
+
+    def decode(self, state: tuple[Tensor, ...], limit: Tensor, beam: int) -> list[list[int]]:
         """Word ids per sentence from the decoder state `state`; beam 1 is greedy decoding."""
         v = self.vocab
         if beam == 1:
@@ -189,10 +193,10 @@ class TextGenerator(TaskModule):
         distributions at every step, p(w) = 1/M sum_m p_m(w | its own state), all members' states
         carried in one tuple so the search reorders them together."""
         stream, beam = dm.stream_names()[0], members[0].hparams.beam
-        mixed = ensemble_step([m.step for m in members])
         rows: list[list[Decoded]] = [[] for _ in range(len(members) + 1)]
         for batch in dm.test_dataloader()[0]:
             starts = [m.start_of(batch) for m in members]
+            mixed = ensemble_step([m.step for m in members], [len(s[0]) for s in starts])
             limit, items = starts[0][1], starts[0][2]
             hyps = [[m.to_text(seq) for seq in m.decode(s[0], limit, beam)] for m, s in zip(members, starts)]
             state = tuple(t for s in starts for t in s[0])
@@ -226,15 +230,18 @@ class TextGenerator(TaskModule):
         raise NotImplementedError
 
 
-def ensemble_step(steps: list) -> decoding.StepFn:
+def ensemble_step(steps: list, sizes: list[int]) -> decoding.StepFn:
     """One decoding step of an ensemble: the log of the members' mean probability; the state is
-    every member's (h, c) in turn, so a beam reorder moves them all."""
+    every member's state in turn (sizes[i] tensors for member i: (h, c), plus the source memory
+    of one that attends), so a beam reorder moves them all."""
+    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+
     def step(tokens: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         logps, new_state = [], []
-        for i, member_step in enumerate(steps):
-            logp, (h, c) = member_step(tokens, (state[2 * i], state[2 * i + 1]))
+        for member_step, start, end in zip(steps, [0, *ends], ends):
+            logp, member_state = member_step(tokens, state[start:end])
             logps.append(logp)
-            new_state += [h, c]
+            new_state += member_state
         return torch.stack(logps).logsumexp(0) - math.log(len(steps)), tuple(new_state)
     return step
 

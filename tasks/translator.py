@@ -5,7 +5,9 @@
 
 The decoder starts from the encoder's final (h, c), layer by layer, so both have the same depth
 and width. Dropout sits only on the non-recurrent connections of both LSTMs (the embeddings going
-in, between layers, the decoder's output going to the softmax); the encoder's own output is unused.
+in, between layers, the decoder's output going to the softmax). In the paper's model the encoder's
+own outputs are unused; with `attention: true` (not the paper's; tasks/nn/attention.py) the
+decoder's outputs attend over them before the softmax.
 
 Scores: perplexity per target word (the <eos> counts as a word), and BLEU/chrF with sacrebleu on
 detokenised output against the raw references, for greedy decoding and for beam search
@@ -21,10 +23,11 @@ import math
 import torch
 from sacremoses import MosesDetokenizer
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from datamodules.vocab import WordVocab
 from tasks.nn import text_metrics
+from tasks.nn.attention import GlobalAttention, source_mask
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.errors import ConfigError
 from tasks.nn.regularizers import Regularization, WordEmbedding
@@ -82,6 +85,7 @@ class Translator(TextGenerator):
         num_samples: int = 5,
         valid_decode: bool | int = True,
         regularization: dict[str, float] | None = None,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -99,24 +103,41 @@ class Translator(TextGenerator):
         self.emb = WordEmbedding(len(self.vocab), emb_size, drop_types=reg.embedding)
         self.encoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
         self.decoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
+        self.attention = GlobalAttention(hidden_size) if attention else None
         self.head = nn.Linear(hidden_size, len(self.vocab))
         init_uniform_(self, init_scale)  # Sutskever et al.: uniform in [-0.08, 0.08]
         self.detok = MosesDetokenizer(lang=tgt_lang)
         self.init_scoring(test_streams)
 
     # -- model ------------------------------------------------------------------------------------------
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """(S, B) source ids -> the encoder's final (h, c), each (layers, B, hidden)."""
+    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, ...]:
+        """(S, B) source ids -> the decoder's start state: the encoder's final (h, c), each (layers, B,
+        hidden), and with attention also the source's keys and memory (S, B, hidden) and mask (S, B).
+        Every part has the batch in dim 1, so a beam search reorders them all alike."""
         x = self.src_emb(src)
-        if int(src_lengths.min()) != x.size(0):  # mixed lengths (not bucketed): stop each at its own end
+        mixed = int(src_lengths.min()) != x.size(0)
+        if mixed:  # not bucketed: stop each sentence at its own end
             x = pack_padded_sequence(x, src_lengths.cpu(), enforce_sorted=False)
-        _, state = self.encoder(x)
-        return state
+        memory, state = self.encoder(x)
+        if self.attention is None:
+            return state
+        if mixed:
+            memory, _ = pad_packed_sequence(memory, total_length=src.size(0))
+        return (*state, self.attention.keys(memory), memory, source_mask(src_lengths, src.size(0)))
+
+    def attend(self, y: Tensor, state: tuple[Tensor, ...]) -> Tensor:
+        """The decoder's outputs (T, N, H) as the output layer reads them."""
+        return y if self.attention is None else self.attention(y, *state[2:])
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: (T, B, V) logits for the next target word at every position."""
-        y, _ = self.decoder(self.emb(tgt_in), self.encode(src, src_lengths))
-        return self.head(y)
+        start = self.encode(src, src_lengths)
+        y, _ = self.decoder(self.emb(tgt_in), start[:2])
+        return self.head(self.attend(y, start))
+
+    def step(self, tokens: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+        y, (h, c) = self.decoder(self.emb(tokens).unsqueeze(0), state[:2])
+        return self.next_word_logp(self.attend(y, state)[0]), (h, c, *state[2:])
 
     def _logits(self, batch: dict) -> Tensor:
         return self(batch["src"], batch["src_lengths"], batch["tgt_in"])
@@ -156,7 +177,7 @@ class Translator(TextGenerator):
         limit = self.length_limit(src_lengths).to(src.device)
         return [self.to_text(seq) for seq in self.decode(self.encode(src, src_lengths), limit, beam)]
 
-    def start_of(self, batch: dict) -> tuple[tuple[Tensor, Tensor], Tensor, list[Decoded]]:
+    def start_of(self, batch: dict) -> tuple[tuple[Tensor, ...], Tensor, list[Decoded]]:
         """A test batch's decoder start state, output-length limits and rows (source, reference)."""
         limit = self.length_limit(batch["src_lengths"]).to(batch["src"].device)
         rows = [Decoded(src, [ref], ()) for src, ref in zip(batch["src_text"], batch["ref_text"])]

@@ -146,7 +146,7 @@ def test_fetch_lists_every_data_set():
     from benchmark.cli import build_parser
     from datamodules.sources import SOURCES
 
-    assert set(SOURCES) == {"ptb", "an4", "timit-sample", "tatoeba", "wmt-dev", "wmt14", "coco2014", "flickr8k"}
+    assert set(SOURCES) == {"ptb", "an4", "timit-sample", "tatoeba", "multi30k", "wmt-dev", "wmt14", "coco2014", "flickr8k"}
     assert all(spec.name for spec in SOURCES.values())
     assert build_parser().parse_args(["fetch", "flickr8k"]).dataset == "flickr8k"
     assert build_parser().parse_args(["fetch", "an4"]).dataset == "an4"  # 64 MB: no --yes needed
@@ -166,7 +166,7 @@ def test_task_all_reports_a_task_without_data_and_runs_on(tmp_path, monkeypatch,
     assert bench(tmp_path, "--task", "all", "--preset", "quick", "--data-root", str(tmp_path / "empty")) == 2
     err = capsys.readouterr().err
     assert "captioning-quick-dropout_on-seed0:" in err and "flickr8k/images: image folder not found" in err
-    assert "translation-quick-dropout_on-seed0: could not download tatoeba-fra-eng: no network" in err
+    assert "translation-quick-dropout_on-seed0: could not download multi30k: no network" in err
     assert "2 of 2 runs failed" in err and "rerun with --resume to retry only those" in err
     assert not (tmp_path / "results" / "runs.csv").exists()
 

@@ -108,7 +108,7 @@ def test_translation_on_two_gloo_ranks_scores_every_sentence_once(tmp_path):
     write_tab(tmp_path / "tab.txt", n=300)
     (tmp_path / "news.en").write_text("\n".join(EN[:9]) + "\n")
     (tmp_path / "news.fr").write_text("\n".join(FR[:9]) + "\n")
-    row, _ = run_on_two_ranks_and_alone(tmp_path, "translation", "quick", [
+    row, _ = run_on_two_ranks_and_alone(tmp_path, "translation", "tatoeba-quick", [
         "data.train={tab: tab.txt}", "data.test_sets={news: {src: news.en, ref: news.fr}}",
         "data.split={valid: 0.2, test: 0.2, salt: t}", "data.train_pairs=null", "model.hidden_size=16",
         "model.emb_size=16", "data.batch_size=8"])

@@ -69,7 +69,7 @@ def test_translation_eval_by_path_matches_the_runs_own_test(translation):
     ev = _eval(run_dir, root, "--test", str(data / "news.en"), str(data / "news.fr"))
     for key in ("test_news_bleu", "test_news_bleu_tok", "test_news_chrf", "test_news_ppl", "test_news_bleu_greedy"):
         assert ev[key] == row[key], key
-    assert ev["evaluation"] == "last checkpoint" and (ev["preset"], ev["dropout"], ev["seed"]) == ("quick", "on", "0")
+    assert ev["evaluation"] == "last checkpoint" and (ev["preset"], ev["dropout"], ev["seed"]) == ("tatoeba-quick", "on", "0")
     assert f"{data / 'news.en'} sha256:" in ev["eval_data"] and ev["config_hash"] == row["config_hash"]
     # The evaluation's outputs are the run's, hypothesis for hypothesis.
     assert _outputs(run_dir / "eval" / "last-news", "test_news") == _outputs(run_dir, "test_news")

@@ -122,8 +122,9 @@ def tiny_model(**kw) -> Translator:
     return Translator(src_vocab_size=24, tgt_itos=itos, emb_size=8, hidden_size=8, num_layers=2, **kw).eval()
 
 
-def test_padding_is_masked_and_mixed_source_lengths_match_alone():
-    m = tiny_model()
+@pytest.mark.parametrize("attention", [False, True])
+def test_padding_is_masked_and_mixed_source_lengths_match_alone(attention):
+    m = tiny_model(attention=attention)
     pairs = [Pair([4, 5, 6, 7], [8, 9, 10], "", ""), Pair([11, 12], [13], "", "")]
     both = collate(pairs, 0, 2, 3, True)
     loss_both = m._loss(both, "valid") * both["num_tokens"]
@@ -181,12 +182,47 @@ def test_the_paper_schedule_halves_the_rate_every_half_epoch_after_five():
         tiny_model(loss_scale="token")
 
 
-def test_beam_one_translation_is_greedy():
-    m = tiny_model(max_len_b=6)
+@pytest.mark.parametrize("attention", [False, True])
+def test_beam_one_translation_is_greedy(attention):
+    m = tiny_model(max_len_b=6, attention=attention)
     src, lengths = torch.randint(4, 24, (5, 3)), torch.full((3,), 5)
     limit = torch.full((3,), 13)  # what translate() allows: 1.5 x 5 source words + 6
     beam = decoding.beam_search(m.step, m.encode(src, lengths), m.vocab.bos, m.vocab.eos, limit, beam=1)
     assert m.translate(src, lengths, beam=1) == [m.detok.detokenize(m.vocab.decode(s)) for s in beam]
+
+
+def test_attention_decoding_step_by_step_equals_teacher_forcing_and_ignores_padding():
+    """The beam search's one-step path gives the training path's distributions, and what sits in a
+    padded source position (mixed lengths in one batch) changes nothing."""
+    m = tiny_model(attention=True)
+    pairs = [Pair([4, 5, 6, 7], [8, 9, 10], "", ""), Pair([11, 12], [13, 14, 15], "", "")]
+    batch = collate(pairs, 0, 2, 3, True)
+    logp = torch.log_softmax(m(batch["src"], batch["src_lengths"], batch["tgt_in"]), -1)
+    state = m.encode(batch["src"], batch["src_lengths"])
+    assert len(state) == 5 and state[4].tolist() == [[True, True]] * 2 + [[True, False]] * 2
+    for t in range(batch["tgt_in"].size(0)):
+        step_logp, state = m.step(batch["tgt_in"][t], state)
+        keep = torch.ones(logp.size(-1), dtype=torch.bool)
+        keep[[m.vocab.pad, m.vocab.bos]] = False  # never generated: -inf in the step's output
+        torch.testing.assert_close(step_logp[:, keep], logp[t][:, keep], rtol=1e-5, atol=1e-6)
+    other = batch["src"].clone()
+    other[2:, 1] = 9  # sentence 1 has 2 words: rows 2-3 are padding
+    changed = m(other, batch["src_lengths"], batch["tgt_in"])
+    torch.testing.assert_close(changed, m(batch["src"], batch["src_lengths"], batch["tgt_in"]))
+    # Without attention the parameters (and so the checkpoints) are the paper model's, unchanged.
+    assert not any(k.startswith("attention") for k in tiny_model().state_dict())
+
+
+def test_an_ensemble_of_one_attending_model_twice_is_the_model():
+    from tasks.text_generation import ensemble_step
+    m = tiny_model(attention=True)
+    src, lengths = torch.randint(4, 24, (5, 3)), torch.full((3,), 5)
+    state = m.encode(src, lengths)
+    tokens = torch.full((3,), m.vocab.bos)
+    alone, _ = m.step(tokens, state)
+    both, new_state = ensemble_step([m.step, m.step], [len(state), len(state)])(tokens, (*state, *state))
+    torch.testing.assert_close(both, alone)
+    assert len(new_state) == 10
 
 
 def test_group_by_source_collects_every_reference():
@@ -197,7 +233,7 @@ def test_group_by_source_collects_every_reference():
 
 
 def tiny_translation_preset(data_root, **data):
-    preset = load_preset("translation", "quick")
+    preset = load_preset("translation", "tatoeba-quick")
     preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 3, "valid_decode": True})
     preset.data.update({"train": {"tab": "tab.txt"}, "split": {"valid": 0.15, "test": 0.15, "salt": "t"},
                         "test_sets": {"news": {"src": "news.en", "ref": "news.fr"}}, "src_vocab": 50,
@@ -244,7 +280,7 @@ def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):
         assert key in row, key
     assert 1 < float(row["test_ppl"]) < 50 and 0 <= float(row["test_bleu"]) <= 100
     assert int(row["tokens_per_s"]) > 0
-    run_dir = find_run(tmp_path / "runs", "translation-quick-dropout_on-seed0")
+    run_dir = find_run(tmp_path / "runs", "translation-tatoeba-quick-dropout_on-seed0")
     # Both BLEUs of the row are the outputs file's hypotheses and references scored again.
     lines = [json.loads(line) for line in (run_dir / "outputs" / "test_news.jsonl").read_text().splitlines()]
     hyps, refs = [x["hyp"] for x in lines], [x["refs"] for x in lines]
@@ -266,7 +302,7 @@ def test_a_run_steps_the_half_epoch_schedule_by_its_own_batches(tmp_path):
                          "beam": 1, "valid_decode": False})
     row = run(preset, RunOptions(data_root=tmp_path, results_dir=tmp_path / "r", runs_dir=tmp_path / "runs",
                                  command="test"))
-    ckpt = torch.load(find_run(tmp_path / "runs", "translation-quick-dropout_on-seed0") / "checkpoints" / "last.ckpt",
+    ckpt = torch.load(find_run(tmp_path / "runs", "translation-tatoeba-quick-dropout_on-seed0") / "checkpoints" / "last.ckpt",
                       weights_only=True)
     # 2 epochs: 1 at 0.7, then halved at 1, 1.5 and (after the last step) 2 epochs
     assert ckpt["lr_schedulers"][0]["last_epoch"] == int(row["steps"]) > 2
@@ -275,7 +311,7 @@ def test_a_run_steps_the_half_epoch_schedule_by_its_own_batches(tmp_path):
     preset.trainer["max_steps"] = int(row["steps"]) // 2
     row = run(preset, RunOptions(data_root=tmp_path, results_dir=tmp_path / "r2", runs_dir=tmp_path / "runs2",
                                  command="test"))
-    ckpt = torch.load(find_run(tmp_path / "runs2", "translation-quick-dropout_on-seed0") / "checkpoints" / "last.ckpt",
+    ckpt = torch.load(find_run(tmp_path / "runs2", "translation-tatoeba-quick-dropout_on-seed0") / "checkpoints" / "last.ckpt",
                       weights_only=True)
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.7 / 2)  # 1 epoch: halved once
 
@@ -287,7 +323,7 @@ def tatoeba_root():
 
 
 def test_real_tatoeba_slice_trains_and_scores(tatoeba_root, tmp_path):
-    preset = load_preset("translation", "quick")
+    preset = load_preset("translation", "tatoeba-quick")
     preset.data["test_sets"] = {"newstest2013": {"src": "wmt/dev/newstest2013.en", "ref": "wmt/dev/newstest2013.fr"}}
     dm = ParallelTextDataModule(data_root=tatoeba_root, **{**preset.data, "train_pairs": 3000})
     dm.setup("fit")
@@ -339,8 +375,41 @@ def test_validation_decodes_every_nth_epoch_and_the_last(tmp_path):
     preset.model["valid_decode"] = 2
     preset.trainer["max_epochs"] = 3
     run(preset, RunOptions(data_root=tmp_path, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs"))
-    run_dir = find_run(tmp_path / "runs", "translation-quick-dropout_on-seed0")
+    run_dir = find_run(tmp_path / "runs", "translation-tatoeba-quick-dropout_on-seed0")
     with open(run_dir / "csv" / "metrics.csv") as f:
         epochs = [r for r in csv.DictReader(f) if r.get("valid_ppl")]
     assert len(epochs) == 3 and [bool(r["valid_bleu_greedy"]) for r in epochs] == [False, True, True]
     assert sorted(p.name for p in (run_dir / "samples").glob("valid-*")) == ["valid-epoch001.txt", "valid-epoch002.txt"]
+
+
+def test_multi30k_fetch_gunzips_each_file_and_checks_its_sha256(tmp_path):
+    """The publisher's raw/ layout (one .gz per file) served from file://: every file lands
+    uncompressed with the listed sum; a wrong sum or a broken .gz writes nothing."""
+    import dataclasses
+    import gzip
+    import hashlib
+
+    from datamodules import download as fetch
+    from datamodules.sources import MULTI30K
+
+    texts = {"val.en": b"A dog runs.\n", "val.fr": "Un chien court.\n".encode()}
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, data in texts.items():
+        (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+    ds = dataclasses.replace(MULTI30K, url=raw.as_uri(), sha256={n: hashlib.sha256(d).hexdigest() for n, d in texts.items()},
+                             gz_files={n: (raw / f"{n}.gz").as_uri() for n in texts})
+    bad = dataclasses.replace(ds, sha256={**ds.sha256, "val.fr": "0" * 64})
+    with pytest.raises(DataError, match="sha256 of val.fr"):
+        fetch.download(bad, tmp_path / "root")
+    assert not any((tmp_path / "root" / "multi30k").glob("val.*"))
+    (raw / "val.fr.gz").write_bytes(gzip.compress(texts["val.fr"])[:-6])  # truncated
+    with pytest.raises(DataError, match="not a complete gzip file"):
+        fetch.download(ds, tmp_path / "root")
+    (raw / "val.fr.gz").write_bytes(gzip.compress(texts["val.fr"]))
+    folder = fetch.download(ds, tmp_path / "root")
+    assert {n: (folder / n).read_bytes() for n in texts} == texts
+    # The real files' names and the sums of the copy in the shared data folder.
+    assert set(MULTI30K.gz_files) == set(MULTI30K.sha256) >= {"train.en", "train.fr", "test_2016_flickr.fr"}
+    if (REAL_DATA_ROOT / "multi30k" / "val.fr").is_file():
+        assert fetch.sha256_of(REAL_DATA_ROOT / "multi30k" / "val.fr") == MULTI30K.sha256["val.fr"]
