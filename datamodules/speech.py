@@ -85,6 +85,16 @@ def _utterances(folder: Path, speaker: str) -> list[Utterance]:
     return out
 
 
+def some_speakers(utts: list[Utterance], n: int) -> list[Utterance]:
+    """The utterances of n speakers spread evenly over the speakers' sorted names (AN4's names start
+    with their sex, f or m, so both stay in); all of them when there are no more than n."""
+    names = sorted({u.speaker for u in utts})
+    if n >= len(names):
+        return utts
+    keep = {names[i * len(names) // n] for i in range(n)}
+    return [u for u in utts if u.speaker in keep]
+
+
 def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speakers: list[str]) -> dict[str, list[Utterance]]:
     """Utterances of train/valid/test for one corpus under the data root."""
     base = root / corpus
@@ -250,6 +260,7 @@ class SpeechDataModule(TaskDataModule):
         phone_set: str = "an4",
         valid_speakers: list[str] = (),
         test_speakers: list[str] = (),
+        train_speakers: int | None = None,
         batch_size: int = 16,
         n_mels: int = 40,
         deltas: bool = True,
@@ -262,7 +273,8 @@ class SpeechDataModule(TaskDataModule):
     ) -> None:
         """`test_sets`: name -> a folder of audio with a `.phn` beside each file (TIMIT's layout, any
         depth), scored as `test_<name>_*`; `test_only`: those alone, normalised with a checkpoint's
-        training statistics."""
+        training statistics. `train_speakers`: train on that many of the training speakers, spread
+        evenly over their names in sorted order (a fixed choice, the same for every seed)."""
         super().__init__()
         self.keep_settings()
         self.test_sets, self.test_only = dict(test_sets or {}), test_only
@@ -271,6 +283,9 @@ class SpeechDataModule(TaskDataModule):
         self.data_root, self.corpus, self.batch_size = Path(data_root), corpus, batch_size
         self.phones = PHONE_SETS[phone_set]
         self.valid_speakers, self.test_speakers = list(valid_speakers), list(test_speakers)
+        if train_speakers is not None and train_speakers < 1:
+            raise DataError(f"data.train_speakers must be a positive number of speakers, got {train_speakers}")
+        self.train_speakers = train_speakers
         self.features = Features(n_mels=n_mels, deltas=deltas)
         if context < 0 or delay < 0:
             raise DataError(f"data.context and data.delay count frames and must be >= 0, got {context} and {delay}")
@@ -354,6 +369,8 @@ class SpeechDataModule(TaskDataModule):
             raise DataError("test_only needs the normalisation statistics of a trained model (load_state_dict)")
         splits = {} if self.test_only else find_splits(self.data_root, self.corpus, self.valid_speakers,
                                                        self.test_speakers)
+        if self.train_speakers and splits:
+            splits["train"] = some_speakers(splits["train"], self.train_speakers)
         for name, path in self.test_sets.items():
             splits[f"test_{name}"] = folder_utterances(self._folder(path))
         # Cached features load in seconds; a cold cache computes fbanks for every utterance.

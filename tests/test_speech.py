@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,6 +182,18 @@ def test_splits_are_speaker_disjoint_and_missing_corpus_says_where(tmp_path):
         find_splits(tmp_path, "timit-sample", [], [])
     with pytest.raises(DataError, match="valid split is empty"):
         find_splits(tmp_path, "an4", valid_speakers=["nobody"], test_speakers=[])
+
+
+def test_train_speakers_keeps_a_fixed_spread_of_speakers():
+    from datamodules.speech import some_speakers
+
+    names = ["fa", "fb", "fc", "fd", "ma", "mb", "mc", "md"]
+    utts = [Utterance(n, Path(f"{n}-{i}.flac"), None) for n in names for i in range(2)]
+    kept = some_speakers(utts, 4)
+    assert [u.speaker for u in kept] == ["fa", "fa", "fc", "fc", "ma", "ma", "mc", "mc"]  # both sexes, every utterance
+    assert some_speakers(utts, 8) == utts == some_speakers(utts, 20)
+    with pytest.raises(DataError, match="train_speakers must be a positive"):
+        SpeechDataModule("data", train_speakers=0)
 
 
 def test_train_statistics_only_normalise(tmp_path):
