@@ -13,6 +13,7 @@ Everything else (the training step, perplexity, which beams run where, samples) 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -234,7 +235,7 @@ def ensemble_step(steps: list, sizes: list[int]) -> decoding.StepFn:
     """One decoding step of an ensemble: the log of the members' mean probability; the state is
     every member's state in turn (sizes[i] tensors for member i: (h, c), plus the source memory
     of one that attends), so a beam reorder moves them all."""
-    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    ends = list(itertools.accumulate(sizes))
 
     def step(tokens: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         logps, new_state = [], []

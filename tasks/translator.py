@@ -123,7 +123,8 @@ class Translator(TextGenerator):
             return state
         if mixed:
             memory, _ = pad_packed_sequence(memory, total_length=src.size(0))
-        return (*state, self.attention.keys(memory), memory, source_mask(src_lengths, src.size(0)))
+        # On the source's device: the lengths may stay on the CPU (`translate`, packing wants them there).
+        return (*state, self.attention.keys(memory), memory, source_mask(src_lengths.to(src.device), src.size(0)))
 
     def attend(self, y: Tensor, state: tuple[Tensor, ...]) -> Tensor:
         """The decoder's outputs (T, N, H) as the output layer reads them."""

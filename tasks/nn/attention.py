@@ -45,4 +45,4 @@ class GlobalAttention(nn.Module):
 
 def source_mask(lengths: Tensor, steps: int) -> Tensor:
     """(S, B) True where position s < the sentence's length (padding sits at the end)."""
-    return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.to(lengths.device).unsqueeze(0)
+    return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
