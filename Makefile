@@ -46,7 +46,10 @@ bench: setup
 	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on,off --num-seeds $(SEEDS) \
 		--logger $(LOGGER) --data-root $(DATA_ROOT) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) \
 		--resume $(BENCH_FLAGS) || status=$$?; \
-	$(BIN)/bench leaderboard --logger $(LOGGER) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR); exit $$status
+	$(BIN)/bench leaderboard --logger $(LOGGER) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) || status=$$?; \
+	if echo ",$(LOGGER)," | grep -q ',wandb,'; then \
+		$(BIN)/bench dashboard --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) || status=$$?; fi; \
+	exit $$status
 
 leaderboard: setup
 	$(BIN)/bench leaderboard --results-dir $(RESULTS_DIR)

@@ -23,6 +23,9 @@ from tasks.nn.errors import ConfigError
 
 DEFINITIONS_FILE = "wandb-dashboard.json"
 STEP_PREFIXES = ("train_loss", "train_nll", "loss_scale", "grad_norm", "tok/s", "lr-")
+# A report's runset reads a bare name as a run attribute ("group", "name"), so the config keys that
+# every run logs (benchmark/runner.py) are named with their section.
+REPORT_GROUPBY = ("config.dropout", "config.regularizer")
 SAMPLE_TABLES = ("test", "valid")  # the sample tables the runs log (tasks/nn/text_metrics.py: log_samples)
 
 
@@ -48,7 +51,7 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
         rows = [r for r in rows if Path(r.get("run_dir", "")).resolve().is_relative_to(Path(runs_dir).resolve())]
     if not rows:
         raise ConfigError(f"{results_dir / 'runs.csv'}: no training runs" + (f" under {runs_dir}" if runs_dir else ""))
-    # The paper's on/off comparison; other regularizers' rows are in the leaderboard table panel.
+    # The paper's on/off comparison; other regularizers' rows are in the leaderboard table (its section).
     board = {(r["task"], r["preset"], r["dropout"]): r for r in leaderboard.board_rows(rows)
              if r["status"] == "current" and r["regularizer"] in ("none", leaderboard.ZAREMBA)}
     effects = leaderboard.effect_rows(rows, results_dir)
@@ -96,14 +99,18 @@ def _task_panels(t: dict[str, Any]) -> list:
 
 
 def workspace(defs: dict[str, Any], entity: str):
-    """Sections per task; runs grouped by task and dropout, so each curve is a mean with its seed band."""
+    """Sections per task; runs grouped by task and dropout, so each curve is a mean with its seed band.
+    Last, the leaderboard table that `bench leaderboard --logger wandb` logs in a run of its own."""
+    import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    names = sorted(n for t in defs["tasks"] for n in t["runs"])
+    names = sorted(n for t in defs["tasks"] for n in t["runs"]) + [wandb_log.LEADERBOARD_RUN]
     return ws.Workspace(
         entity=entity, project=defs["project"], name=defs["title"],
         sections=[ws.Section(name=f"{t['task']}: {t['title']}", panels=_task_panels(t), is_open=True)
-                  for t in defs["tasks"]],
+                  for t in defs["tasks"]]
+        + [ws.Section(name="Leaderboard", panels=[wr.WeavePanelSummaryTable(table_name=wandb_log.LEADERBOARD_RUN)],
+                      is_open=True)],
         runset_settings=ws.RunsetSettings(groupby=[ws.Config("task"), ws.Config("dropout"), ws.Config("regularizer")],
                                           query="^(" + "|".join(names) + ")$", regex_query=True))
 
@@ -123,7 +130,7 @@ def report(defs: dict[str, Any], entity: str):
                   + (f" [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else "") + f", {e['verdict']}"
                   for e in t["effects"]]
         runset = wr.Runset(entity=entity, project=defs["project"], name=t["task"],
-                           filters=[ws.Config("task") == t["task"]], groupby=["dropout", "regularizer"])
+                           filters=[ws.Config("task") == t["task"]], groupby=list(REPORT_GROUPBY))
         blocks += [wr.H2(t["title"]), wr.UnorderedList(items=lines or ["no current rows"]),
                    wr.PanelGrid(runsets=[runset], panels=_task_panels(t))]
     if defs["leaderboard"]:

@@ -79,6 +79,9 @@ def finish(loggers: list, summary: dict[str, Any] | None = None, failed: bool = 
             log.warning("W&B: could not finish the run: %s", err)
 
 
+LEADERBOARD_RUN = "leaderboard"  # the run's name and its table's key (benchmark/wandb_dashboard.py shows it)
+
+
 def log_leaderboard(csv_path: Path, save_dir: Path, project: str = PROJECT, mode: str = "auto",
                     entity: str | None = None) -> None:
     """The leaderboard as a W&B table and a versioned artifact, in a run of its own."""
@@ -93,15 +96,15 @@ def log_leaderboard(csv_path: Path, save_dir: Path, project: str = PROJECT, mode
     with open(csv_path, newline="") as f:
         rows = list(csv.reader(f))
     save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, entity=entity, job_type="leaderboard", name="leaderboard",
-                     group="leaderboard", dir=str(save_dir), mode=mode)
+    run = wandb.init(project=project, entity=entity, job_type="leaderboard", name=LEADERBOARD_RUN,
+                     group=LEADERBOARD_RUN, dir=str(save_dir), mode=mode)
     try:
         table = wandb.Table(columns=rows[0], data=rows[1:])
         artifact = wandb.Artifact("leaderboard", type="results", description="bench leaderboard: runs.csv "
                                   "aggregated per task x preset x dropout, beside the paper's numbers")
         artifact.add(table, "leaderboard")
         artifact.add_file(str(csv_path))
-        run.log({"leaderboard": table})
+        run.log({LEADERBOARD_RUN: table})
         run.log_artifact(artifact)
     finally:
         run.finish()

@@ -44,19 +44,31 @@ def test_the_page_holds_every_section_and_needs_no_network(board):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium)")
 def test_headless_chromium_renders_every_section_without_console_messages(board, tmp_path):
-    url = (board / "dashboard.html").resolve().as_uri()
     common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
-    done = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", url], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+
+    def render(page):  # the DOM after the scripts ran, and what they wrote to the console
+        done = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", page.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout, [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+
+    # The check can fail: a copy of the page whose script reports an error is caught.
+    broken = tmp_path / "broken.html"
+    broken.write_text((board / "dashboard.html").read_text(encoding="utf-8").replace(
+        "</body>", "<script>console.error('dashboard check')</script></body>"), encoding="utf-8")
+    assert any("dashboard check" in line for line in render(broken)[1])
+
+    dom, console = render(board / "dashboard.html")
     assert not console, console  # an error (or any message) the page's scripts wrote
-    dom = done.stdout
-    for section in re.findall(r'id="(curves-[\w-]+)"', dom):  # each figure drew its SVG
-        div = dom[dom.index(f'id="{section}"'):]
-        assert 'class="main-svg"' in div[:20000], section
+    sections = re.findall(r'<section id="(task-[\w-]+)"', dom)
+    assert sections == ["task-ptb"]
+    for section in sections:  # each task: its figure drew its SVG, then the board and dropout's effect
+        body = dom[dom.index(f'id="{section}"'):].split("</section>")[0]
+        assert re.search(r'id="curves-[\w-]+"', body) and 'class="main-svg"' in body, section
+        assert "<table" in body and 'class="effect"' in body, section
     shot = tmp_path / "shot.png"
-    subprocess.run([*common, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}", url],
+    subprocess.run([*common, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}",
+                    (board / "dashboard.html").resolve().as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 20000
 
@@ -86,3 +98,38 @@ def test_wandb_definitions_name_every_task_and_metric_the_runs_logged(tmp_path, 
         assert logged and logged <= named, logged - named
     sections = [s["name"] for s in defs["workspace_view"]["spec"]["section"]["panelBankConfig"]["sections"]]
     assert any(name.startswith("ptb:") for name in sections)
+
+
+def test_online_dashboard_saves_the_workspace_and_a_report_grouped_by_config(board, monkeypatch, capsys):
+    """The online path with W&B's server stood in for: `bench dashboard` builds both views as W&B
+    stores them, saves them and prints their URLs; the report's runsets group by the config keys
+    every run logs (a bare name would be read as a run attribute, and nothing would group)."""
+    from types import SimpleNamespace
+
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.reports.v2.interface as wri
+    import wandb_workspaces.workspaces as ws
+
+    monkeypatch.setattr(wri, "_get_api", lambda: None)  # the report resolves its project's id by GraphQL
+    monkeypatch.setattr(wri, "execute_graphql", lambda *a, **k: {"project": {"internalId": "UHJvamVjdDox"}})
+    saved = {}
+
+    def fake_save(kind):
+        def save(self, *args, **kwargs):
+            saved[kind] = self._to_model().model_dump(by_alias=True, mode="json")
+            return SimpleNamespace(url=f"https://wandb.test/{kind}")
+        return save
+
+    monkeypatch.setattr(ws.Workspace, "save", fake_save("workspace"))
+    monkeypatch.setattr(wr.Report, "save", fake_save("report"))
+    assert main(["dashboard", "--results-dir", str(board), "--wandb-mode", "online", "--wandb-entity", "team"]) == 0
+    assert capsys.readouterr().out.split() == ["https://wandb.test/workspace", "https://wandb.test/report"]
+    assert saved["workspace"]["entity"] == "team" and saved["report"]["project"]["entityName"] == "team"
+    config = [{"section": "config", "name": f"{key}.value"} for key in ("task", "dropout", "regularizer")]
+    for kind, keys in (("workspace", config), ("report", config[1:])):
+        groupings = re.findall(r'"grouping": (\[[^\]]*\])', json.dumps(saved[kind]))
+        assert groupings and all(json.loads(g) == keys for g in groupings), (kind, groupings)
+    report = json.dumps(saved["report"])
+    assert "ptb" in report and "test_ppl" in report
+    sections = [s["name"] for s in saved["workspace"]["spec"]["section"]["panelBankConfig"]["sections"]]
+    assert sections[0].startswith("ptb:") and sections[-1] == "Leaderboard"
