@@ -23,9 +23,7 @@ from tasks.nn.errors import ConfigError
 
 DEFINITIONS_FILE = "wandb-dashboard.json"
 STEP_PREFIXES = ("train_loss", "train_nll", "loss_scale", "grad_norm", "tok/s", "lr-")
-# A report's runset reads a bare name as a run attribute ("group", "name"), so the config keys that
-# every run logs (benchmark/runner.py) are named with their section.
-REPORT_GROUPBY = ("config.dropout", "config.regularizer")
+GROUP_KEYS = ("task", "dropout", "regularizer")  # config keys every run logs (benchmark/runner.py)
 SAMPLE_TABLES = ("test", "valid")  # the sample tables the runs log (tasks/nn/text_metrics.py: log_samples)
 
 
@@ -111,7 +109,7 @@ def workspace(defs: dict[str, Any], entity: str):
                   for t in defs["tasks"]]
         + [ws.Section(name="Leaderboard", panels=[wr.WeavePanelSummaryTable(table_name=wandb_log.LEADERBOARD_RUN)],
                       is_open=True)],
-        runset_settings=ws.RunsetSettings(groupby=[ws.Config("task"), ws.Config("dropout"), ws.Config("regularizer")],
+        runset_settings=ws.RunsetSettings(groupby=[ws.Config(key) for key in GROUP_KEYS],
                                           query="^(" + "|".join(names) + ")$", regex_query=True))
 
 
@@ -130,7 +128,9 @@ def report(defs: dict[str, Any], entity: str):
                   + (f" [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else "") + f", {e['verdict']}"
                   for e in t["effects"]]
         runset = wr.Runset(entity=entity, project=defs["project"], name=t["task"],
-                           filters=[ws.Config("task") == t["task"]], groupby=list(REPORT_GROUPBY))
+                           filters=[ws.Config("task") == t["task"]],
+                           # a report's runset reads a bare name as a run attribute ("group", "name")
+                           groupby=[f"config.{key}" for key in GROUP_KEYS[1:]])
         blocks += [wr.H2(t["title"]), wr.UnorderedList(items=lines or ["no current rows"]),
                    wr.PanelGrid(runsets=[runset], panels=_task_panels(t))]
     if defs["leaderboard"]:

@@ -45,6 +45,7 @@ def test_the_page_holds_every_section_and_needs_no_network(board):
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium)")
 def test_headless_chromium_renders_every_section_without_console_messages(board, tmp_path):
     common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    page = board / "dashboard.html"
 
     def render(page):  # the DOM after the scripts ran, and what they wrote to the console
         done = subprocess.run([*common, "--enable-logging=stderr", "--v=0", "--dump-dom", page.resolve().as_uri()],
@@ -54,11 +55,11 @@ def test_headless_chromium_renders_every_section_without_console_messages(board,
 
     # The check can fail: a copy of the page whose script reports an error is caught.
     broken = tmp_path / "broken.html"
-    broken.write_text((board / "dashboard.html").read_text(encoding="utf-8").replace(
+    broken.write_text(page.read_text(encoding="utf-8").replace(
         "</body>", "<script>console.error('dashboard check')</script></body>"), encoding="utf-8")
     assert any("dashboard check" in line for line in render(broken)[1])
 
-    dom, console = render(board / "dashboard.html")
+    dom, console = render(page)
     assert not console, console  # an error (or any message) the page's scripts wrote
     sections = re.findall(r'<section id="(task-[\w-]+)"', dom)
     assert sections == ["task-ptb"]
@@ -67,8 +68,7 @@ def test_headless_chromium_renders_every_section_without_console_messages(board,
         assert re.search(r'id="curves-[\w-]+"', body) and 'class="main-svg"' in body, section
         assert "<table" in body and 'class="effect"' in body, section
     shot = tmp_path / "shot.png"
-    subprocess.run([*common, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}",
-                    (board / "dashboard.html").resolve().as_uri()],
+    subprocess.run([*common, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}", page.resolve().as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 20000
 
