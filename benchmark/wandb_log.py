@@ -11,6 +11,7 @@ import logging
 import netrc
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,8 @@ def _records(path: Path):
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + _CHUNK_HEADER])
         pos += _CHUNK_HEADER
+        if pos + length > len(data):  # a chunk still being written
+            return
         chunk, pos = data[pos:pos + length], pos + length
         if kind == 0 and length == 0:
             continue
@@ -139,14 +142,26 @@ def _records(path: Path):
             parts = b""
 
 
-def offline_run_keys(run_file: Path) -> dict[str, set[str]]:
-    """{"config": keys, "history": keys, "summary": keys, "artifacts": names} of a .wandb file."""
+def offline_run_keys(run_file: Path, wait_s: float = 0.0) -> dict[str, set[str]]:
+    """{"config": keys, "history": keys, "summary": keys, "artifacts": names} of a .wandb file.
+
+    wandb-core writes the file from its own process and may still be flushing it after `finish()`
+    has returned (seen as a file holding only its 7-byte header): with `wait_s`, re-read until the
+    run's exit record is there or the time is up."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = []
+        for raw in _records(run_file):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     out: dict[str, set[str]] = {"config": set(), "history": set(), "summary": set(), "artifacts": set()}
-    for raw in _records(run_file):
-        record = pb.Record()
-        record.ParseFromString(raw)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "config":
             out["config"] |= {u.key or "/".join(u.nested_key) for u in record.config.update}

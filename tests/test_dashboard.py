@@ -93,7 +93,7 @@ def test_wandb_definitions_name_every_task_and_metric_the_runs_logged(tmp_path, 
     named = set(task["epoch_metrics"]) | set(task["test_metrics"]) | set(task["step_metrics"]) | set(task["tables"])
     assert {"train_ppl", "valid_ppl", "test_ppl", "grad_norm", "tok/s"} <= named
     for run_file in (tmp_path / "runs").glob("*/wandb/offline-run-*/run-*.wandb"):
-        found = wandb_log.offline_run_keys(run_file)
+        found = wandb_log.offline_run_keys(run_file, wait_s=60)
         logged = {k for k in found["history"] | found["summary"] if not k.startswith("_")} - {"epoch", "trainer/global_step"}
         assert logged and logged <= named, logged - named
     sections = [s["name"] for s in defs["workspace_view"]["spec"]["section"]["panelBankConfig"]["sections"]]

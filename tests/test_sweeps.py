@@ -205,17 +205,17 @@ def test_wandb_offline_run_holds_config_steps_summary_and_the_leaderboard(tmp_pa
         found = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(found) == 1
         files[dropout] = found[0]
-    keys = wandb_log.offline_run_keys(files["off"])
+    keys = wandb_log.offline_run_keys(files["off"], wait_s=60)
     assert {"task", "preset", "dropout", "seed", "model", "data", "trainer", "paper", "git_commit"} <= keys["config"]
     assert {"train_loss", "lr-SGD", "grad_norm", "tok/s", "train_ppl", "valid_ppl", "test_ppl"} <= keys["history"]
     assert {"test_ppl", "valid_ppl", "paper/test_ppl"} <= keys["summary"]  # small without dropout: Table 1
-    assert "paper/test_ppl" not in wandb_log.offline_run_keys(files["on"])["summary"]
+    assert "paper/test_ppl" not in wandb_log.offline_run_keys(files["on"], wait_s=60)["summary"]
 
     assert main(["leaderboard", "--results-dir", str(tmp_path / "results"), "--logger", "wandb",
                  "--runs-dir", str(tmp_path / "runs")]) == 0
     board = list((tmp_path / "runs" / "leaderboard").glob("wandb/offline-run-*/run-*.wandb"))
     assert len(board) == 1
-    keys = wandb_log.offline_run_keys(board[0])
+    keys = wandb_log.offline_run_keys(board[0], wait_s=60)
     assert "leaderboard" in keys["artifacts"] and any(k.startswith("leaderboard") for k in keys["history"])
     assert json.loads((find_run(tmp_path / "runs", "ptb-small-dropout_on-seed0") / "result.json").read_text())["row"]
 
