@@ -195,9 +195,13 @@ def regularizer_tag(preset: Preset) -> str:
     return f"{preset.regularizer}-{hashlib.sha256(rates.encode()).hexdigest()[:6]}"
 
 
-def paper_numbers(preset: Preset, dropout: str) -> dict[str, float]:
+def paper_numbers(preset: Preset, dropout: str, regularizer: str | None = None) -> dict[str, float]:
     """The paper's figures for this preset run with this dropout setting: `paper:` holds either
-    one setting's numbers (the preset's default_dropout) or `on:`/`off:` blocks."""
+    one setting's numbers (the preset's default_dropout) or `on:`/`off:` blocks. The `on` figures
+    belong to the preset's default regularizer (Gal & Ghahramani's 79.7 is not the paper's
+    dropout's number): run with another (`regularizer`), `on` has none."""
+    if dropout == "on" and regularizer not in (None, preset.default_regularizer):
+        return {}
     paper = preset.paper or {}
     if set(paper) & {"on", "off"}:
         return dict(paper.get(dropout) or {})

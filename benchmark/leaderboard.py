@@ -53,11 +53,16 @@ class TaskMetrics:
         spec = registry.get(task)
         self.title, self.headline, self.curve, self.paper_by_dropout = spec.title, spec.headline, spec.curve, {}
         self.paper_metric = spec.paper_metric or spec.headline  # what the paper's figure is compared with
+        self._preset = None
         try:
-            p = config.load_preset(task, preset)
+            self._preset = config.load_preset(task, preset)
         except ConfigError:  # a preset since deleted: its rows still show, without the paper's numbers
             return
-        self.paper_by_dropout = {d: config.paper_numbers(p, d) for d in ("on", "off")}
+        self.paper_by_dropout = {d: config.paper_numbers(self._preset, d) for d in ("on", "off")}
+
+    def paper(self, dropout: str, regularizer: str) -> dict[str, float]:
+        """The paper's figures for an arm: `on` ones only for the preset's default regularizer."""
+        return {} if self._preset is None else config.paper_numbers(self._preset, dropout, regularizer)
 
 
 def _fmt(x: float | None, like: float | None = None) -> str:
@@ -135,7 +140,7 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
         if not values:
             continue
         best, best_std, _ = _stat(rows, f"best_{tm.headline}")
-        ref = tm.paper_by_dropout.get(dropout, {}).get(tm.paper_metric)
+        ref = tm.paper(dropout, reg).get(tm.paper_metric)
         like = values if tm.paper_metric == tm.headline else _stat(rows, tm.paper_metric)[2]
         diff = mean(like) - ref if ref is not None and like else None
         last = max(rows, key=lambda r: r.get("finished_utc", ""))
@@ -385,7 +390,8 @@ def _save(fig, path: Path) -> Path:
 def plot_regularizers(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
     """regularizers-<task>-<preset>.png for each current setting run with regularizers beyond the
     paper's: the headline test metric of every seed (dots) and their mean with a 95% t-interval
-    (bar), per regularizer, `off` first, the same seeds in every column."""
+    (bar), per regularizer, `off` first; each column has the seeds run for it (its label counts them),
+    and effects.csv pairs them by seed."""
     import matplotlib
 
     matplotlib.use("Agg")

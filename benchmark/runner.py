@@ -222,7 +222,7 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     except BaseException:
         wandb_log.finish(r.loggers, failed=True)
         raise
-    paper = paper_numbers(preset, opts.dropout)
+    paper = paper_numbers(preset, opts.dropout, preset.regularizer)
     wandb_log.finish(r.loggers, summary=row and {
         **{k: float(v) for k, v in row.items()
            if k.startswith(("train_", "valid_", "test_", "best_test_")) and _is_number(v)},

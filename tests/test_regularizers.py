@@ -99,6 +99,20 @@ def test_locked_masks_hold_over_time_and_are_fresh_per_sequence_and_call(name, i
     assert set(out.unique().tolist()) == {0.0, 2.0}
 
 
+def test_the_fused_layouts_layer_shells_draw_nothing_from_the_rng():
+    """Locked dropout on the fused layout runs each layer through a one-layer nn.LSTM built at the
+    first training batch. The first batch (which builds them) and a later one (which reuses them)
+    leave the RNG alike, so a run resumed in a later epoch draws the uninterrupted run's masks."""
+    lstm = DropoutLSTM(8, 8, 2, impl="fused", regularization={"locked": 0.3}).train()
+    x = torch.randn(5, 3, 8)
+    torch.manual_seed(0)
+    built, after_build = lstm(x)[0], torch.rand(4)
+    assert sorted(lstm.__dict__["_shells"]) == [0, 1]
+    torch.manual_seed(0)
+    reused, after_reuse = lstm(x)[0], torch.rand(4)
+    assert torch.equal(built, reused) and torch.equal(after_build, after_reuse)
+
+
 def test_variational_recurrent_mask_holds_over_time():
     """Gal & Ghahramani's h mask: a unit of h_{t-1} dropped for a sequence never reaches W_hh."""
     m = backbone({"hidden": 0.5}, layers=1).train()

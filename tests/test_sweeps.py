@@ -231,6 +231,23 @@ def test_paper_numbers_for_both_dropout_settings():
     assert paper_numbers(small, "off")["test_ppl"] == 114.5 and paper_numbers(small, "on") == {}
 
 
+def test_paper_numbers_belong_to_the_presets_own_regularizer():
+    """Gal & Ghahramani's 79.7 is their variational LSTM's: a `--regularizer zaremba` run of the same
+    preset is not compared with it, in the run's summary or on the leaderboard."""
+    from benchmark.config import load_preset, paper_numbers
+    from benchmark.leaderboard import board_rows
+
+    medium = load_preset("ptb", "medium-variational")
+    assert paper_numbers(medium, "on") == paper_numbers(medium, "on", "variational") == {"test_ppl": 79.7}
+    assert paper_numbers(medium, "on", "zaremba") == {}
+    row = {"task": "ptb", "preset": "medium-variational", "config_hash": "h", "dropout": "on", "seed": "0",
+           "test_ppl": "81.0", "ensemble": "", "overrides": ""}
+    board = {r["regularizer"]: r for r in board_rows([{**row, "regularizer": "variational"},
+                                                        {**row, "regularizer": "zaremba", "seed": "1"}])}
+    assert board["variational"]["paper"] == 79.7 and board["variational"]["diff"] == "1.30"
+    assert board["zaremba"]["paper"] == "" and board["zaremba"]["diff"] == ""
+
+
 def test_wandb_mode_disabled_turns_wandb_off(tmp_path, data_root, monkeypatch):
     """W&B's own switch: WANDB_MODE=disabled means no W&B at all (not an offline run), whatever
     --logger asks for; the CSV log and the results row are as always."""

@@ -167,7 +167,11 @@ class DropoutLSTM(nn.Module):
             return self.layers[i]
         shells = self.__dict__.setdefault("_shells", {})
         if i not in shells:
-            shells[i] = nn.LSTM(self.input_size if i == 0 else self.hidden_size, self.hidden_size)
+            # Built at the first regularized batch, so it must not draw from the RNG (as nn.LSTM's
+            # init does): a resumed run builds it in a later epoch than the uninterrupted one, and
+            # the draw would shift every mask after it. Its own weights are never used.
+            with torch.random.fork_rng(devices=[]):
+                shells[i] = nn.LSTM(self.input_size if i == 0 else self.hidden_size, self.hidden_size)
         return shells[i]
 
     def _forward_regularized(self, x: Tensor | PackedSequence, state: State | None):
