@@ -314,3 +314,45 @@ def test_the_leaderboard_has_a_regularizer_dimension_paired_with_the_same_off_ru
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "| locked (dropout=0.0;locked=0.5) | 3 |" in md and "quick locked (dropout=0.0;locked=0.5) `test_ppl`" in md
     assert (tmp_path / "regularizers-ptb-quick.png").stat().st_size > 10_000
+
+
+def _trains_every_parameter_and_decodes_as_it_scores(model, inputs: tuple, steps: list, twin, start) -> None:
+    """A training pass reaches every parameter; the weights load into the paper's-dropout twin and,
+    at evaluation, give its logits (zoneout: its expectation instead); decoding one word at a time
+    (beam search's path) gives the teacher-forced log-probabilities."""
+    model.train()
+    model(*inputs).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
+    twin.load_state_dict(model.state_dict())  # strict: one parameter layout whatever the regularizer
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        logits = model(*inputs)
+        if not model.decoder.reg or not (model.decoder.reg.zoneout_c or model.decoder.reg.zoneout_h):
+            torch.testing.assert_close(logits, twin(*inputs))
+        keep = torch.ones(logits.size(-1), dtype=torch.bool)
+        keep[[model.vocab.pad, model.vocab.bos]] = False  # never generated: -inf in a step's output
+        state = start()
+        for t, tokens in enumerate(steps):
+            logp, state = model.step(tokens, state)
+            torch.testing.assert_close(logp[:, keep], logits[t].log_softmax(-1)[:, keep])
+
+
+@pytest.mark.parametrize("impl", ["fused", "stacked"])
+@pytest.mark.parametrize("name", sorted(EVERY))
+def test_translation_and_captioning_train_and_decode_under_every_regularizer(name, impl):
+    """The seq2seq model (attention, packed source of mixed lengths) and the captioner under each
+    regularizer: the masks reach the source embedding, attention and image projection's gradients
+    through the LSTMs, and vanish at test time, where step-by-step decoding is the scored model."""
+    from tests.test_captioning import tiny_captioner
+    from tests.test_translation import tiny_model
+
+    tr = tiny_model(attention=True, backbone=impl, regularization=EVERY[name])
+    src, lengths, tgt = torch.randint(4, 24, (6, 3)), torch.tensor([6, 4, 5]), torch.randint(4, 24, (5, 3))
+    _trains_every_parameter_and_decodes_as_it_scores(
+        tr, (src, lengths, tgt), list(tgt), tiny_model(attention=True, backbone=impl, dropout=0.5),
+        lambda: tr.encode(src, lengths))
+    cap = tiny_captioner(backbone=impl, regularization=EVERY[name])
+    feats, words = torch.randn(3, 6), torch.randint(4, 19, (5, 3))
+    _trains_every_parameter_and_decodes_as_it_scores(
+        cap, (feats, words, torch.arange(3)), list(words), tiny_captioner(backbone=impl, dropout=0.5),
+        lambda: cap.start(feats))
