@@ -53,11 +53,12 @@ class TaskMetrics:
         spec = registry.get(task)
         self.title, self.headline, self.curve, self.paper_by_dropout = spec.title, spec.headline, spec.curve, {}
         self.paper_metric = spec.paper_metric or spec.headline  # what the paper's figure is compared with
-        self._preset = None
+        self._preset, self.default_regularizer = None, ZAREMBA
         try:
             self._preset = config.load_preset(task, preset)
         except ConfigError:  # a preset since deleted: its rows still show, without the paper's numbers
             return
+        self.default_regularizer = self._preset.default_regularizer  # what `--dropout on` trains with
         self.paper_by_dropout = {d: config.paper_numbers(self._preset, d) for d in ("on", "off")}
 
     def paper(self, dropout: str, regularizer: str) -> dict[str, float]:
@@ -323,7 +324,7 @@ def seed_curves(rows: list[dict[str, str]], metric: str, results_dir: Path) -> l
     return [_curve(paths, metric) for paths in logs if paths]
 
 
-def _draw(ax, curves: list[dict[str, dict[int, float]]], color: str, dropout: str) -> int:
+def _draw(ax, curves: list[dict[str, dict[int, float]]], color: str, arm_label: str) -> int:
     """Mean over seeds as a line, min to max over seeds as a band; train dashed, valid solid."""
     drawn = 0
     for split, style in (("train", "--"), ("valid", "-")):
@@ -332,7 +333,7 @@ def _draw(ax, curves: list[dict[str, dict[int, float]]], color: str, dropout: st
             continue
         values = [[c[split][e] for c in curves] for e in epochs]
         ax.plot(epochs, [mean(v) for v in values], style, color=color, marker=".",
-                label=f"dropout {dropout}, {split} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+                label=f"{arm_label}, {split} ({len(curves)} seed{'s' * (len(curves) > 1)})")
         if len(curves) > 1:
             ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.15,
                             linewidth=0)
@@ -353,10 +354,16 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
     grouped, written = groups(runs), []
     for (task, preset), chash in sorted(current_hashes(runs).items()):
         tm = TaskMetrics(task, preset)
+        # `on` is what `--dropout on` trains with: the paper's dropout, or the preset's own regularizer
+        # (ptb/*-variational); the other regularizers are compared in regularizers-<task>-<preset>.png.
+        reg = tm.default_regularizer
+        on = "on" if reg == ZAREMBA else next(
+            (a for a in arms(grouped, task, preset, chash) if a.split(" ")[0] == reg), "on")
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        drawn = sum(_draw(ax, seed_curves(grouped.get((task, preset, chash, d, ""), []), tm.curve, results_dir),
-                          color, d)
-                    for d, color in (("off", "tab:red"), ("on", "tab:blue")))
+        drawn = sum(_draw(ax, seed_curves(grouped.get((task, preset, chash, a, ""), []), tm.curve, results_dir),
+                          color, label)
+                    for a, color, label in (("off", "tab:red", "dropout off"),
+                                            (on, "tab:blue", "dropout on" if reg == ZAREMBA else f"{reg} on")))
         if not drawn:
             plt.close(fig)
             log.info("%s/%s: no run folder with a CSV log here and no curves/ copy; its plot is left as it was",

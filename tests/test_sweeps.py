@@ -113,18 +113,21 @@ def write_metrics_csv(run_dir: Path, train: list[float], valid: list[float]) -> 
             w.writerow([e, 10 * e + 9, "", t, ""])
 
 
-def test_learning_curves_plot_on_and_off_from_the_run_logs(tmp_path):
+# ptb/medium-variational's `--dropout on` trains Gal & Ghahramani's variational LSTM: its curve is the `on` one.
+@pytest.mark.parametrize("preset,on_row", [("quick", {}), ("medium-variational", {
+    "regularizer": "variational", "dropout_rate": "dropout=0.5;embedding=0.2;hidden=0.2;per_gate=True"})])
+def test_learning_curves_plot_on_and_off_from_the_run_logs(tmp_path, preset, on_row):
     import matplotlib.image
 
     for dropout, train, valid in (("off", [300, 120, 60, 30], [250, 180, 170, 200]),
                                   ("on", [400, 200, 140, 120], [280, 190, 160, 150])):
-        run_dir = tmp_path / "runs" / f"ptb-quick-dropout_{dropout}-seed0"
+        run_dir = tmp_path / "runs" / f"ptb-{preset}-dropout_{dropout}-seed0"
         write_metrics_csv(run_dir, train, valid)
-        append_row(tmp_path / "results", {"task": "ptb", "preset": "quick", "dropout": dropout, "seed": "0",
+        append_row(tmp_path / "results", {"task": "ptb", "preset": preset, "dropout": dropout, "seed": "0",
                                           "overrides": "", "test_ppl": str(valid[-1]), "run_dir": str(run_dir),
-                                          "finished_utc": "2026-11-26T10:00:00Z"})
+                                          "finished_utc": "2026-11-26T10:00:00Z", **(on_row if dropout == "on" else {})})
     build(tmp_path / "results")
-    png = tmp_path / "results" / "curves-ptb-quick.png"
+    png = tmp_path / "results" / f"curves-ptb-{preset}.png"
     image = matplotlib.image.imread(png)
     assert image.shape[0] > 300 and image.std() > 0.05  # a drawn figure, not a blank canvas
     # red (off) and blue (on) lines are both on it
