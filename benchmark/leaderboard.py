@@ -356,12 +356,14 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
         tm = TaskMetrics(task, preset)
         # `on` is what `--dropout on` trains with: the paper's dropout, or the preset's own regularizer
         # (ptb/*-variational); the other regularizers are compared in regularizers-<task>-<preset>.png.
-        reg = tm.default_regularizer
-        on = "on" if reg == ZAREMBA else next(
-            (a for a in arms(grouped, task, preset, chash) if a.split(" ")[0] == reg), "on")
+        reg, on = tm.default_regularizer, "on"
+        if reg != ZAREMBA:  # its arm with the newest run (the rates are not in the hash); none, no curve
+            named = [a for a in arms(grouped, task, preset, chash) if a.split(" ")[0] == reg]
+            on = max(named, default=None,
+                     key=lambda a: max(r.get("finished_utc", "") for r in grouped[(task, preset, chash, a, "")]))
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         drawn = sum(_draw(ax, seed_curves(grouped.get((task, preset, chash, a, ""), []), tm.curve, results_dir),
-                          color, label)
+                          color, label) if a else 0
                     for a, color, label in (("off", "tab:red", "dropout off"),
                                             (on, "tab:blue", "dropout on" if reg == ZAREMBA else f"{reg} on")))
         if not drawn:

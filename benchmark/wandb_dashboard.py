@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,16 @@ def logged_keys(run_dir: Path) -> set[str]:
         with open(path, newline="") as f:
             keys |= set(next(csv.reader(f), []))
     for run_file in Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"):
-        found = wandb_log.offline_run_keys(run_file)
+        # A run that ended moments ago may still be flushing its file (wandb_log.offline_run_keys);
+        # an older file without an exit record is a crashed attempt, not worth waiting for.
+        fresh = time.time() - run_file.stat().st_mtime < FLUSH_S
+        found = wandb_log.offline_run_keys(run_file, wait_s=FLUSH_S if fresh else 0.0)
         keys |= {k for k in found["history"] | found["summary"] if not k.startswith("_")}
     return keys - AXES
 
 
 AXES = {"epoch", "step", "trainer/global_step"}  # what the others are plotted against
+FLUSH_S = 60.0  # how long after its last write a W&B run file may still be flushing
 
 
 def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: Path | None = None) -> dict[str, Any]:
@@ -49,9 +54,11 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
         rows = [r for r in rows if Path(r.get("run_dir", "")).resolve().is_relative_to(Path(runs_dir).resolve())]
     if not rows:
         raise ConfigError(f"{results_dir / 'runs.csv'}: no training runs" + (f" under {runs_dir}" if runs_dir else ""))
-    # The paper's on/off comparison; other regularizers' rows are in the leaderboard table (its section).
+    # The on/off comparison, `on` being what `--dropout on` trains with (the paper's dropout, or the
+    # preset's own regularizer); the other regularizers' rows are in the leaderboard table (its section).
     board = {(r["task"], r["preset"], r["dropout"]): r for r in leaderboard.board_rows(rows)
-             if r["status"] == "current" and r["regularizer"] in ("none", leaderboard.ZAREMBA)}
+             if r["status"] == "current"
+             and r["regularizer"] in ("none", leaderboard.TaskMetrics(r["task"], r["preset"]).default_regularizer)}
     effects = leaderboard.effect_rows(rows, results_dir)
     tasks = []
     for task in sorted({r["task"] for r in rows}):

@@ -12,6 +12,7 @@ import netrc
 import os
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def log_leaderboard(csv_path: Path, save_dir: Path, project: str = PROJECT, mode
 _BLOCK, _CHUNK_HEADER = 32 * 1024, 7
 
 
-def _records(path: Path):
+def _records(path: Path) -> Iterator[bytes]:
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{path}: not a W&B run file")
@@ -157,7 +158,11 @@ def offline_run_keys(run_file: Path, wait_s: float = 0.0) -> dict[str, set[str]]
             record = pb.Record()
             record.ParseFromString(raw)
             records.append(record)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() >= deadline:
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        if time.monotonic() >= deadline:
+            if wait_s:
+                log.warning("%s: no exit record after %.0f s (a crashed run?): reading what is there", run_file, wait_s)
             break
         time.sleep(0.2)
     out: dict[str, set[str]] = {"config": set(), "history": set(), "summary": set(), "artifacts": set()}

@@ -4,6 +4,8 @@ parameters, so a checkpoint moves between them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from tasks.nn.backbone import DropoutLSTM, init_uniform_
 from tasks.nn.errors import ConfigError
 from tasks.nn.mechanisms import FLAGS, MECHANISMS
 from tasks.nn.regularizers import Regularization, WordEmbedding, locked_dropout, lstm_steps
+from tasks.text_generation import TextGenerator
 
 T, B, I, H, L = 9, 3, 5, 8, 2
 EVERY = {"locked": {"locked": 0.5}, "variational": {"locked": 0.5, "hidden": 0.4},
@@ -316,15 +319,18 @@ def test_the_leaderboard_has_a_regularizer_dimension_paired_with_the_same_off_ru
     assert (tmp_path / "regularizers-ptb-quick.png").stat().st_size > 10_000
 
 
-def _trains_every_parameter_and_decodes_as_it_scores(model, inputs: tuple, steps: list, twin, start) -> None:
+def _trains_every_parameter_and_decodes_as_it_scores(model: TextGenerator, inputs: tuple, steps: list[torch.Tensor],
+                                                     twin: TextGenerator, start: Callable[[], tuple]) -> None:
     """A training pass reaches every parameter; the weights load into the paper's-dropout twin and,
-    at evaluation, give its logits (zoneout: its expectation instead); decoding one word at a time
-    (beam search's path) gives the teacher-forced log-probabilities."""
+    at evaluation, give its logits (not compared under zoneout, whose evaluation is its expectation:
+    test_zoneout_keeps_or_updates_each_unit_and_uses_its_expectation_at_eval); decoding one word at
+    a time (beam search's path) gives the teacher-forced log-probabilities."""
     model.train()
     model(*inputs).sum().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
     twin.load_state_dict(model.state_dict())  # strict: one parameter layout whatever the regularizer
-    model.eval(), twin.eval()
+    model.eval()
+    twin.eval()
     with torch.no_grad():
         logits = model(*inputs)
         if not model.decoder.reg or not (model.decoder.reg.zoneout_c or model.decoder.reg.zoneout_h):

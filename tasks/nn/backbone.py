@@ -167,11 +167,13 @@ class DropoutLSTM(nn.Module):
             return self.layers[i]
         shells = self.__dict__.setdefault("_shells", {})
         if i not in shells:
-            # Built at the first regularized batch, so it must not draw from the RNG (as nn.LSTM's
-            # init does): a resumed run builds it in a later epoch than the uninterrupted one, and
-            # the draw would shift every mask after it. Its own weights are never used.
+            # Built at the process's first regularized batch, so it must not draw from the CPU RNG
+            # (as nn.LSTM's init does): a resumed run builds it at a later point of the run than the
+            # uninterrupted one, and the draw would shift every CPU random number after it (masks
+            # on CPU, shuffles). Its own weights are never used; on CPU, so only that RNG is forked.
             with torch.random.fork_rng(devices=[]):
-                shells[i] = nn.LSTM(self.input_size if i == 0 else self.hidden_size, self.hidden_size)
+                shells[i] = nn.LSTM(self.input_size if i == 0 else self.hidden_size, self.hidden_size,
+                                    device="cpu")
         return shells[i]
 
     def _forward_regularized(self, x: Tensor | PackedSequence, state: State | None):
