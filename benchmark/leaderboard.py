@@ -59,7 +59,7 @@ class TaskMetrics:
         except ConfigError:  # a preset since deleted: its rows still show, without the paper's numbers
             return
         self.default_regularizer = self._preset.default_regularizer  # what `--dropout on` trains with
-        self.paper_by_dropout = {d: config.paper_numbers(self._preset, d) for d in ("on", "off")}
+        self.paper_by_dropout = {d: self.paper(d, self.default_regularizer) for d in ("on", "off")}
 
     def paper(self, dropout: str, regularizer: str) -> dict[str, float]:
         """The paper's figures for an arm: `on` ones only for the preset's default regularizer."""

@@ -56,9 +56,11 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
         raise ConfigError(f"{results_dir / 'runs.csv'}: no training runs" + (f" under {runs_dir}" if runs_dir else ""))
     # The on/off comparison, `on` being what `--dropout on` trains with (the paper's dropout, or the
     # preset's own regularizer); the other regularizers' rows are in the leaderboard table (its section).
-    board = {(r["task"], r["preset"], r["dropout"]): r for r in leaderboard.board_rows(rows)
-             if r["status"] == "current"
-             and r["regularizer"] in ("none", leaderboard.TaskMetrics(r["task"], r["preset"]).default_regularizer)}
+    board_rows = [r for r in leaderboard.board_rows(rows) if r["status"] == "current"]
+    default = {(t, p): leaderboard.TaskMetrics(t, p).default_regularizer  # one preset load per setting
+               for t, p in {(r["task"], r["preset"]) for r in board_rows}}
+    board = {(r["task"], r["preset"], r["dropout"]): r for r in board_rows
+             if r["regularizer"] in ("none", default[(r["task"], r["preset"])])}
     effects = leaderboard.effect_rows(rows, results_dir)
     tasks = []
     for task in sorted({r["task"] for r in rows}):
