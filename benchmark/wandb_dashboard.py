@@ -68,7 +68,6 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
         keys = set().union(*(logged_keys(Path(r["run_dir"])) for r in task_rows if r.get("run_dir")))
         # The rows' metrics too: all that is known of runs whose folders are not here.
         keys |= {k for r in task_rows for k in r if k.startswith(spec.result_keys) and r[k]}
-        tm = leaderboard.TaskMetrics(task, task_rows[0]["preset"])
         epoch = {k for k in keys if k.startswith(("train_", "valid_")) and not k.startswith((*STEP_PREFIXES, "train_eval_"))}
         test = {k for k in keys if k.startswith(("test_", "best_test_", "train_eval_"))}
         tables = {k for k in keys if k in SAMPLE_TABLES}
@@ -76,7 +75,6 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
             "task": task, "title": spec.title, "headline": spec.headline, "curve": spec.curve,
             "epoch_metrics": sorted(epoch), "test_metrics": sorted(test), "tables": sorted(tables),
             "step_metrics": sorted(keys - epoch - test - tables),  # throughput, gradient norm, lr, loss, ...
-            "paper": {d: tm.paper_by_dropout.get(d, {}) for d in ("on", "off")},
             "board": [{k: b[k] for k in ("preset", "dropout", "seeds", "mean", "std", "paper", "diff")}
                       for (t, _, _), b in sorted(board.items()) if t == task],
             "effects": [{k: e[k] for k in ("preset", "metric", "diff", "ci_low", "ci_high", "pairs", "verdict")}

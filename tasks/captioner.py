@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from datamodules.image_encoders import build_encoder
 from datamodules.vocab import WordVocab
-from tasks.nn import text_metrics
+from tasks.nn import decoding, text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.regularizers import Regularization, WordEmbedding
 from tasks.text_generation import Decoded, TextGenerator, beam_column, beam_suffix
@@ -96,8 +96,10 @@ class Captioner(TextGenerator):
         return " ".join(self.vocab.decode(ids))
 
     def caption(self, feats: Tensor, beam: int) -> list[str]:
+        """Captions for (N, feat_dim) image features; beam 1 is greedy decoding. Always the evaluation network."""
         limit = torch.full((feats.size(0),), self.hparams.max_len, device=feats.device)
-        return [self.to_text(seq) for seq in self.decode(self.start(feats), limit, beam)]
+        with decoding.eval_mode(self):
+            return [self.to_text(seq) for seq in self.decode(self.start(feats), limit, beam)]
 
     def start_of(self, batch: dict) -> tuple[tuple[Tensor, Tensor], Tensor, list[Decoded]]:
         """A test batch's decoder start state, output-length limits and rows (references)."""

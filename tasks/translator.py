@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from datamodules.vocab import WordVocab
-from tasks.nn import text_metrics
+from tasks.nn import decoding, text_metrics
 from tasks.nn.attention import GlobalAttention, source_mask
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.errors import ConfigError
@@ -174,9 +174,10 @@ class Translator(TextGenerator):
         return self.detok.detokenize(self.vocab.decode(ids))
 
     def translate(self, src: Tensor, src_lengths: Tensor, beam: int) -> list[str]:
-        """Detokenised translations; beam 1 is greedy decoding."""
+        """Detokenised translations; beam 1 is greedy decoding. Always the evaluation network."""
         limit = self.length_limit(src_lengths).to(src.device)
-        return [self.to_text(seq) for seq in self.decode(self.encode(src, src_lengths), limit, beam)]
+        with decoding.eval_mode(self):
+            return [self.to_text(seq) for seq in self.decode(self.encode(src, src_lengths), limit, beam)]
 
     def start_of(self, batch: dict) -> tuple[tuple[Tensor, ...], Tensor, list[Decoded]]:
         """A test batch's decoder start state, output-length limits and rows (source, reference)."""

@@ -229,6 +229,16 @@ def test_beam_one_caption_is_greedy():
     assert m.caption(feats, beam=1) == [" ".join(m.vocab.decode(s)) for s in beam]
 
 
+def test_captioning_uses_the_evaluation_network_whatever_mode_the_model_is_in():
+    m = tiny_captioner(dropout=0.5, regularization={"weight_drop": 0.5, "embedding": 0.3})
+    feats = torch.randn(4, 6)
+    evaluated = m.caption(feats, beam=2)
+    m.train()
+    m.head.eval()  # a submodule's own mode (the real model's frozen CNN) comes back as it was too
+    assert [m.caption(feats, beam=2) for _ in range(3)] == [evaluated] * 3
+    assert m.training and m.decoder.training and not m.head.training
+
+
 def tiny_caption_preset(root):
     preset = load_preset("captioning", "quick")
     preset.model.update({"emb_size": 16, "hidden_size": 16, "beam": 2, "valid_decode": True})

@@ -191,6 +191,19 @@ def test_beam_one_translation_is_greedy(attention):
     assert m.translate(src, lengths, beam=1) == [m.detok.detokenize(m.vocab.decode(s)) for s in beam]
 
 
+@pytest.mark.parametrize("regularization", [None, {"zoneout_c": 0.5, "zoneout_h": 0.5}, {"weight_drop": 0.5, "embedding": 0.3}])
+def test_translating_uses_the_evaluation_network_whatever_mode_the_model_is_in(regularization):
+    """Left in training mode (a notebook, a callback mid-training), translate() still decodes with no
+    dropout, zoneout's expectation and weight-drop's full weights, then leaves the mode as it was."""
+    m = tiny_model(dropout=0.5, regularization=regularization)
+    src, lengths = torch.randint(4, 24, (5, 3)), torch.full((3,), 5)
+    evaluated = m.translate(src, lengths, beam=2)
+    m.train()
+    assert [m.translate(src, lengths, beam=2) for _ in range(3)] == [evaluated] * 3
+    assert all(sub.training for sub in m.modules())
+    assert not torch.equal(m.encode(src, lengths)[0], m.encode(src, lengths)[0])  # training again: fresh masks
+
+
 def test_attention_decoding_step_by_step_equals_teacher_forcing_and_ignores_padding():
     """The beam search's one-step path gives the training path's distributions, and what sits in a
     padded source position (mixed lengths in one batch) changes nothing."""

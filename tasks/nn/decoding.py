@@ -28,13 +28,29 @@ beam = 1 the search is exactly greedy decoding (tested).
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 State = tuple[Tensor, ...]
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Decode as at test time whatever mode the caller left `module` in: no dropout of any kind
+    (zoneout's expectation, weight-drop's full weights) and no graph. Each submodule's own flag comes
+    back afterwards, not one flag for all: the captioner keeps its frozen CNN in eval while training."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _reorder(state: State, rows: Tensor) -> State:
