@@ -1,7 +1,8 @@
 """The leaderboard as one self-contained web page: `bench leaderboard` writes <results>/dashboard.html.
 
 Per task, for each current setting: the learning curves (train dashed, valid solid; dropout on blue,
-off red; the mean over seeds with a min-to-max band), interactive (Plotly, its JavaScript inlined:
+off red, each other regularizer in its own colour, hidden until its legend entry is clicked; the mean
+over seeds with a min-to-max band), interactive (Plotly, its JavaScript inlined:
 the page opens with no network); the leaderboard rows beside the paper's number; dropout's effect
 with its interval; a few test outputs of the runs (translations, captions, phone strings). Built
 from the same rows, effects and curves as LEADERBOARD.md, so the two never disagree.
@@ -21,6 +22,10 @@ from tasks import registry
 
 PAGE_FILE = "dashboard.html"
 COLORS = {"off": ("#d62728", "rgba(214,39,40,0.15)"), "on": ("#1f77b4", "rgba(31,119,180,0.15)")}
+OTHER_COLORS = [("#2ca02c", "rgba(44,160,44,0.12)"), ("#9467bd", "rgba(148,103,189,0.12)"),  # the other
+                ("#8c564b", "rgba(140,86,75,0.12)"), ("#e377c2", "rgba(227,119,194,0.12)"),  # regularizers
+                ("#ff7f0e", "rgba(255,127,14,0.12)"), ("#17becf", "rgba(23,190,207,0.12)"),
+                ("#bcbd22", "rgba(188,189,34,0.12)"), ("#7f7f7f", "rgba(127,127,127,0.12)")]
 SAMPLES = 3  # test outputs shown per run
 BOARD_COLUMNS = [("dropout", "dropout"), ("regularizer", "regularizer"), ("rates", "rates"), ("ensemble", "ensemble of"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
                  ("best_mean", "best-valid checkpoint"), ("paper", "paper"), ("diff", "Δ paper"),
@@ -28,37 +33,53 @@ BOARD_COLUMNS = [("dropout", "dropout"), ("regularizer", "regularizer"), ("rates
                  ("wall_s", "wall s"), ("device", "device"), ("commit", "commit")]
 
 
-def curve_figure(task: str, preset: str, chash: str, by_dropout: dict[str, list[dict[str, str]]],
-                 results_dir: Path):
-    """Plotly figure of one setting's learning curves, or None when no run left its curves."""
+def curve_figure(task: str, preset: str, chash: str, grouped: dict, results_dir: Path):
+    """Plotly figure of one setting's learning curves, or None when no run left its curves. Dropout
+    off and on (what `--dropout on` trains) are shown; every other regularizer run for the setting is
+    drawn too but hidden until its legend entry is clicked, so the paper's comparison stays readable."""
     import plotly.graph_objects as go
 
     tm = leaderboard.TaskMetrics(task, preset)
+    reg = tm.default_regularizer
+    on = leaderboard.on_arm(grouped, task, preset, chash, reg)
+    lines = [("off", "dropout off", COLORS["off"], True),
+             (on, "dropout on" if reg == leaderboard.ZAREMBA else f"{reg} on", COLORS["on"], True)]
+    others = [a for a in leaderboard.arms(grouped, task, preset, chash) if a != on]
+    lines += [(a, arm_label(a), OTHER_COLORS[i % len(OTHER_COLORS)], False) for i, a in enumerate(others)]
     fig, drawn = go.Figure(), 0
-    for dropout, rows in by_dropout.items():
-        curves = leaderboard.seed_curves(rows, tm.curve, results_dir)
-        line, band = COLORS[dropout]
+    for arm, label, (line, band), shown in lines:
+        curves = leaderboard.seed_curves(grouped.get((task, preset, chash, arm, ""), []), tm.curve, results_dir)
+        visible = True if shown else "legendonly"  # a legend click toggles an arm's lines and bands together
         for split, dash in (("train", "dash"), ("valid", "solid")):
             epochs = sorted(set.intersection(*(set(c[split]) for c in curves))) if curves else []
             if not epochs:
                 continue
             values = [[c[split][e] for c in curves] for e in epochs]
-            name = f"dropout {dropout}, {split} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+            name = f"{label}, {split} ({len(curves)} seed{'s' * (len(curves) > 1)})"
             if len(curves) > 1:
                 fig.add_scatter(x=epochs, y=[max(v) for v in values], mode="lines", line={"width": 0},
-                                showlegend=False, hoverinfo="skip", legendgroup=name)
+                                showlegend=False, hoverinfo="skip", legendgroup=label, visible=visible)
                 fig.add_scatter(x=epochs, y=[min(v) for v in values], mode="lines", line={"width": 0},
-                                fill="tonexty", fillcolor=band, showlegend=False, hoverinfo="skip", legendgroup=name)
+                                fill="tonexty", fillcolor=band, showlegend=False, hoverinfo="skip",
+                                legendgroup=label, visible=visible)
             fig.add_scatter(x=epochs, y=[sum(v) / len(v) for v in values], mode="lines+markers", name=name,
-                            line={"color": line, "dash": dash}, legendgroup=name)
+                            line={"color": line, "dash": dash}, legendgroup=label, visible=visible)
             drawn += 1
     if not drawn:
         return None
     label = {"ppl": "perplexity per word", "frame_acc": "frame accuracy"}.get(tm.curve, tm.curve)
-    fig.update_layout(title=f"{task}/{preset} ({chash}): train (dashed) vs valid (solid), band: min to max over seeds",
+    more = "; other regularizers: click their legend entries" if others else ""
+    fig.update_layout(title=f"{task}/{preset} ({chash}): train (dashed) vs valid (solid), band: min to max over seeds{more}",
                       xaxis_title="epoch", yaxis_title=label, yaxis_type="log" if tm.curve == "ppl" else "linear",
                       height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white")
     return fig
+
+
+def arm_label(arm: str) -> str:
+    """`locked dropout=0.0;locked=0.3` -> `locked (locked=0.3)`: the name and the rates it sets."""
+    name, _, rates = arm.partition(" ")
+    rates = ", ".join(r for r in rates.split(";") if r and r != "dropout=0.0")
+    return f"{name} ({rates})" if rates else name
 
 
 def samples(rows: list[dict[str, str]], results_dir: Path) -> list[tuple[str, str, str]]:
@@ -102,9 +123,11 @@ def build_page(results_dir: Path) -> Path:
             continue
         parts.append(f'<section id="task-{task}" class="task"><h2>{html.escape(registry.get(task).title)}</h2>')
         for preset, chash in current:
-            by_dropout = {d: grouped.get((task, preset, chash, d, ""), []) for d in ("off", "on")}
+            on = leaderboard.on_arm(grouped, task, preset, chash, leaderboard.TaskMetrics(task, preset).default_regularizer)
+            by_dropout = {"off": grouped.get((task, preset, chash, "off", ""), []),
+                          "on": grouped.get((task, preset, chash, on, ""), []) if on else []}
             parts.append(f"<h3>{task}/{preset} <code>{chash}</code></h3>")
-            fig = curve_figure(task, preset, chash, {d: r for d, r in by_dropout.items() if r}, results_dir)
+            fig = curve_figure(task, preset, chash, grouped, results_dir)
             parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"curves-{task}-{preset}")
                          if fig else '<p class="none">No learning curves: these rows come from before runs kept '
                                      'theirs in results/curves/, and their run folders are not here.</p>')

@@ -187,6 +187,16 @@ def arms(grouped: dict, task: str, preset: str, chash: str) -> list[str]:
     return sorted(found - {"off"}, key=lambda a: (a != "on", a))
 
 
+def on_arm(grouped: dict, task: str, preset: str, chash: str, default_regularizer: str) -> str | None:
+    """The arm `--dropout on` trains: the paper's dropout, or the preset's own regularizer (ptb/*-variational)
+    with its newest rates (they are not in the hash); None where that regularizer has no runs."""
+    if default_regularizer == ZAREMBA:
+        return "on"
+    named = [a for a in arms(grouped, task, preset, chash) if a.split(" ")[0] == default_regularizer]
+    return max(named, default=None,
+               key=lambda a: max(r.get("finished_utc", "") for r in grouped[(task, preset, chash, a, "")]))
+
+
 def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
     """Each regularizer on minus off, paired by seed, for every current setting run both ways."""
     grouped, out = groups(runs), []
@@ -354,13 +364,8 @@ def plot_curves(runs: list[dict[str, str]], results_dir: Path) -> list[Path]:
     grouped, written = groups(runs), []
     for (task, preset), chash in sorted(current_hashes(runs).items()):
         tm = TaskMetrics(task, preset)
-        # `on` is what `--dropout on` trains with: the paper's dropout, or the preset's own regularizer
-        # (ptb/*-variational); the other regularizers are compared in regularizers-<task>-<preset>.png.
-        reg, on = tm.default_regularizer, "on"
-        if reg != ZAREMBA:  # its arm with the newest run (the rates are not in the hash); none, no curve
-            named = [a for a in arms(grouped, task, preset, chash) if a.split(" ")[0] == reg]
-            on = max(named, default=None,
-                     key=lambda a: max(r.get("finished_utc", "") for r in grouped[(task, preset, chash, a, "")]))
+        # The other regularizers are compared in regularizers-<task>-<preset>.png.
+        reg, on = tm.default_regularizer, on_arm(grouped, task, preset, chash, tm.default_regularizer)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         drawn = sum(_draw(ax, seed_curves(grouped.get((task, preset, chash, a, ""), []), tm.curve, results_dir),
                           color, label) if a else 0

@@ -24,6 +24,7 @@ from tasks.nn.errors import ConfigError
 
 DEFINITIONS_FILE = "wandb-dashboard.json"
 STEP_PREFIXES = ("train_loss", "train_nll", "loss_scale", "grad_norm", "tok/s", "lr-")
+ALWAYS_STEP = ("grad_norm", "tok/s")  # the throughput and gradient-norm panels every task section has
 GROUP_KEYS = ("task", "dropout", "regularizer")  # config keys every run logs (benchmark/runner.py)
 SAMPLE_TABLES = ("test", "valid")  # the sample tables the runs log (tasks/nn/text_metrics.py: log_samples)
 
@@ -74,12 +75,14 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
         tasks.append({
             "task": task, "title": spec.title, "headline": spec.headline, "curve": spec.curve,
             "epoch_metrics": sorted(epoch), "test_metrics": sorted(test), "tables": sorted(tables),
-            "step_metrics": sorted(keys - epoch - test - tables),  # throughput, gradient norm, lr, loss, ...
+            # throughput, gradient norm, lr, loss, ...; the first two always, every run with a logger logs
+            # them (benchmark/callbacks.py), though rows whose run folders are elsewhere cannot show it here
+            "step_metrics": sorted((keys - epoch - test - tables) | set(ALWAYS_STEP)),
             "board": [{k: b[k] for k in ("preset", "dropout", "seeds", "mean", "std", "paper", "diff")}
                       for (t, _, _), b in sorted(board.items()) if t == task],
-            "effects": [{k: e[k] for k in ("preset", "metric", "diff", "ci_low", "ci_high", "pairs", "verdict")}
+            "effects": [{k: e[k] for k in ("preset", "regularizer", "metric", "diff", "ci_low", "ci_high", "pairs", "verdict")}
                         for e in effects if e["task"] == task],
-            "runs": sorted(Path(r["run_dir"]).name for r in task_rows if r.get("run_dir")),
+            "runs": sorted({Path(r["run_dir"]).name for r in task_rows if r.get("run_dir")}),
         })
     return {"project": project, "entity": entity, "title": "rnnreg-bench: dropout on the non-recurrent connections",
             "tasks": tasks, "leaderboard": (Path(results_dir) / leaderboard.MARKDOWN_FILE).read_text()
@@ -131,7 +134,7 @@ def report(defs: dict[str, Any], entity: str):
         lines = [f"{b['preset']} dropout {b['dropout']}: {t['headline']} {b['mean']}"
                  + (f" ± {b['std']}" if b["std"] else "") + f" over {b['seeds']} seed(s)"
                  + (f"; paper {b['paper']}" if b["paper"] else "") for b in t["board"]]
-        lines += [f"{e['preset']} {e.get('regularizer') or 'zaremba'} {e['metric']}: on − off {e['diff']}"
+        lines += [f"{e['preset']} {e['regularizer']} {e['metric']}: on − off {e['diff']}"
                   + (f" [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else "") + f", {e['verdict']}"
                   for e in t["effects"]]
         runset = wr.Runset(entity=entity, project=defs["project"], name=t["task"],

@@ -19,14 +19,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    """A results folder of two tiny PTB runs (dropout on and off), as if of the preset as named."""
+    """A results folder of three tiny PTB runs (dropout off, on, and on under `locked`), as if of the
+    preset as named."""
     from tests.conftest import write_ptb
 
     root = tmp_path_factory.mktemp("board")
     write_ptb(root / "data" / "ptb")
-    for dropout in ("on", "off"):
-        assert bench(root, "--task", "ptb", "--preset", "quick", "--dropout", dropout, "--data-root",
-                     str(root / "data"), *TINY) == 0
+    for dropout, regularizer in (("on", "zaremba"), ("off", "zaremba"), ("on", "locked")):
+        assert bench(root, "--task", "ptb", "--preset", "quick", "--dropout", dropout, "--regularizer", regularizer,
+                     "--data-root", str(root / "data"), *TINY) == 0
     rows = read_rows(root / "results" / "runs.csv")
     write_rows_atomic(root / "results" / "runs.csv", [{**r, "overrides": ""} for r in rows])
     shutil.rmtree(root / "runs")  # the curves come from results/curves/, as in a clone of results/
@@ -39,7 +40,20 @@ def test_the_page_holds_every_section_and_needs_no_network(board):
     assert 'id="task-ptb"' in page and 'id="curves-ptb-quick"' in page
     assert "dropout on, valid (1 seed)" in page and "dropout off, train (1 seed)" in page
     assert "test_ppl (lower is better): on − off" in page  # dropout's effect, with its verdict
+    assert "locked: test_ppl (lower is better): on − off" in page  # another regularizer's effect
     assert not re.search(r"<script[^>]+src=", page)  # Plotly's JavaScript inlined: nothing to fetch
+
+
+def test_other_regularizers_curves_are_drawn_hidden_until_their_legend_entry_is_clicked(board):
+    from benchmark import dashboard, leaderboard
+
+    grouped = leaderboard.groups(leaderboard.load_runs(board))
+    (chash,) = {h for (t, p, h, a, e) in grouped if (t, p) == ("ptb", "quick")}
+    fig = dashboard.curve_figure("ptb", "quick", chash, grouped, board)
+    shown = {t.name: t.visible for t in fig.data if t.showlegend is not False}
+    assert shown.pop("dropout off, valid (1 seed)") is True and shown.pop("dropout on, train (1 seed)") is True
+    (locked,) = [name for name in shown if name.startswith("locked (locked=") and name.endswith(", valid (1 seed)")]
+    assert shown[locked] == "legendonly"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium)")
@@ -71,6 +85,27 @@ def test_headless_chromium_renders_every_section_without_console_messages(board,
     subprocess.run([*common, "--hide-scrollbars", "--window-size=1280,1600", f"--screenshot={shot}", page.resolve().as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 20000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium)")
+def test_the_committed_dashboard_renders_all_four_tasks_without_console_messages():
+    """results/dashboard.html, the page the README shows: every task's figure, board, dropout's
+    effect and, where a task decodes, its test outputs."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "results" / "dashboard.html"
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                           "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    dom = done.stdout
+    sections = re.findall(r'<section id="(task-[\w-]+)"', dom)
+    assert sorted(sections) == ["task-captioning", "task-ptb", "task-speech", "task-translation"]
+    for section in sections:
+        body = dom[dom.index(f'id="{section}"'):].split("</section>")[0]
+        assert 'class="main-svg"' in body and "<table" in body and 'class="effect"' in body, section
+        assert ("Test outputs" in body) == (section != "task-ptb"), section
 
 
 def test_wandb_definitions_name_every_task_and_metric_the_runs_logged(tmp_path, monkeypatch):
@@ -131,5 +166,6 @@ def test_online_dashboard_saves_the_workspace_and_a_report_grouped_by_config(boa
         assert groupings and all(json.loads(g) == keys for g in groupings), (kind, groupings)
     report = json.dumps(saved["report"])
     assert "ptb" in report and "test_ppl" in report
+    assert "quick zaremba test_ppl: on" in report and "quick locked test_ppl: on" in report  # each effect named
     sections = [s["name"] for s in saved["workspace"]["spec"]["section"]["panelBankConfig"]["sections"]]
     assert sections[0].startswith("ptb:") and sections[-1] == "Leaderboard"
