@@ -51,7 +51,7 @@ class TaskMetrics:
 
     def __init__(self, task: str, preset: str) -> None:
         spec = registry.get(task)
-        self.title, self.headline, self.curve, self.paper_by_dropout = spec.title, spec.headline, spec.curve, {}
+        self.title, self.headline, self.curve = spec.title, spec.headline, spec.curve
         self.paper_metric = spec.paper_metric or spec.headline  # what the paper's figure is compared with
         self._preset, self.default_regularizer = None, ZAREMBA
         try:
@@ -59,7 +59,6 @@ class TaskMetrics:
         except ConfigError:  # a preset since deleted: its rows still show, without the paper's numbers
             return
         self.default_regularizer = self._preset.default_regularizer  # what `--dropout on` trains with
-        self.paper_by_dropout = {d: self.paper(d, self.default_regularizer) for d in ("on", "off")}
 
     def paper(self, dropout: str, regularizer: str) -> dict[str, float]:
         """The paper's figures for an arm: `on` ones only for the preset's default regularizer."""
