@@ -135,6 +135,22 @@ def test_wandb_definitions_name_every_task_and_metric_the_runs_logged(tmp_path, 
     assert any(name.startswith("ptb:") for name in sections)
 
 
+def test_the_committed_wandb_definitions_cover_all_four_tasks_and_every_regularizer_effect():
+    """results/wandb-dashboard.json, built from the committed rows: a section per task with its headline
+    among the test metrics, the throughput and gradient-norm panels, and every effect in effects.csv."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    defs = json.loads((results / "wandb-dashboard.json").read_text())
+    tasks = {t["task"]: t for t in defs["tasks"]}
+    assert sorted(tasks) == ["captioning", "ptb", "speech", "translation"]
+    for t in tasks.values():
+        assert t["headline"] in t["test_metrics"] and {"grad_norm", "tok/s"} <= set(t["step_metrics"]), t["task"]
+    effects = read_rows(results / "effects.csv")
+    assert sorted((e["task"], e["preset"], e["regularizer"], e["metric"]) for e in effects) == sorted(
+        (t["task"], e["preset"], e["regularizer"], e["metric"]) for t in tasks.values() for e in t["effects"])
+
+
 def test_online_dashboard_saves_the_workspace_and_a_report_grouped_by_config(board, monkeypatch, capsys):
     """The online path with W&B's server stood in for: `bench dashboard` builds both views as W&B
     stores them, saves them and prints their URLs; the report's runsets group by the config keys
