@@ -515,6 +515,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             defs = json.loads(args.upload.read_text())
         except (OSError, ValueError) as err:
             raise ConfigError(f"{args.upload}: not a definitions file of `bench dashboard` ({err})") from err
+        if any("regularizer" not in e for t in defs.get("tasks", []) for e in t.get("effects", [])):
+            raise ConfigError(f"{args.upload}: written by an older `bench dashboard` (its effects name no "
+                              "regularizer); run `bench dashboard` again to rebuild it")
         for url in wandb_dashboard.publish(defs, args.wandb_entity):
             print(url)
         return 0

@@ -3,8 +3,8 @@
 Per task, for each current setting: the learning curves (train dashed, valid solid; dropout on blue,
 off red, each other regularizer in its own colour, hidden until its legend entry is clicked; the mean
 over seeds with a min-to-max band), interactive (Plotly, its JavaScript inlined:
-the page opens with no network); the leaderboard rows beside the paper's number; dropout's effect
-with its interval; a few test outputs of the runs (translations, captions, phone strings). Built
+the page opens with no network); the leaderboard rows beside the paper's number; each
+regularizer's effect with its interval; a few test outputs of the runs (translations, captions, phone strings). Built
 from the same rows, effects and curves as LEADERBOARD.md, so the two never disagree.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import zlib
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
@@ -26,6 +27,7 @@ OTHER_COLORS = [("#2ca02c", "rgba(44,160,44,0.12)"), ("#9467bd", "rgba(148,103,1
                 ("#8c564b", "rgba(140,86,75,0.12)"), ("#e377c2", "rgba(227,119,194,0.12)"),  # regularizers
                 ("#ff7f0e", "rgba(255,127,14,0.12)"), ("#17becf", "rgba(23,190,207,0.12)"),
                 ("#bcbd22", "rgba(188,189,34,0.12)"), ("#7f7f7f", "rgba(127,127,127,0.12)")]
+KNOWN = ("variational", "locked", "weight_drop", "embedding", "zoneout", "recurrent", "zaremba", "awd")
 SAMPLES = 3  # test outputs shown per run
 BOARD_COLUMNS = [("dropout", "dropout"), ("regularizer", "regularizer"), ("rates", "rates"), ("ensemble", "ensemble of"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
                  ("best_mean", "best-valid checkpoint"), ("paper", "paper"), ("diff", "Δ paper"),
@@ -33,20 +35,18 @@ BOARD_COLUMNS = [("dropout", "dropout"), ("regularizer", "regularizer"), ("rates
                  ("wall_s", "wall s"), ("device", "device"), ("commit", "commit")]
 
 
-def curve_figure(task: str, preset: str, chash: str, grouped: dict, results_dir: Path):
-    """Plotly figure of one setting's learning curves, or None when no run left its curves. Dropout
-    off and on (what `--dropout on` trains) are shown; every other regularizer run for the setting is
-    drawn too but hidden until its legend entry is clicked, so the paper's comparison stays readable."""
+def curve_figure(task: str, preset: str, chash: str, grouped: dict, results_dir: Path,
+                 tm: leaderboard.TaskMetrics, on: str | None):
+    """Plotly figure of one setting's learning curves, or None when neither `off` nor `on` (the arm
+    `--dropout on` trains, leaderboard.on_arm) left curves. Every other regularizer run for the setting
+    is drawn too but hidden until its legend entry is clicked, so the paper's comparison stays readable."""
     import plotly.graph_objects as go
 
-    tm = leaderboard.TaskMetrics(task, preset)
-    reg = tm.default_regularizer
-    on = leaderboard.on_arm(grouped, task, preset, chash, reg)
     lines = [("off", "dropout off", COLORS["off"], True),
-             (on, "dropout on" if reg == leaderboard.ZAREMBA else f"{reg} on", COLORS["on"], True)]
-    others = [a for a in leaderboard.arms(grouped, task, preset, chash) if a != on]
-    lines += [(a, arm_label(a), OTHER_COLORS[i % len(OTHER_COLORS)], False) for i, a in enumerate(others)]
-    fig, drawn = go.Figure(), 0
+             (on, "dropout on" if tm.default_regularizer == leaderboard.ZAREMBA else f"{tm.default_regularizer} on",
+              COLORS["on"], True)]
+    lines += [(a, arm_label(a), other_color(a), False) for a in leaderboard.arms(grouped, task, preset, chash) if a != on]
+    fig, shown_lines, hidden_lines = go.Figure(), 0, 0
     for arm, label, (line, band), shown in lines:
         curves = leaderboard.seed_curves(grouped.get((task, preset, chash, arm, ""), []), tm.curve, results_dir)
         visible = True if shown else "legendonly"  # a legend click toggles an arm's lines and bands together
@@ -64,11 +64,11 @@ def curve_figure(task: str, preset: str, chash: str, grouped: dict, results_dir:
                                 legendgroup=label, visible=visible)
             fig.add_scatter(x=epochs, y=[sum(v) / len(v) for v in values], mode="lines+markers", name=name,
                             line={"color": line, "dash": dash}, legendgroup=label, visible=visible)
-            drawn += 1
-    if not drawn:
+            shown_lines, hidden_lines = shown_lines + shown, hidden_lines + (not shown)
+    if not shown_lines:
         return None
     label = {"ppl": "perplexity per word", "frame_acc": "frame accuracy"}.get(tm.curve, tm.curve)
-    more = "; other regularizers: click their legend entries" if others else ""
+    more = "; other regularizers: click their legend entries" if hidden_lines else ""
     fig.update_layout(title=f"{task}/{preset} ({chash}): train (dashed) vs valid (solid), band: min to max over seeds{more}",
                       xaxis_title="epoch", yaxis_title=label, yaxis_type="log" if tm.curve == "ppl" else "linear",
                       height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white")
@@ -76,10 +76,20 @@ def curve_figure(task: str, preset: str, chash: str, grouped: dict, results_dir:
 
 
 def arm_label(arm: str) -> str:
-    """`locked dropout=0.0;locked=0.3` -> `locked (locked=0.3)`: the name and the rates it sets."""
+    """`locked dropout=0.0;locked=0.3` -> `locked (locked=0.3)`: the name and the rates it sets; `on`
+    (shown this way where a preset trains another regularizer by default) is the paper's dropout."""
+    if arm == "on":
+        return "dropout (zaremba)"
     name, _, rates = arm.partition(" ")
     rates = ", ".join(r for r in rates.split(";") if r and r != "dropout=0.0")
     return f"{name} ({rates})" if rates else name
+
+
+def other_color(arm: str) -> tuple[str, str]:
+    """One colour per regularizer name on every task's figure (a preset's own combinations by hash)."""
+    name = "zaremba" if arm == "on" else arm.partition(" ")[0]
+    i = KNOWN.index(name) if name in KNOWN else len(KNOWN) + zlib.crc32(name.encode())
+    return OTHER_COLORS[i % len(OTHER_COLORS)]
 
 
 def samples(rows: list[dict[str, str]], results_dir: Path) -> list[tuple[str, str, str]]:
@@ -98,7 +108,9 @@ def samples(rows: list[dict[str, str]], results_dir: Path) -> list[tuple[str, st
                     hyp, ref = item["hyp"], " | ".join(item["refs"][:2])
                 else:  # speech: every scored frame -> the phone sequence the frames spell
                     hyp, ref = (" ".join(k for k, _ in groupby(item[key].split())) for key in ("hyp_frames", "ref_frames"))
-                out.append((f"dropout {row['dropout']} seed {row['seed']}", hyp, ref))
+                reg = row.get("regularizer", "")
+                what = f" ({reg})" if reg not in ("", "none", leaderboard.ZAREMBA) else ""
+                out.append((f"dropout {row['dropout']}{what} seed {row['seed']}", hyp, ref))
                 taken += 1
     return out
 
@@ -123,11 +135,12 @@ def build_page(results_dir: Path) -> Path:
             continue
         parts.append(f'<section id="task-{task}" class="task"><h2>{html.escape(registry.get(task).title)}</h2>')
         for preset, chash in current:
-            on = leaderboard.on_arm(grouped, task, preset, chash, leaderboard.TaskMetrics(task, preset).default_regularizer)
-            by_dropout = {"off": grouped.get((task, preset, chash, "off", ""), []),
-                          "on": grouped.get((task, preset, chash, on, ""), []) if on else []}
+            tm = leaderboard.TaskMetrics(task, preset)
+            on = leaderboard.on_arm(grouped, task, preset, chash, tm.default_regularizer)
+            by_arm = {"off": grouped.get((task, preset, chash, "off", ""), []),
+                      "on": grouped.get((task, preset, chash, on, ""), []) if on else []}
             parts.append(f"<h3>{task}/{preset} <code>{chash}</code></h3>")
-            fig = curve_figure(task, preset, chash, grouped, results_dir)
+            fig = curve_figure(task, preset, chash, grouped, results_dir, tm, on)
             parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"curves-{task}-{preset}")
                          if fig else '<p class="none">No learning curves: these rows come from before runs kept '
                                      'theirs in results/curves/, and their run folders are not here.</p>')
@@ -145,7 +158,7 @@ def build_page(results_dir: Path) -> Path:
                              f"<b>{html.escape(e['diff'])}</b>{html.escape(ci)} over {e['pairs']} paired seed(s): "
                              f"{html.escape(e['verdict'])}.</p>")
             # The first seed's outputs each way: the same test items, on against off.
-            first = [min(rows, key=lambda r: int(r["seed"])) for rows in (by_dropout["on"], by_dropout["off"]) if rows]
+            first = [min(rows, key=lambda r: int(r["seed"])) for rows in (by_arm["on"], by_arm["off"]) if rows]
             shown = samples(first, results_dir)
             if shown:
                 parts.append("<h4>Test outputs</h4>" + _table(["run", "output", "reference(s)"], [list(s) for s in shown]))

@@ -107,7 +107,8 @@ def _task_panels(t: dict[str, Any]) -> list:
 
 
 def workspace(defs: dict[str, Any], entity: str):
-    """Sections per task; runs grouped by task and dropout, so each curve is a mean with its seed band.
+    """Sections per task; runs grouped by task, dropout and regularizer, so each curve is a mean with
+    its seed band.
     Last, the leaderboard table that `bench leaderboard --logger wandb` logs in a run of its own."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws

@@ -235,8 +235,21 @@ def test_captioning_uses_the_evaluation_network_whatever_mode_the_model_is_in():
     evaluated = m.caption(feats, beam=2)
     m.train()
     m.head.eval()  # a submodule's own mode (the real model's frozen CNN) comes back as it was too
-    assert [m.caption(feats, beam=2) for _ in range(3)] == [evaluated] * 3
+    assert any(evaluated) and [m.caption(feats, beam=2) for _ in range(3)] == [evaluated] * 3
     assert m.training and m.decoder.training and not m.head.training
+    assert not torch.equal(m.start(feats)[0], m.start(feats)[0])  # training again: fresh masks
+
+
+def test_eval_mode_gives_each_module_its_mode_back_after_an_error_and_when_nested():
+    from tasks.nn import decoding
+
+    net = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Sequential(torch.nn.Dropout(0.5)).eval())
+    with pytest.raises(RuntimeError), decoding.eval_mode(net):
+        with decoding.eval_mode(net):
+            assert not any(m.training for m in net.modules())
+        assert not any(m.training for m in net.modules()) and not torch.is_grad_enabled()
+        raise RuntimeError("a failed decode")
+    assert [m.training for m in net.modules()] == [True, True, False, False] and torch.is_grad_enabled()
 
 
 def tiny_caption_preset(root):

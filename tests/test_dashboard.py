@@ -44,16 +44,42 @@ def test_the_page_holds_every_section_and_needs_no_network(board):
     assert not re.search(r"<script[^>]+src=", page)  # Plotly's JavaScript inlined: nothing to fetch
 
 
-def test_other_regularizers_curves_are_drawn_hidden_until_their_legend_entry_is_clicked(board):
+def test_other_regularizers_curves_are_drawn_hidden_until_their_legend_entry_is_clicked(board, monkeypatch):
+    from types import SimpleNamespace
+
     from benchmark import dashboard, leaderboard
 
+    real = leaderboard.seed_curves  # each run as two seeds apart, so that the bands are drawn too
+    monkeypatch.setattr(leaderboard, "seed_curves", lambda *a: [
+        {split: {e: v * k for e, v in curve[split].items()} for split in curve} for curve in real(*a) for k in (1, 1.1)])
     grouped = leaderboard.groups(leaderboard.load_runs(board))
     (chash,) = {h for (t, p, h, a, e) in grouped if (t, p) == ("ptb", "quick")}
-    fig = dashboard.curve_figure("ptb", "quick", chash, grouped, board)
-    shown = {t.name: t.visible for t in fig.data if t.showlegend is not False}
-    assert shown.pop("dropout off, valid (1 seed)") is True and shown.pop("dropout on, train (1 seed)") is True
-    (locked,) = [name for name in shown if name.startswith("locked (locked=") and name.endswith(", valid (1 seed)")]
-    assert shown[locked] == "legendonly"
+    (locked,) = [a for a in leaderboard.arms(grouped, "ptb", "quick", chash) if a.startswith("locked ")]
+
+    def legend(tm, on):
+        fig = dashboard.curve_figure("ptb", "quick", chash, grouped, board, tm, on)
+        groups = {}
+        for trace in fig.data:
+            groups.setdefault(trace.legendgroup, set()).add(trace.visible)
+        assert all(len(g) == 1 for g in groups.values()), groups  # an arm's lines and bands show together
+        assert sum(t.fill == "tonexty" for t in fig.data) == 2 * len(groups)  # a band per arm and split
+        return {name: visible.pop() for name, visible in groups.items()}
+
+    # The paper's dropout is what --dropout on trains: it and off shown, locked hidden until clicked.
+    shown = legend(leaderboard.TaskMetrics("ptb", "quick"), "on")
+    assert shown.pop("dropout off") is True and shown.pop("dropout on") is True
+    assert list(shown) == [dashboard.arm_label(locked)] and shown[dashboard.arm_label(locked)] == "legendonly"
+    # A preset whose own regularizer is locked (as ptb/*-variational's is variational): the paper's
+    # dropout becomes one of the hidden others, under its name.
+    shown = legend(SimpleNamespace(default_regularizer="locked", curve="ppl"), locked)
+    assert shown == {"dropout off": True, "locked on": True, "dropout (zaremba)": "legendonly"}
+
+
+def test_uploading_definitions_of_an_older_bench_dashboard_says_to_rebuild_them(tmp_path, capsys):
+    old = tmp_path / "wandb-dashboard.json"
+    old.write_text(json.dumps({"project": "p", "tasks": [{"task": "ptb", "effects": [{"preset": "quick", "diff": "1"}]}]}))
+    assert main(["dashboard", "--upload", str(old)]) == 2
+    assert f"{old}: written by an older `bench dashboard`" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (Debian: apt-get install chromium)")
@@ -127,10 +153,13 @@ def test_wandb_definitions_name_every_task_and_metric_the_runs_logged(tmp_path, 
     assert task["task"] == "ptb" and len(task["runs"]) == 2 and task["headline"] == "test_ppl"
     named = set(task["epoch_metrics"]) | set(task["test_metrics"]) | set(task["step_metrics"]) | set(task["tables"])
     assert {"train_ppl", "valid_ppl", "test_ppl", "grad_norm", "tok/s"} <= named
-    for run_file in (tmp_path / "runs").glob("*/wandb/offline-run-*/run-*.wandb"):
+    run_files = list((tmp_path / "runs").glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 2
+    for run_file in run_files:
         found = wandb_log.offline_run_keys(run_file, wait_s=60)
         logged = {k for k in found["history"] | found["summary"] if not k.startswith("_")} - {"epoch", "trainer/global_step"}
-        assert logged and logged <= named, logged - named
+        assert {"grad_norm", "tok/s", "train_ppl", "valid_ppl", "test_ppl"} <= logged  # the panels have data
+        assert logged <= named, logged - named
     sections = [s["name"] for s in defs["workspace_view"]["spec"]["section"]["panelBankConfig"]["sections"]]
     assert any(name.startswith("ptb:") for name in sections)
 
