@@ -3,7 +3,7 @@
 The definitions come from a results folder and the runs it names: per task, the metrics those runs
 logged (read from their CSV logs, and from their offline W&B files where they have them), grouped
 into the learning curves (train/valid per epoch, dropout on against off, seeds as a min-max band),
-the test metrics beside the paper's number, the sample-output tables, and the step panels
+the headline beside the paper's figure (a run's summary holds it), the test metrics, the sample-output tables, and the step panels
 (throughput, gradient norm, learning rate, loss). Online they are saved to W&B and their URLs
 printed; offline (no account) they are written to a JSON file that `bench dashboard --upload FILE`
 publishes later, after `wandb sync` has uploaded the runs.
@@ -72,12 +72,15 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
         epoch = {k for k in keys if k.startswith(("train_", "valid_")) and not k.startswith((*STEP_PREFIXES, "train_eval_"))}
         test = {k for k in keys if k.startswith(("test_", "best_test_", "train_eval_"))}
         tables = {k for k in keys if k in SAMPLE_TABLES}
+        paper = {k for k in keys if k.startswith("paper/")}  # the paper's figures, in a run's summary
         tasks.append({
             "task": task, "title": spec.title, "headline": spec.headline, "curve": spec.curve,
             "epoch_metrics": sorted(epoch), "test_metrics": sorted(test), "tables": sorted(tables),
             # throughput, gradient norm, lr, loss, ...; the first two always, every run with a logger logs
             # them (benchmark/callbacks.py), though rows whose run folders are elsewhere cannot show it here
-            "step_metrics": sorted((keys - epoch - test - tables) | set(ALWAYS_STEP)),
+            "step_metrics": sorted((keys - epoch - test - tables - paper) | set(ALWAYS_STEP)),
+            "paper_metrics": sorted(paper),
+            "paper_metric": spec.paper_metric or spec.headline,  # ours computed as the paper computed its figure
             "board": [{k: b[k] for k in ("preset", "dropout", "seeds", "mean", "std", "paper", "diff")}
                       for (t, _, _), b in sorted(board.items()) if t == task],
             "effects": [{k: e[k] for k in ("preset", "regularizer", "metric", "diff", "ci_low", "ci_high", "pairs", "verdict")}
@@ -98,7 +101,13 @@ def _line(title: str, keys: list[str], x: str = "epoch"):
 def _task_panels(t: dict[str, Any]) -> list:
     import wandb_workspaces.reports.v2 as wr
 
-    panels = [_line(f"{t['task']}: {k}", [k]) for k in t["epoch_metrics"]]
+    # The headline beside the paper's figure per group (the paper's is the same in every run that has
+    # one); where the paper computed it otherwise (tokenized BLEU), ours computed its way too.
+    like = t.get("paper_metric", t["headline"])  # absent from the files of older versions
+    ours, paper = dict.fromkeys([t["headline"], like]), f"paper/{like}"
+    panels = [wr.BarPlot(title=f"{t['task']}: {t['headline']} against the paper", metrics=[*ours, paper],
+                         groupby_aggfunc="mean", groupby_rangefunc="minmax")] if paper in t.get("paper_metrics", ()) else []
+    panels += [_line(f"{t['task']}: {k}", [k]) for k in t["epoch_metrics"]]
     panels += [wr.BarPlot(title=f"{t['task']}: {k}", metrics=[k], groupby_aggfunc="mean", groupby_rangefunc="minmax")
                for k in t["test_metrics"]]
     panels += [_line(f"{t['task']}: {k}", [k], x="Step") for k in t["step_metrics"]]

@@ -143,15 +143,18 @@ def test_wandb_definitions_name_every_task_and_metric_the_runs_logged(tmp_path, 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
     write_ptb(tmp_path / "data" / "ptb")
-    for dropout in ("on", "off"):
-        assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--dropout", dropout, "--data-root",
+    for dropout in ("on", "off"):  # ptb/small: the paper ran it without dropout (114.5)
+        assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", dropout, "--data-root",
                      str(tmp_path / "data"), "--logger", "csv,wandb", "--set", "trainer.log_every_n_steps=1",
                      *TINY) == 0
     assert main(["dashboard", "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs")]) == 0
     defs = json.loads((tmp_path / "results" / "wandb-dashboard.json").read_text())
     (task,) = defs["tasks"]
     assert task["task"] == "ptb" and len(task["runs"]) == 2 and task["headline"] == "test_ppl"
-    named = set(task["epoch_metrics"]) | set(task["test_metrics"]) | set(task["step_metrics"]) | set(task["tables"])
+    named = {k for part in ("epoch_metrics", "test_metrics", "step_metrics", "tables", "paper_metrics") for k in task[part]}
+    # The paper's figures: a bar beside the headline, not curves over steps.
+    assert task["paper_metrics"] == ["paper/test_ppl", "paper/train_ppl", "paper/valid_ppl"]
+    assert not {k for k in task["step_metrics"] if k.startswith("paper/")}
     assert {"train_ppl", "valid_ppl", "test_ppl", "grad_norm", "tok/s"} <= named
     run_files = list((tmp_path / "runs").glob("*/wandb/offline-run-*/run-*.wandb"))
     assert len(run_files) == 2
@@ -162,6 +165,7 @@ def test_wandb_definitions_name_every_task_and_metric_the_runs_logged(tmp_path, 
         assert logged <= named, logged - named
     sections = [s["name"] for s in defs["workspace_view"]["spec"]["section"]["panelBankConfig"]["sections"]]
     assert any(name.startswith("ptb:") for name in sections)
+    assert "ptb: test_ppl against the paper" in json.dumps(defs["workspace_view"])
 
 
 def test_the_committed_wandb_definitions_cover_all_four_tasks_and_every_regularizer_effect():
