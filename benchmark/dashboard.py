@@ -76,13 +76,10 @@ def curve_figure(task: str, preset: str, chash: str, grouped: dict, results_dir:
 
 
 def arm_label(arm: str) -> str:
-    """`locked dropout=0.0;locked=0.3` -> `locked (locked=0.3)`: the name and the rates it sets; `on`
-    (shown this way where a preset trains another regularizer by default) is the paper's dropout."""
-    if arm == "on":
-        return "dropout (zaremba)"
-    name, _, rates = arm.partition(" ")
-    rates = ", ".join(r for r in rates.split(";") if r and r != "dropout=0.0")
-    return f"{name} ({rates})" if rates else name
+    """`locked dropout=0.0;locked=0.3` -> `locked (locked=0.3)`; `on` (shown this way where a preset
+    trains another regularizer by default) -> `dropout (zaremba)`."""
+    name, rates = leaderboard.arm_parts(arm)
+    return f"{name} ({', '.join(rates)})" if rates else name
 
 
 def other_color(arm: str) -> tuple[str, str]:

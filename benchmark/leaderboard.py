@@ -186,6 +186,15 @@ def arms(grouped: dict, task: str, preset: str, chash: str) -> list[str]:
     return sorted(found - {"off"}, key=lambda a: (a != "on", a))
 
 
+def arm_parts(arm: str) -> tuple[str, list[str]]:
+    """`locked dropout=0.0;locked=0.3` -> ("locked", ["locked=0.3"]): the name and which of its rate
+    sets; `on` (the paper's dropout) -> ("dropout (zaremba)", [])."""
+    if arm == "on":
+        return "dropout (zaremba)", []
+    name, _, rates = arm.partition(" ")
+    return name, [r for r in rates.split(";") if r and r != "dropout=0.0"]
+
+
 def on_arm(grouped: dict, task: str, preset: str, chash: str, default_regularizer: str) -> str | None:
     """The arm `--dropout on` trains: the paper's dropout, or the preset's own regularizer (ptb/*-variational)
     with its newest rates (they are not in the hash); None where that regularizer has no runs."""
@@ -422,10 +431,8 @@ def plot_regularizers(runs: list[dict[str, str]], results_dir: Path) -> list[Pat
         labels = []
         for x, (name, rows) in enumerate(columns):
             values = [float(r[tm.headline]) for r in rows if r.get(tm.headline)]
-            label, _, rates = name.partition(" ")
-            rates = "\n".join(r for r in rates.split(";") if r and r != "dropout=0.0")  # which of a name's rate sets
-            labels.append(f"{'dropout (zaremba)' if name == 'on' else label}\n{rates}\n{len(values)} seed(s)"
-                          .replace("\n\n", "\n"))
+            label, rates = arm_parts(name)
+            labels.append("\n".join([label, *rates, f"{len(values)} seed(s)"]))
             if not values:
                 continue
             ax.plot([x] * len(values), values, "o", color="0.55", markersize=4)

@@ -53,7 +53,8 @@ def main() -> None:
     if not args.page.is_file():
         sys.exit(f"{args.page}: no such page; `bench leaderboard --results-dir {args.page.parent}` writes it")
     out = screenshot(args.page, args.out, args.width)
-    print(f"{out} ({Image.open(out).size[0]}x{Image.open(out).size[1]})")
+    width, height = Image.open(out).size
+    print(f"{out} ({width}x{height})")
 
 
 if __name__ == "__main__":
