@@ -69,9 +69,11 @@ def curve_figure(task: str, preset: str, chash: str, grouped: dict, results_dir:
         return None
     label = {"ppl": "perplexity per word", "frame_acc": "frame accuracy"}.get(tm.curve, tm.curve)
     more = "; other regularizers: click their legend entries" if hidden_lines else ""
-    fig.update_layout(title=f"{task}/{preset} ({chash}): train (dashed) vs valid (solid), band: min to max over seeds{more}",
+    # The key under the name, on its own line: on one line it ran under Plotly's mode bar (top right).
+    fig.update_layout(title=f"{task}/{preset} ({chash})<br><sup>train (dashed) vs valid (solid), band: min to max "
+                            f"over seeds{more}</sup>",
                       xaxis_title="epoch", yaxis_title=label, yaxis_type="log" if tm.curve == "ppl" else "linear",
-                      height=420, margin={"l": 60, "r": 20, "t": 50, "b": 50}, template="plotly_white")
+                      height=440, margin={"l": 60, "r": 20, "t": 80, "b": 50}, template="plotly_white")
     return fig
 
 
