@@ -522,12 +522,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             print(url)
         return 0
     defs = wandb_dashboard.definitions(args.results_dir, args.wandb_project, args.wandb_entity, args.runs_dir)
-    if wandb_log.resolve_mode(args.wandb_mode) == "online":
+    mode = wandb_log.resolve_mode(args.wandb_mode)
+    if mode == "online":
         for url in wandb_dashboard.publish(defs, args.wandb_entity):
             print(url)
         return 0
+    # The definitions are a local file, so WANDB_MODE=disabled still gets them: nothing is sent either way.
     path = wandb_dashboard.write_offline(defs, args.out or args.results_dir / wandb_dashboard.DEFINITIONS_FILE)
-    print(f"W&B offline: the workspace and report definitions are in {path}; once the runs are uploaded "
+    state = "disabled by WANDB_MODE=disabled, nothing sent" if mode == "disabled" else "offline"
+    print(f"W&B {state}: the workspace and report definitions are in {path}; once the runs are uploaded "
           f"(`wandb sync <run>/wandb/offline-run-*`), publish them with `bench dashboard --upload {path}`")
     return 0
 

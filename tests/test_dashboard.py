@@ -218,3 +218,16 @@ def test_online_dashboard_saves_the_workspace_and_a_report_grouped_by_config(boa
     assert "quick zaremba test_ppl: on" in report and "quick locked test_ppl: on" in report  # each effect named
     sections = [s["name"] for s in saved["workspace"]["spec"]["section"]["panelBankConfig"]["sections"]]
     assert sections[0].startswith("ptb:") and sections[-1] == "Leaderboard"
+
+
+def test_wandb_disabled_sends_nothing_and_still_writes_the_definitions(board, tmp_path, monkeypatch, capsys):
+    """WANDB_MODE=disabled wins over `--wandb-mode online`: nothing is published, and the local
+    definitions file is written with a line that says W&B is off, not that it is offline."""
+    from benchmark import wandb_dashboard
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(wandb_dashboard, "publish", lambda *a, **k: pytest.fail("published with W&B disabled"))
+    out = tmp_path / "defs.json"
+    assert main(["dashboard", "--results-dir", str(board), "--wandb-mode", "online", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["tasks"][0]["task"] == "ptb"
+    assert capsys.readouterr().out.startswith("W&B disabled by WANDB_MODE=disabled, nothing sent:")
