@@ -107,3 +107,24 @@ def test_an_ensemble_of_one_run_twice_is_that_run_at_its_last_and_its_best_check
         # Mixing a distribution with itself gives it back; each member scores as the run's own test did.
         assert float(ens["test_ppl"]) == pytest.approx(float(own[key]), abs=1e-4), which
         assert [float(x) for x in ens["members_test_ppl"].split()] == pytest.approx([float(own[key])] * 2, abs=1e-4)
+
+
+def test_the_readme_regularizer_tables_are_the_committed_leaderboard():
+    """Every README table headed `| regularizer | seeds | <metric> |` is what scripts/regularizer_table.py
+    prints for one task and preset from results/: a new row merged without rewriting the README fails here."""
+    import csv
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("regularizer_table", ROOT / "scripts" / "regularizer_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tables = [(m.group(1), m.group(0).rstrip("\n"))
+              for m in re.finditer(r"^\| regularizer \| seeds \| (\S+) \|.*\n(?:\|.*\n)+", readme, flags=re.M)]
+    assert len(tables) >= 2, "the README's translation and captioning regularizer tables are gone"
+    with open(ROOT / "results" / "leaderboard.csv", newline="") as f:
+        settings = {(r["task"], r["preset"], r["metric"]) for r in csv.DictReader(f) if r["status"] == "current"}
+    for metric, text in tables:
+        made = {script.table(ROOT / "results", task, preset, m) for task, preset, m in settings if m == metric}
+        assert text in made, f"README table of {metric} is not `python scripts/regularizer_table.py TASK PRESET {metric}`:\n{text}"
