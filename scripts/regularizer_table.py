@@ -11,18 +11,17 @@ arm's own noise on). tests/test_claims.py checks that the README's tables are th
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
+
+from benchmark.results import read_rows
 
 
 def table(results_dir: Path, task: str, preset: str, metric: str) -> str:
     """The Markdown table, header included, one line a row."""
-    with open(results_dir / "leaderboard.csv", newline="") as f:
-        board = [r for r in csv.DictReader(f) if (r["task"], r["preset"], r["status"], r["ensemble"])
-                 == (task, preset, "current", "") and r["metric"] == metric]
-    with open(results_dir / "effects.csv", newline="") as f:
-        effects = {r["regularizer"]: r for r in csv.DictReader(f)
-                   if (r["task"], r["preset"], r["metric"]) == (task, preset, metric)}
+    board = [r for r in read_rows(results_dir / "leaderboard.csv")
+             if (r["task"], r["preset"], r["status"], r["ensemble"], r["metric"]) == (task, preset, "current", "", metric)]
+    effects = {r["regularizer"]: r for r in read_rows(results_dir / "effects.csv")
+               if (r["task"], r["preset"], r["metric"]) == (task, preset, metric)}
     if not board:
         raise SystemExit(f"{results_dir / 'leaderboard.csv'}: no current {task}/{preset} rows with metric "
                          f"{metric}; run `bench leaderboard --results-dir {results_dir}` first")

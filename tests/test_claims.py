@@ -112,7 +112,6 @@ def test_an_ensemble_of_one_run_twice_is_that_run_at_its_last_and_its_best_check
 def test_the_readme_regularizer_tables_are_the_committed_leaderboard():
     """Every README table headed `| regularizer | seeds | <metric> |` is what scripts/regularizer_table.py
     prints for one task and preset from results/: a new row merged without rewriting the README fails here."""
-    import csv
     import importlib.util
     import re
 
@@ -123,8 +122,8 @@ def test_the_readme_regularizer_tables_are_the_committed_leaderboard():
     tables = [(m.group(1), m.group(0).rstrip("\n"))
               for m in re.finditer(r"^\| regularizer \| seeds \| (\S+) \|.*\n(?:\|.*\n)+", readme, flags=re.M)]
     assert len(tables) >= 2, "the README's translation and captioning regularizer tables are gone"
-    with open(ROOT / "results" / "leaderboard.csv", newline="") as f:
-        settings = {(r["task"], r["preset"], r["metric"]) for r in csv.DictReader(f) if r["status"] == "current"}
+    settings = {(r["task"], r["preset"], r["metric"]) for r in read_rows(ROOT / "results" / LEADERBOARD_FILE)
+                if r["status"] == "current"}
     for metric, text in tables:
         made = {script.table(ROOT / "results", task, preset, m) for task, preset, m in settings if m == metric}
         assert text in made, f"README table of {metric} is not `python scripts/regularizer_table.py TASK PRESET {metric}`:\n{text}"
