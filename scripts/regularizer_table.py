@@ -13,17 +13,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.leaderboard import EFFECTS_FILE, LEADERBOARD_FILE
 from benchmark.results import read_rows
 
 
 def table(results_dir: Path, task: str, preset: str, metric: str) -> str:
     """The Markdown table, header included, one line a row."""
-    board = [r for r in read_rows(results_dir / "leaderboard.csv")
+    board = [r for r in read_rows(results_dir / LEADERBOARD_FILE)
              if (r["task"], r["preset"], r["status"], r["ensemble"], r["metric"]) == (task, preset, "current", "", metric)]
-    effects = {r["regularizer"]: r for r in read_rows(results_dir / "effects.csv")
+    effects = {r["regularizer"]: r for r in read_rows(results_dir / EFFECTS_FILE)
                if (r["task"], r["preset"], r["metric"]) == (task, preset, metric)}
     if not board:
-        raise SystemExit(f"{results_dir / 'leaderboard.csv'}: no current {task}/{preset} rows with metric "
+        raise SystemExit(f"{results_dir / LEADERBOARD_FILE}: no current {task}/{preset} rows with metric "
                          f"{metric}; run `bench leaderboard --results-dir {results_dir}` first")
     lines = [f"| regularizer | seeds | {metric} | on − off, 95% CI | best-valid {metric} | train ppl |",
              "|---|---|---|---|---|---|"]
