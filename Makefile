@@ -7,6 +7,10 @@ DATA_ROOT ?= $(or $(RNNREG_DATA_ROOT),data)
 TASK      ?= all
 PRESET    ?= quick
 SEEDS     ?= 1
+# Runs at once (bench run --jobs): JOBS=2 trains two runs side by side, a thread each. On 2 cores that
+# trained 1.14-1.32x the tokens/s of one run at a time, but short sweeps ended only 0.99-1.14x sooner
+# (results/throughput-jobs.csv); 1 keeps every run at the thread count of the reference rows.
+JOBS      ?= 1
 LOGGER    ?= csv,wandb
 # A fixed folder per preset: `make bench` again after a crash resumes there (finished runs are
 # skipped); RUNS_DIR=runs/another starts over.
@@ -43,7 +47,7 @@ bench: setup
 	if [ "$(PRESET)" = quick ] && echo ",$(TASK)," | grep -qE ',(all|captioning),' \
 			&& [ ! -f $(DATA_ROOT)/flickr8k/captions.json ]; then \
 		$(BIN)/bench fetch flickr8k --yes --data-root $(DATA_ROOT) || status=$$?; fi; \
-	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on,off --num-seeds $(SEEDS) \
+	$(BIN)/bench run --task $(TASK) --preset $(PRESET) --dropout on,off --num-seeds $(SEEDS) --jobs $(JOBS) \
 		--logger $(LOGGER) --data-root $(DATA_ROOT) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) \
 		--resume $(BENCH_FLAGS) || status=$$?; \
 	$(BIN)/bench leaderboard --logger $(LOGGER) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) || status=$$?; \

@@ -287,3 +287,45 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path, monkeypatch, capsys):
     assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--dropout", "on,off") == 2
     assert calls == ["on"]  # the off run never started
     assert "sweep stopped at ptb-quick-dropout_on-seed0 (0 of 2 runs done)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_jobs_run_side_by_side_with_the_numbers_of_the_same_runs_alone(tmp_path, data_root, capsys):
+    """`--jobs 2`: each run in its own process with the threads shared out, its output in a log
+    file; its row holds the numbers the same run gives alone at that thread count."""
+    args = ("--task", "ptb", "--preset", "small", "--dropout", "on,off", "--data-root", str(data_root), *TINY)
+    threads = torch.get_num_threads()
+    each = max(1, threads // 2)
+    try:
+        assert main(["run", "--results-dir", str(tmp_path / "alone"), "--runs-dir", str(tmp_path / "alone-runs"),
+                     "--threads", str(each), *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    assert bench(tmp_path, *args, "--jobs", "2") == 0
+    out = capsys.readouterr().out
+    assert f"2 runs, 2 at a time, {each} thread" in out and "started ptb-small-dropout_off-seed0" in out
+    assert "bench run: 2 runs in" in out and out.count("done in") == 2
+    key = ("dropout", "seed", "test_ppl", "valid_ppl", "train_ppl", "config_hash")
+    alone = sorted(tuple(r[k] for k in key) for r in read_rows(tmp_path / "alone" / "runs.csv"))
+    side_by_side = read_rows(tmp_path / "results" / "runs.csv")
+    assert sorted(tuple(r[k] for k in key) for r in side_by_side) == alone
+    assert all(f"({each} threads)" in r["device"] for r in side_by_side)  # the row says how it ran
+    logs = sorted(p.name for p in (tmp_path / "runs" / "logs").iterdir())
+    assert logs == ["ptb-small-dropout_off-seed0.log", "ptb-small-dropout_on-seed0.log"]
+    assert "test_ppl=" in (tmp_path / "runs" / "logs" / logs[0]).read_text()
+    # Again with --resume: both finished, both skipped, nothing trains.
+    assert bench(tmp_path, *args, "--jobs", "2", "--resume") == 0
+    assert capsys.readouterr().out.count("skipped (finished earlier)") == 2
+    # One run failing (its folder holds a finished run, and no --resume) fails alone; the other trains.
+    one_more = ["off" if a == "on,off" else a for a in args]
+    assert bench(tmp_path, *one_more, "--seeds", "0,1", "--jobs", "2") == 2
+    out, err = capsys.readouterr()
+    assert "bench: error: ptb-small-dropout_off-seed0: " in err and "already holds an earlier run" in err
+    assert "1 of 2 runs failed (ptb-small-dropout_off-seed0)" in err and "ptb-small-dropout_off-seed1" in out
+    assert [r["seed"] for r in read_rows(tmp_path / "results" / "runs.csv")].count("1") == 1
+
+
+def test_jobs_refuses_runs_that_span_processes_already(tmp_path, capsys):
+    assert bench(tmp_path, "--task", "ptb", "--jobs", "2", "--devices", "2", "--dry-run") == 2
+    assert "leave --jobs at 1" in capsys.readouterr().err
