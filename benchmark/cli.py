@@ -544,8 +544,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         return 0
     # The definitions are a local file, so WANDB_MODE=disabled still gets them: nothing is sent either way.
     path = wandb_dashboard.write_offline(defs, args.out or args.results_dir / wandb_dashboard.DEFINITIONS_FILE)
-    state = "disabled by WANDB_MODE=disabled, nothing sent" if mode == "disabled" else "offline"
-    print(f"W&B {state}: the workspace and report definitions are in {path}; once the runs are uploaded "
+    if mode == "disabled":  # no run logged to W&B, so there is nothing to sync: say how to get there instead
+        print(f"W&B disabled by WANDB_MODE=disabled, nothing sent: the workspace and report definitions are in "
+              f"{path}; they need runs logged to W&B (`--logger csv,wandb` without WANDB_MODE=disabled), then "
+              f"`bench dashboard --upload {path}`")
+        return 0
+    print(f"W&B offline: the workspace and report definitions are in {path}; once the runs are uploaded "
           f"(`wandb sync <run>/wandb/offline-run-*`), publish them with `bench dashboard --upload {path}`")
     return 0
 

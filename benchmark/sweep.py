@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import yaml
 
+from benchmark import wandb_log
 from benchmark.config import ZAREMBA, Preset, apply_dropout
 from benchmark.logs import configure_logging
 from benchmark.runner import RunOptions, finished_row, make_datamodule, run, run_name, settings_hash
@@ -130,6 +131,8 @@ def _run_parallel(plan: list[tuple[Preset, str, int]], options: RunOptions, jobs
     start = time.perf_counter()
     try:
         _warm_data(plan, options)
+        if "wandb" in options.loggers:
+            wandb_log.say_offline(options.wandb_mode)
         print(f"bench run: {len(plan)} runs, {jobs} at a time, {threads} thread{'s' if threads > 1 else ''} each; "
               f"each run's output goes to {logs}/<run>.log", flush=True)
         while running or (pending and stopped is None):

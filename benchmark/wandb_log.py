@@ -48,19 +48,25 @@ def make_logger(run_dir: Path, *, name: str, group: str, tags: list[str], config
     user or team (default: WANDB_ENTITY, else the account's default)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    global _told_offline
     mode = resolve_mode(mode)
     if mode == "disabled":
         log.info("W&B: disabled by WANDB_MODE=disabled; logging to CSV only")
         return None
     if mode == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")  # its banner would repeat per run; we say it once
-        if not _told_offline:
-            log.warning("W&B: no account (WANDB_API_KEY or `wandb login`), logging offline; upload later with "
-                        "`wandb sync runs/<run>/wandb/offline-run-*`")
-            _told_offline = True
+        say_offline(mode)
     return WandbLogger(project=project, name=name, group=group, tags=tags, job_type="train", config=config,
                        save_dir=str(run_dir), offline=mode == "offline", entity=entity)
+
+
+def say_offline(mode: str) -> None:
+    """Once per process, where W&B logs offline: what that means and how to upload later. A
+    parallel sweep says it for its runs, whose own output goes to their log files."""
+    global _told_offline
+    if resolve_mode(mode) == "offline" and not _told_offline:
+        log.warning("W&B: no account (WANDB_API_KEY or `wandb login`), logging offline; upload later with "
+                    "`wandb sync runs/<run>/wandb/offline-run-*`")
+        _told_offline = True
 
 
 def is_wandb(logger: Any) -> bool:

@@ -329,3 +329,18 @@ def test_jobs_run_side_by_side_with_the_numbers_of_the_same_runs_alone(tmp_path,
 def test_jobs_refuses_runs_that_span_processes_already(tmp_path, capsys):
     assert bench(tmp_path, "--task", "ptb", "--jobs", "2", "--devices", "2", "--dry-run") == 2
     assert "leave --jobs at 1" in capsys.readouterr().err
+
+
+def test_the_offline_notice_is_said_once_per_process(monkeypatch, caplog):
+    """A parallel sweep's parent says it for its runs (their own output goes to log files)."""
+    from benchmark import wandb_log
+
+    monkeypatch.setattr(wandb_log, "_told_offline", False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb_log.say_offline("auto")
+    wandb_log.say_offline("auto")
+    assert caplog.text.count("logging offline") == 1
+    monkeypatch.setattr(wandb_log, "_told_offline", False)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb_log.say_offline("auto")
+    assert caplog.text.count("logging offline") == 1  # disabled: nothing to upload, nothing said
