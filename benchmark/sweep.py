@@ -184,32 +184,33 @@ def _collect(proc: BaseProcess, name: str, receive: Connection, outcomes: list[t
 def _warm_data(plan: list[tuple[Preset, str, int]], options: RunOptions) -> None:
     """Download each task's data and fill its feature caches once, here, with all threads, before
     the runs start: two runs reading one empty cache would each compute all of it. Data whose runs
-    --resume would all skip is left alone."""
-    todo: dict[tuple[str, str], Preset] = {}
+    --resume would all skip is left alone. Data that is not ready is only warned about: its runs
+    fail with the same error and say it."""
+    log = logging.getLogger("benchmark")
+    prepared: dict[tuple[str, str], Any] = {}  # data settings -> its DataModule after prepare_data (None: failed)
+    needed: dict[tuple[str, str], tuple[str, Any]] = {}  # those a run still needs: (task, DataModule)
     for preset, dropout, seed in plan:
         key = (preset.datamodule, yaml.safe_dump(preset.data, sort_keys=True))
-        if key not in todo and not (options.resume and _finished(preset, dropout, seed, options)):
-            todo[key] = preset
-    for preset in todo.values():
+        if key not in prepared:
+            try:
+                prepared[key] = make_datamodule(preset, options.data_root)
+                prepared[key].prepare_data()
+            except BenchError as err:
+                log.warning("%s data not ready (%s): its runs will fail", preset.task, err)
+                prepared[key] = None
+        dm = prepared[key]
+        if dm is None or key in needed:
+            continue
+        chash = settings_hash(preset, dm, options.trainer, options.data_root)
+        named = copy.deepcopy(preset)
+        apply_dropout(named, dropout)  # as runner.plan() does before naming the folder
+        if not (options.resume and finished_row(Path(options.runs_dir) / run_name(named, dropout, seed, chash))):
+            needed[key] = (preset.task, dm)
+    for task, dm in needed.values():
         try:
-            dm = make_datamodule(preset, options.data_root)
-            dm.prepare_data()
             dm.setup("fit")
-        except BenchError as err:  # its runs fail with the same error and say it
-            logging.getLogger("benchmark").warning("%s data not ready (%s): its runs will fail", preset.task, err)
-
-
-def _finished(preset: Preset, dropout: str, seed: int, options: RunOptions) -> bool:
-    try:
-        dm = make_datamodule(preset, options.data_root)
-        dm.prepare_data()
-        trainer = {k: v for k, v in options.trainer.items() if v is not None}
-        chash = settings_hash(preset, dm, trainer, options.data_root)
-    except BenchError:
-        return False
-    preset = copy.deepcopy(preset)
-    apply_dropout(preset, dropout)
-    return finished_row(Path(options.runs_dir) / run_name(preset, dropout, seed, chash)) is not None
+        except BenchError as err:
+            log.warning("%s data not ready (%s): its runs will fail", task, err)
 
 
 def _child(preset: Preset, opts: RunOptions, threads: int, log_path: Path, result: Connection) -> None:
@@ -225,7 +226,7 @@ def _child(preset: Preset, opts: RunOptions, threads: int, log_path: Path, resul
     try:
         line, status = _one(preset, opts)
         print(line)
-        result.send(("done", line[:4000] if line else line, status))
+        result.send(("done", (line or "")[:4000], status))
     except (KeyboardInterrupt, RunInterrupted, SystemExit) as err:
         result.send(("stopped", str(err)[:1000], ""))
     except BaseException as err:  # noqa: BLE001 - reported to the sweep, which goes on with the others
