@@ -45,7 +45,7 @@ COLUMNS = ["task", "preset", "config_hash", "status", "dropout", "regularizer", 
            "best_epoch", "wall_s", "tokens_per_s", "device", "host", "precision", "devices", "env", "commit",
            "date", "command"]
 EFFECT_COLUMNS = ["task", "preset", "config_hash", "regularizer", "rates", "metric", "better", "pairs", "off_mean", "on_mean", "diff",
-                  "ci_low", "ci_high", "verdict", "bootstrap", "env"]
+                  "ci_low", "ci_high", "verdict", "bootstrap", "env", "pairs_across_envs"]
 class TaskMetrics:
     """A task's headline and learning-curve metrics (its registry entry) and a preset's paper numbers."""
 
@@ -223,6 +223,12 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
         if effect is None:
             continue
         lower = stats.lower_is_better(metric)
+        # A pair run in two environments differs by more than the regularizer (a fixed seed does
+        # not carry across CPUs): still a fair draw, but not like with like, so it is counted.
+        paired = [{int(r["seed"]): r for r in rows if r.get(metric)} for rows in (on, off)]
+        seeds = sorted(set(paired[0]) & set(paired[1]))
+        across = sum((paired[0][s].get("env") or "unrecorded") != (paired[1][s].get("env") or "unrecorded")
+                     for s in seeds)
         out.append({
             "task": task, "preset": preset, "config_hash": chash, "regularizer": regularizer(on[0]),
             "rates": on[0].get("dropout_rate", ""), "metric": metric,
@@ -232,7 +238,8 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
                                                         ("ci_high", effect.high))},
             "verdict": effect.verdict(lower, subject=_name(on[0])),
             "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
-            "env": _envs(on + off),
+            "env": _envs([paired[i][s] for s in seeds for i in (0, 1)]),
+            "pairs_across_envs": across,
         })
     return out
 
@@ -278,7 +285,10 @@ def _effect_lines(effects: list[dict]) -> list[str]:
         lines.append(f"- {e['preset']} {what} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
                      f"over {e['pairs']} paired seed(s): {e['verdict']}.")
         if " environments" in e["env"]:
-            lines.append(f"  - the pairs mix {e['env']} (runs.csv's env columns say what differs)")
+            across = int(e.get("pairs_across_envs") or 0)
+            split = (f"; {across} of {e['pairs']} pairs ran on and off in different environments" if across
+                     else "; each pair ran in one")
+            lines.append(f"  - the pairs mix {e['env']}{split} (runs.csv's env columns say what differs)")
         if e["bootstrap"]:
             lines.append(f"  - paired bootstrap per seed (sacrebleu, off -> on): {e['bootstrap']}")
     return lines

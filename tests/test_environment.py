@@ -78,7 +78,21 @@ def test_a_pool_that_mixes_environments_says_so_and_one_that_does_not_stays_quie
         append_row(tmp_path, _row("off", seed, off, "e1" if seed < 2 else "e2"))
     board = {r["dropout"]: r for r in read_rows(build(tmp_path, plots=False))}
     assert board["on"]["env"] == "e1" and board["off"]["env"] == "2 environments: e1, e2"
-    assert read_rows(tmp_path / "effects.csv")[0]["env"] == "2 environments: e1, e2"
+    effect = read_rows(tmp_path / "effects.csv")[0]
+    assert effect["env"] == "2 environments: e1, e2" and effect["pairs_across_envs"] == "1"
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "quick `aaaa` dropout off pools rows from 2 environments: e1, e2" in md
-    assert "dropout on pools" not in md and "the pairs mix 2 environments: e1, e2" in md
+    assert "dropout on pools" not in md
+    assert "the pairs mix 2 environments: e1, e2; 1 of 3 pairs ran on and off in different environments" in md
+
+
+def test_an_effect_names_only_the_environments_of_its_pairs(tmp_path):
+    """An off row with no on partner (seed 3, from another machine) is on the board, not in the effect."""
+    for seed, (on, off) in enumerate([(0.60, 0.50), (0.62, 0.55), (0.61, 0.52)]):
+        append_row(tmp_path, _row("on", seed, on, "e1" if seed < 2 else "e2"))
+        append_row(tmp_path, _row("off", seed, off, "e1" if seed < 2 else "e2"))
+    append_row(tmp_path, _row("off", 3, 0.51, "e3"))
+    build(tmp_path, plots=False)
+    effect = read_rows(tmp_path / "effects.csv")[0]
+    assert effect["pairs"] == "3" and effect["env"] == "2 environments: e1, e2" and effect["pairs_across_envs"] == "0"
+    assert "the pairs mix 2 environments: e1, e2; each pair ran in one" in (tmp_path / "LEADERBOARD.md").read_text()
