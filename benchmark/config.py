@@ -52,8 +52,9 @@ class Preset:
     regularizer: str = ZAREMBA
     default_regularizer: str = ZAREMBA
     base_model: dict[str, Any] | None = None
-    """The model section before `apply_regularizer` changed it: what the settings hash reads, so that
-    every regularizer of a setting pairs with the same `off` runs."""
+    """The model section before `apply_regularizer` or `--dropout off` changed it: what the settings
+    hash and `overrides_of` read, so that every regularizer of a setting pairs with the same `off`
+    runs, and a rate given by `--set` counts as an override in both arms."""
 
     @property
     def hashed_model(self) -> dict[str, Any]:
@@ -220,6 +221,8 @@ def apply_dropout(preset: Preset, mode: str) -> dict[str, float]:
     if not keys:
         raise ConfigError(f"{preset.path}: model section names no dropout rate (a `dropout` key)")
     if mode == "off":
+        if preset.base_model is None:
+            preset.base_model = copy.deepcopy(preset.model)
         for k in keys:
             preset.model[k] = 0.0
         preset.model.pop("regularization", None)
@@ -245,7 +248,7 @@ def overrides_of(preset: Preset, trainer: dict[str, Any]) -> str:
         ours = {**mine, **(trainer if section == "trainer" else {})}
         ref = getattr(fresh, section)
         for key in sorted(set(ours) | set(ref)):
-            if key in PLACEMENT_KEYS or (section == "model" and key in dropout_keys(ours)):
+            if key in PLACEMENT_KEYS:
                 continue
             if ours.get(key) != ref.get(key):
                 diffs.append(f"{section}.{key}={ours.get(key)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmark.cli import main
-from benchmark.config import apply_dropout, load_preset
+from benchmark.config import apply_dropout, apply_regularizer, load_preset, overrides_of
 from benchmark.leaderboard import COLUMNS, build
 from benchmark.results import append_row, read_rows
 from tasks.nn.errors import ConfigError
@@ -63,6 +63,22 @@ def test_missing_data_says_what_to_fetch_and_writes_no_row(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "could not download ptb" in err and str(tmp_path / "empty" / "ptb" / "ptb.valid.txt") in err
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("dropout", ["on", "off"])
+def test_a_rate_given_by_set_is_an_override_in_both_arms_and_the_preset_as_named_has_none(dropout):
+    """A `--set model.dropout=0.3` run is another setting (its own hash): were it "the preset as named",
+    the leaderboard would take its hash as the current one and show the preset's own rows as superseded."""
+    changed = load_preset("speech", "quick", ["model.dropout=0.3"])
+    apply_dropout(changed, dropout)
+    assert overrides_of(changed, {}) == "model.dropout=0.3"
+    as_named = load_preset("speech", "quick")
+    apply_dropout(as_named, dropout)
+    assert overrides_of(as_named, {}) == "" and as_named.hashed_model["dropout"] == 0.5
+    regularized = load_preset("speech", "quick")
+    apply_regularizer(regularized, "locked")
+    apply_dropout(regularized, dropout)
+    assert overrides_of(regularized, {}) == ""
 
 
 def test_run_appends_one_row_with_its_overrides(tmp_path, data_root):
