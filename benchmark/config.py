@@ -235,6 +235,10 @@ PLACEMENT_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "precision"
                   "enable_model_summary", "logger", "callbacks"}
 
 
+def _as_hashed(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def overrides_of(preset: Preset, trainer: dict[str, Any]) -> str:
     """How a run's effective settings differ from its preset file, e.g. `trainer.max_steps=10`.
 
@@ -250,7 +254,9 @@ def overrides_of(preset: Preset, trainer: dict[str, Any]) -> str:
         for key in sorted(set(ours) | set(ref)):
             if key in PLACEMENT_KEYS:
                 continue
-            if ours.get(key) != ref.get(key):
+            # As the settings hash writes them: `--set model.lr=1` against `lr: 1.0` is another hash,
+            # so it must be an override too.
+            if _as_hashed(ours.get(key)) != _as_hashed(ref.get(key)):
                 diffs.append(f"{section}.{key}={ours.get(key)}")
     return " ".join(diffs)
 

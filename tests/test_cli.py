@@ -79,6 +79,10 @@ def test_a_rate_given_by_set_is_an_override_in_both_arms_and_the_preset_as_named
     apply_regularizer(regularized, "locked")
     apply_dropout(regularized, dropout)
     assert overrides_of(regularized, {}) == ""
+    # 1 is not 1.0 to the settings hash (JSON), so not to the overrides either
+    integer = load_preset("ptb", "medium", ["model.lr=1"])
+    apply_dropout(integer, dropout)
+    assert overrides_of(integer, {}) == "model.lr=1"
 
 
 def test_run_appends_one_row_with_its_overrides(tmp_path, data_root):
