@@ -218,14 +218,13 @@ def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
 def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict], results_dir: Path) -> list[dict]:
     out, tm = [], TaskMetrics(task, preset)
     for metric in (tm.headline, f"best_{tm.headline}"):
-        by_seed = [{int(r["seed"]): float(r[metric]) for r in rows if r.get(metric)} for rows in (on, off)]
-        effect = stats.paired_effect(*by_seed)
+        paired = [{int(r["seed"]): r for r in rows if r.get(metric)} for rows in (on, off)]
+        effect = stats.paired_effect(*({s: float(r[metric]) for s, r in arm.items()} for arm in paired))
         if effect is None:
             continue
         lower = stats.lower_is_better(metric)
         # A pair run in two environments differs by more than the regularizer (a fixed seed does
         # not carry across CPUs): still a fair draw, but not like with like, so it is counted.
-        paired = [{int(r["seed"]): r for r in rows if r.get(metric)} for rows in (on, off)]
         seeds = sorted(set(paired[0]) & set(paired[1]))
         across = sum((paired[0][s].get("env") or "unrecorded") != (paired[1][s].get("env") or "unrecorded")
                      for s in seeds)
