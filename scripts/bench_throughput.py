@@ -14,9 +14,10 @@ and run order hit both alike; the ratio is of medians.
     # peer as it ships (fp32 always): a speed-up that changes the math, so a finding, not the target
     python scripts/bench_throughput.py --data-root ../shared/data --presets small --loops lightning plain \
         pytorch_examples --peer ../shared/peers/word_language_model --precisions 32-true bf16-mixed
-    # on a GPU: fused vs stacked backbone, fp32 vs bf16 autocast, plain loop only
-    python scripts/bench_throughput.py --data-root DATA --accelerator cuda --loops plain \
-        --backbones fused stacked --precisions 32-true bf16-mixed --presets small medium large --steps 300 200 100
+    # on a GPU: fused vs stacked backbone, fp32 vs bf16 autocast, the plain loop eagerly and as one
+    # CUDA graph per step; or with its output layer and loss under torch.compile (--loops plain compiled)
+    python scripts/bench_throughput.py --data-root DATA --accelerator cuda --loops plain graphed \
+        --backbones fused stacked --precisions 32-true bf16-mixed --presets small medium large --steps 200 100 50
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -130,6 +132,96 @@ def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: in
     return steps * dm.batch_size * dm.bptt / (time.perf_counter() - t0)
 
 
+def compiled_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: int, backbone: str,
+                          accelerator: str, precision: str) -> float:
+    """The plain loop with the output layer and its cross-entropy under `torch.compile` (compiled in
+    the warm-up steps). The LSTM stays eager: Dynamo breaks the graph at recurrent modules, and the
+    fused kernel is what a compiled LSTM would call anyway."""
+    dm, model, trainer_cfg = build(preset_name, data_root, backbone)
+    device = torch.device(accelerator)
+    model.to(device).train()
+    head_loss = torch.compile(lambda h, y: F.cross_entropy(model.head(h).flatten(0, 1).float(), y.flatten()))
+    opt = torch.optim.SGD(model.parameters(), lr=model.hparams.lr)
+    clip, state, t0 = trainer_cfg["gradient_clip_val"], None, None
+    for i, (x, y) in enumerate(dm.train_dataloader()):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        if i == warmup + steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            h, state = model.rnn(model.embed(x), state)  # as the module's _nll: state carried, detached
+            state = (state[0].detach(), state[1].detach())
+            loss = head_loss(h, y) * y.size(0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+    sync(device)
+    return steps * dm.batch_size * dm.bptt / (time.perf_counter() - t0)
+
+
+def graphed_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: int, backbone: str,
+                         accelerator: str, precision: str) -> float:
+    """The whole training step (forward, backward, clip, SGD, the state handed to the next window)
+    captured once as a CUDA graph and replayed on each batch copied into its static inputs
+    (PyTorch's whole-network capture): no kernel-launch overhead, which small models on a GPU are
+    bound by. The learning rate is fixed in the graph, which a throughput measurement allows. CUDA
+    only; NaN, with the reason printed, where the capture fails."""
+    dm, model, trainer_cfg = build(preset_name, data_root, backbone)
+    device = torch.device(accelerator)
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=model.hparams.lr, foreach=True)
+    clip = trainer_cfg["gradient_clip_val"]
+    batches = iter(dm.train_dataloader())
+    x0, y0 = next(batches)
+    static_x, static_y = x0.to(device), y0.to(device)
+    with torch.no_grad():
+        _, (h, c) = model.rnn(model.embed(static_x))
+    static_h, static_c = torch.zeros_like(h), torch.zeros_like(c)
+
+    def step() -> torch.Tensor:
+        # No autocast cache: cast copies cached during capture would be stale at replay (PyTorch's note).
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed", cache_enabled=False):
+            out, (h, c) = model.rnn(model.embed(static_x), (static_h, static_c))
+            loss = F.cross_entropy(model.head(out).flatten(0, 1).float(), static_y.flatten()) * static_y.size(0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+        opt.step()
+        static_h.copy_(h.detach())  # truncated BPTT: the next window starts from this one's state
+        static_c.copy_(c.detach())
+        return loss
+
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up before capture, on a side stream, as PyTorch's recipe asks
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)  # the captured backward allocates the gradients in the graph's pool
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as err:  # noqa: BLE001 (a measurement, not a run: report and go on)
+        print(f"{preset_name}/{backbone}/{precision}: CUDA graph capture failed: {type(err).__name__}: {err}", flush=True)
+        return float("nan")
+    t0 = None
+    for i, (x, y) in enumerate(batches):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        if i == warmup + steps:
+            break
+        static_x.copy_(x, non_blocking=True)
+        static_y.copy_(y, non_blocking=True)
+        graph.replay()
+    sync(device)
+    return steps * dm.batch_size * dm.bptt / (time.perf_counter() - t0)
+
+
 def peer_tokens_per_s(peer: Path, preset_name: str, data_root: Path, warmup: int, steps: int, threads: int,
                       interval: int = 25) -> float:
     """pytorch/examples' word_language_model (an unmodified checkout at `peer`) training the same
@@ -183,8 +275,10 @@ def main() -> None:
     ap.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--backbones", nargs="+", default=["fused"], choices=("fused", "stacked"))
     ap.add_argument("--loops", nargs="+", default=["lightning", "plain"],
-                    choices=("lightning", "plain", "pytorch_examples"),
-                    help="pytorch_examples: needs --peer, the CPU, fp32 and the fused backbone (its nn.LSTM)")
+                    choices=("lightning", "plain", "compiled", "graphed", "pytorch_examples"),
+                    help="compiled: the plain loop, its output layer and loss under torch.compile; graphed: the "
+                         "plain loop's whole step as one CUDA graph (cuda only); pytorch_examples: needs --peer, "
+                         "the CPU, fp32 and the fused backbone (its nn.LSTM)")
     ap.add_argument("--peer", type=Path, default=None,
                     help="a checkout of pytorch/examples' word_language_model (BSD; not part of this project)")
     ap.add_argument("--precisions", nargs="+", default=["32-true"], choices=("32-true", "bf16-mixed"))
@@ -197,11 +291,14 @@ def main() -> None:
         ap.error("--loops pytorch_examples needs --peer DIR holding word_language_model's main.py")
     if "pytorch_examples" in args.loops and (args.accelerator != "cpu" or args.backbones != ["fused"]):
         ap.error("--loops pytorch_examples compares on the CPU, fused backbone only (its nn.LSTM as it ships)")
+    if "graphed" in args.loops and args.accelerator != "cuda":
+        ap.error("--loops graphed captures CUDA graphs: it needs --accelerator cuda")
 
     def peer(preset, data_root, warmup, steps, backbone, accelerator, precision):
         return peer_tokens_per_s(args.peer, preset, data_root, warmup, steps, args.threads)
 
-    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s, "pytorch_examples": peer}
+    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s, "compiled": compiled_tokens_per_s,
+               "graphed": graphed_tokens_per_s, "pytorch_examples": peer}
     trainer = L.Trainer(accelerator=args.accelerator, devices=1, logger=False)
     rows = []
     for preset, steps in zip(args.presets, args.steps):
@@ -209,9 +306,10 @@ def main() -> None:
         train_tokens.setup()
         epoch_tokens = len(train_tokens.train_dataloader()) * train_tokens.batch_size * train_tokens.bptt
         for backbone, precision in [(b, p) for b in args.backbones for p in args.precisions]:
-            # One loop per (loop, loss) pair; the peer has its own loss and runs once per repetition.
-            sides = [(loop, loss) for loop in args.loops for loss in
-                     (args.losses if loop != "pytorch_examples" else ["own"])]
+            # One loop per (loop, loss) pair; the peer has its own loss and runs once per repetition;
+            # the compiled and graphed loops train the module's default, two-step loss.
+            losses = {"pytorch_examples": ["own"], "compiled": ["unfused"], "graphed": ["unfused"]}
+            sides = [(loop, loss) for loop in args.loops for loss in losses.get(loop, args.losses)]
             runs: dict[str, list[float]] = {side_name(*side): [] for side in sides}
             for rep in range(args.reps):  # alternate A B, B A, ... so load drift and order hit both alike
                 for loop, loss in (sides if rep % 2 == 0 else sides[::-1]):
@@ -231,6 +329,9 @@ def main() -> None:
                 row["ratio_lightning_over_plain"] = f"{med['lightning'] / med['plain']:.3f}"
             if "lightning_fused" in med and "plain_fused" in med:
                 row["ratio_lightning_fused_over_plain_fused"] = f"{med['lightning_fused'] / med['plain_fused']:.3f}"
+            for loop in ("compiled", "graphed"):
+                if loop in med and "plain" in med:
+                    row[f"ratio_{loop}_over_plain"] = f"{med[loop] / med['plain']:.3f}"
             if "pytorch_examples" in med:  # this project's loops against the reference implementation
                 for loop in (k for k in med if k != "pytorch_examples"):
                     key = "ratio_vs_pytorch_examples" if loop == "lightning" else f"{loop}_ratio_vs_pytorch_examples"
@@ -238,11 +339,11 @@ def main() -> None:
             row.update({"device": device_name(trainer), "git_commit": git_commit(),
                         "command": shlex.join(["python", *sys.argv])})
             rows.append(row)
+            if args.out:  # after every row: a run stopped by a time limit keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                write_rows_atomic(args.out, rows)
             print(f"{preset}/{backbone}/{precision}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in med.items())
                   + "".join(f", {k} {row[k]}" for k in row if "ratio" in k), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_rows_atomic(args.out, rows)
 
 
 if __name__ == "__main__":
