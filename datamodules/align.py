@@ -36,7 +36,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import soundfile as sf
 from tqdm import tqdm
 
 from datamodules.phones import CMU_PHONES
@@ -259,6 +258,8 @@ class Aligner:
 
     def align(self, item: Item) -> list[tuple[int, int, str]]:
         """(start_sample, end_sample, PHONE) covering the utterance; DataError when it cannot be labelled."""
+        import soundfile as sf  # audio only: the other tasks import this module without libsndfile (GPU images)
+
         try:
             wave, rate = sf.read(item.audio, dtype="int16", always_2d=True)
         except (RuntimeError, sf.LibsndfileError) as err:

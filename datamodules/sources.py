@@ -17,8 +17,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
-
 from datamodules import download as fetch
 from datamodules.align import AUDIO_SUFFIXES, align_corpus, audio_of
 from tasks.nn.errors import DataError
@@ -53,6 +51,8 @@ TIMIT_SAMPLE = fetch.Dataset(
 
 def sample_digest(audio: Path) -> str:
     """sha256 of a file's 16-bit little-endian samples: the same for any lossless container."""
+    import soundfile as sf  # audio only: PTB and the text tasks run where libsndfile is missing (GPU images)
+
     samples, _ = sf.read(audio, dtype="int16")
     return hashlib.sha256(samples.astype("<i2").tobytes()).hexdigest()
 
@@ -60,6 +60,8 @@ def sample_digest(audio: Path) -> str:
 def check_an4_samples(folder: Path) -> None:
     """Every utterance of the list present with exactly its samples, whatever the container (the
     publisher's NIST SPHERE, GitHub's RIFF WAV, the shared FLAC copy)."""
+    import soundfile as sf  # as in sample_digest
+
     wrong = []
     for stem, digest in AN4_SAMPLE_SUMS.items():
         audio = audio_of(folder / stem)

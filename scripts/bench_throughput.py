@@ -14,8 +14,11 @@ and run order hit both alike; the ratio is of medians.
     # peer as it ships (fp32 always): a speed-up that changes the math, so a finding, not the target
     python scripts/bench_throughput.py --data-root ../shared/data --presets small --loops lightning plain \
         pytorch_examples --peer ../shared/peers/word_language_model --precisions 32-true bf16-mixed
+    # output layer and loss under torch.compile (model.compile_loss) against the two eager steps
+    python scripts/bench_throughput.py --data-root ../shared/data --presets small --loops lightning plain \
+        --losses unfused compiled --reps 6
     # on a GPU: fused vs stacked backbone, fp32 vs bf16 autocast, the plain loop eagerly and as one
-    # CUDA graph per step; or with its output layer and loss under torch.compile (--loops plain compiled)
+    # CUDA graph per step
     python scripts/bench_throughput.py --data-root DATA --accelerator cuda --loops plain graphed \
         --backbones fused stacked --precisions 32-true bf16-mixed --presets small medium large --steps 200 100 50
 """
@@ -69,7 +72,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-LOSS = "unfused"  # set from --losses: the output layer and its cross-entropy fused (tasks/nn/fused_loss.py) or not
+LOSS = "unfused"  # set from --losses: the output layer and its cross-entropy fused (tasks/nn/fused_loss.py),
+                  # compiled (model.compile_loss) or neither
 
 
 def dropout_of(preset) -> float:
@@ -83,7 +87,7 @@ def build(preset_name: str, data_root: Path, backbone: str) -> tuple[PTBDataModu
     dm = PTBDataModule(data_root, download=False, **preset.data)
     dm.setup("fit")
     model = LanguageModel(**{**preset.model, "dropout": dropout_of(preset), "backbone": backbone,
-                             "fused_loss": LOSS == "fused"}, **dm.model_kwargs())
+                             "fused_loss": LOSS == "fused", "compile_loss": LOSS == "compiled"}, **dm.model_kwargs())
     return dm, model, preset.trainer
 
 
@@ -124,36 +128,6 @@ def plain_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: in
         # loss, which the .float() cross-entropy makes fp32 either way).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             loss = model._nll((x, y), "train") * y.size(0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-    sync(device)
-    return steps * dm.batch_size * dm.bptt / (time.perf_counter() - t0)
-
-
-def compiled_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: int, backbone: str,
-                          accelerator: str, precision: str) -> float:
-    """The plain loop with the output layer and its cross-entropy under `torch.compile` (compiled in
-    the warm-up steps). The LSTM stays eager: Dynamo breaks the graph at recurrent modules, and the
-    fused kernel is what a compiled LSTM would call anyway."""
-    dm, model, trainer_cfg = build(preset_name, data_root, backbone)
-    device = torch.device(accelerator)
-    model.to(device).train()
-    head_loss = torch.compile(lambda h, y: F.cross_entropy(model.head(h).flatten(0, 1).float(), y.flatten()))
-    opt = torch.optim.SGD(model.parameters(), lr=model.hparams.lr)
-    clip, state, t0 = trainer_cfg["gradient_clip_val"], None, None
-    for i, (x, y) in enumerate(dm.train_dataloader()):
-        if i == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-        if i == warmup + steps:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            h, state = model.rnn(model.embed(x), state)  # as the module's _nll: state carried, detached
-            state = (state[0].detach(), state[1].detach())
-            loss = head_loss(h, y) * y.size(0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -259,7 +233,7 @@ def peer_tokens_per_s(peer: Path, preset_name: str, data_root: Path, warmup: int
 
 
 def side_name(loop: str, loss: str) -> str:
-    """`lightning`, `plain` (the model's default loss, unfused) or `lightning_fused`; `pytorch_examples`."""
+    """`lightning`, `plain` (the model's default loss, unfused), `lightning_fused`, `plain_compiled`...; `pytorch_examples`."""
     return loop if loss in ("unfused", "own") else f"{loop}_{loss}"
 
 
@@ -275,15 +249,15 @@ def main() -> None:
     ap.add_argument("--accelerator", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--backbones", nargs="+", default=["fused"], choices=("fused", "stacked"))
     ap.add_argument("--loops", nargs="+", default=["lightning", "plain"],
-                    choices=("lightning", "plain", "compiled", "graphed", "pytorch_examples"),
-                    help="compiled: the plain loop, its output layer and loss under torch.compile; graphed: the "
-                         "plain loop's whole step as one CUDA graph (cuda only); pytorch_examples: needs --peer, "
-                         "the CPU, fp32 and the fused backbone (its nn.LSTM)")
+                    choices=("lightning", "plain", "graphed", "pytorch_examples"),
+                    help="graphed: the plain loop's whole step as one CUDA graph (cuda only); pytorch_examples: "
+                         "needs --peer, the CPU, fp32 and the fused backbone (its nn.LSTM)")
     ap.add_argument("--peer", type=Path, default=None,
                     help="a checkout of pytorch/examples' word_language_model (BSD; not part of this project)")
     ap.add_argument("--precisions", nargs="+", default=["32-true"], choices=("32-true", "bf16-mixed"))
-    ap.add_argument("--losses", nargs="+", default=["unfused"], choices=("fused", "unfused"),
-                    help="the output layer and its cross-entropy as two steps (the model's default) or fused")
+    ap.add_argument("--losses", nargs="+", default=["unfused"], choices=("fused", "unfused", "compiled"),
+                    help="the output layer and its cross-entropy as two steps (the model's default), fused "
+                         "(model.fused_loss) or the two steps under torch.compile (model.compile_loss)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -297,8 +271,8 @@ def main() -> None:
     def peer(preset, data_root, warmup, steps, backbone, accelerator, precision):
         return peer_tokens_per_s(args.peer, preset, data_root, warmup, steps, args.threads)
 
-    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s, "compiled": compiled_tokens_per_s,
-               "graphed": graphed_tokens_per_s, "pytorch_examples": peer}
+    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s, "graphed": graphed_tokens_per_s,
+               "pytorch_examples": peer}
     trainer = L.Trainer(accelerator=args.accelerator, devices=1, logger=False)
     rows = []
     for preset, steps in zip(args.presets, args.steps):
@@ -307,8 +281,8 @@ def main() -> None:
         epoch_tokens = len(train_tokens.train_dataloader()) * train_tokens.batch_size * train_tokens.bptt
         for backbone, precision in [(b, p) for b in args.backbones for p in args.precisions]:
             # One loop per (loop, loss) pair; the peer has its own loss and runs once per repetition;
-            # the compiled and graphed loops train the module's default, two-step loss.
-            losses = {"pytorch_examples": ["own"], "compiled": ["unfused"], "graphed": ["unfused"]}
+            # the graphed loop trains the module's default, two-step loss.
+            losses = {"pytorch_examples": ["own"], "graphed": ["unfused"]}
             sides = [(loop, loss) for loop in args.loops for loss in losses.get(loop, args.losses)]
             runs: dict[str, list[float]] = {side_name(*side): [] for side in sides}
             for rep in range(args.reps):  # alternate A B, B A, ... so load drift and order hit both alike
@@ -329,9 +303,11 @@ def main() -> None:
                 row["ratio_lightning_over_plain"] = f"{med['lightning'] / med['plain']:.3f}"
             if "lightning_fused" in med and "plain_fused" in med:
                 row["ratio_lightning_fused_over_plain_fused"] = f"{med['lightning_fused'] / med['plain_fused']:.3f}"
-            for loop in ("compiled", "graphed"):
-                if loop in med and "plain" in med:
-                    row[f"ratio_{loop}_over_plain"] = f"{med[loop] / med['plain']:.3f}"
+            if "graphed" in med and "plain" in med:
+                row["ratio_graphed_over_plain"] = f"{med['graphed'] / med['plain']:.3f}"
+            for loop in ("lightning", "plain"):
+                if f"{loop}_compiled" in med and loop in med:
+                    row[f"ratio_{loop}_compiled_over_{loop}"] = f"{med[f'{loop}_compiled'] / med[loop]:.3f}"
             if "pytorch_examples" in med:  # this project's loops against the reference implementation
                 for loop in (k for k in med if k != "pytorch_examples"):
                     key = "ratio_vs_pytorch_examples" if loop == "lightning" else f"{loop}_ratio_vs_pytorch_examples"

@@ -7,6 +7,9 @@ starts from zeros at every epoch of every stage.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -23,6 +26,19 @@ from tasks.nn.mixture import mixture_nll
 from tasks.nn.regularizers import Regularization, WordEmbedding
 
 
+def head_nll(h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
+    """Mean NLL per token of the output layer's logits for (T, B, H) outputs and (T, B) targets."""
+    return F.cross_entropy(F.linear(h, weight, bias).flatten(0, 1).float(), y.flatten())
+
+
+@functools.cache
+def compiled_head_nll() -> Callable[..., Tensor]:
+    """`head_nll` under torch.compile, one per process: the weights are arguments, not a model's
+    attributes, so a new model (the next run of a sweep) reuses the compiled code instead of
+    recompiling until Dynamo's limit makes it fall back to eager."""
+    return torch.compile(head_nll, dynamic=False)
+
+
 class LanguageModel(TaskModule):
 
     def __init__(
@@ -37,6 +53,7 @@ class LanguageModel(TaskModule):
         lr_decay: float = 2.0,
         decay_after: int = 4,
         fused_loss: bool = False,
+        compile_loss: bool = False,
         regularization: dict[str, float] | None = None,
         weight_decay: float = 0.0,
     ) -> None:
@@ -48,10 +65,16 @@ class LanguageModel(TaskModule):
         (tasks/nn/fused_loss.py: the same math, fewer passes over the logits). Off by default: on
         this project's 2-core CPUs its gain did not hold up beyond noise
         (results/throughput-fused-loss.csv); on for a machine where the benchmark shows it pays.
+        `compile_loss`: train with the output layer and its cross-entropy under `torch.compile` (the
+        LSTM stays eager: Dynamo breaks its graph at recurrent modules). The same math to float
+        tolerance, not bit for bit; compiled at the first training step, once per shape in a
+        process. Off by default (results/throughput-compiled-cpu.csv, README "Speed").
         `regularization`: the mechanisms beyond `dropout` (tasks/nn/regularizers.py), `embedding` here.
         `weight_decay`: SGD's, lr * wd * w per step (Gal & Ghahramani's script subtracts wd * w
         whatever the rate: the same at lr 1, weaker once the rate decays)."""
         super().__init__()
+        if fused_loss and compile_loss:
+            raise ValueError("fused_loss and compile_loss are two ways to the same loss: choose one")
         self.save_hyperparameters()
         reg = Regularization.of(regularization) or Regularization()
         self.embed = WordEmbedding(vocab_size, hidden_size, drop_types=reg.embedding)
@@ -78,7 +101,9 @@ class LanguageModel(TaskModule):
         if self.training and self.hparams.fused_loss and h.dtype == torch.float32 \
                 and not torch.is_autocast_enabled(h.device.type):
             return linear_cross_entropy(h.flatten(0, 1), self.head.weight, self.head.bias, y.flatten()) / y.numel()
-        return F.cross_entropy(self.head(h).flatten(0, 1).float(), y.flatten())
+        if self.training and self.hparams.get("compile_loss"):
+            return compiled_head_nll()(h, self.head.weight, self.head.bias, y)
+        return head_nll(h, self.head.weight, self.head.bias, y)
 
     # -- training -------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

@@ -201,3 +201,30 @@ def test_each_log_message_is_printed_once():
             "logging.getLogger('benchmark.runner').info('a project message')")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert err.count("a lightning message") == 1 and err.count("a project message") == 1, err
+
+
+def test_a_ptb_run_needs_no_audio_or_text_extras(tmp_path, data_root):
+    """The GPU image that runs scripts/gpu_check.sh has torch and lightning but not soundfile,
+    sacremoses, jiwer or wandb: a PTB run with the CSV logger must not import them (soundfile was
+    imported by the CLI through the data sources and stopped every GPU stage)."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent("""
+        import importlib.abc, sys
+        class Missing(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {"soundfile", "sacremoses", "jiwer", "wandb"}:
+                    raise ModuleNotFoundError(f"No module named {name!r}")
+        sys.meta_path.insert(0, Missing())
+        from benchmark.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    args = ["run", "--task", "ptb", "--data-root", str(data_root), "--logger", "csv", "--dropout", "on",
+            "--results-dir", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"), *FAST]
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(read_rows(tmp_path / "results" / "runs.csv")) == 1

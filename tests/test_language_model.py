@@ -248,6 +248,19 @@ def test_fused_loss_trains_to_the_same_perplexity(tmp_path, data_root):
         assert float(rows[0][key]) == pytest.approx(float(rows[1][key]), rel=1e-4), key
 
 
+def test_compiled_loss_trains_to_the_same_perplexity(tmp_path, data_root):
+    """The output layer and its loss under torch.compile, in a short run at a fixed seed: the same
+    numbers as the eager steps to float tolerance (the compiled kernels sum in another order)."""
+    rows = [run(tiny_preset(compile_loss=on), opts(tmp_path / str(on), data_root, seed=1)) for on in (True, False)]
+    for key in ("train_ppl", "valid_ppl", "test_ppl"):
+        assert float(rows[0][key]) == pytest.approx(float(rows[1][key]), rel=1e-4), key
+
+
+def test_fused_and_compiled_loss_are_one_or_the_other():
+    with pytest.raises(ValueError, match="choose one"):
+        LanguageModel(vocab_size=10, hidden_size=4, fused_loss=True, compile_loss=True)
+
+
 def test_evaluation_windows_only_change_how_many_steps_read_the_stream(data_root, monkeypatch):
     """Evaluation carries the state across windows, so long windows (the default, one window
     for the fixture's whole stream) and short ones (16 tokens) score the same."""
