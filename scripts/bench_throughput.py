@@ -38,7 +38,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -49,7 +48,7 @@ from benchmark.config import load_preset  # noqa: E402
 from benchmark.results import write_rows_atomic  # noqa: E402
 from benchmark.runner import device_name, git_commit  # noqa: E402
 from datamodules.ptb import PTBDataModule  # noqa: E402
-from tasks.language_model import LanguageModel  # noqa: E402
+from tasks.language_model import LanguageModel, head_nll  # noqa: E402
 
 
 class StepClock(L.Callback):
@@ -159,7 +158,7 @@ def graphed_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: 
         # No autocast cache: cast copies cached during capture would be stale at replay (PyTorch's note).
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed", cache_enabled=False):
             out, (h, c) = model.rnn(model.embed(static_x), (static_h, static_c))
-            loss = F.cross_entropy(model.head(out).flatten(0, 1).float(), static_y.flatten()) * static_y.size(0)
+            loss = head_nll(out, model.head.weight, model.head.bias, static_y) * static_y.size(0)  # as _nll
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
         opt.step()

@@ -101,7 +101,7 @@ class LanguageModel(TaskModule):
         if self.training and self.hparams.fused_loss and h.dtype == torch.float32 \
                 and not torch.is_autocast_enabled(h.device.type):
             return linear_cross_entropy(h.flatten(0, 1), self.head.weight, self.head.bias, y.flatten()) / y.numel()
-        if self.training and self.hparams.get("compile_loss"):
+        if self.training and self.hparams.compile_loss:
             return compiled_head_nll()(h, self.head.weight, self.head.bias, y)
         return head_nll(h, self.head.weight, self.head.bias, y)
 
