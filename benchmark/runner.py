@@ -24,7 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from benchmark import environment, identity, wandb_log
+from benchmark import allocator, environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
@@ -294,6 +294,7 @@ def build(r: Run) -> None:
     read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
     r.commit = git_commit()  # the code that trains, not what the tree holds when the run ends
     r.run_id = run_id(r.run_dir)
+    allocator.keep_freed_memory()  # before the first large tensor: no page faults in every step
     L.seed_everything(opts.seed, workers=True, verbose=False)
     r.dm.setup("fit")
     module_cls = registry.load_class(preset.module)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark import allocator
 from benchmark.checkpoints import check_checkpoint
 from datamodules.base import TaskDataModule
 from tasks import registry
@@ -83,6 +84,7 @@ def task_of(ckpt: dict[str, Any], path: Path) -> registry.TaskSpec:
 def load(path: Path, which: str = "last", task: str | None = None) -> Trained:
     """Load a trained model (`path`: a run folder or a `.ckpt`). `task`: the task the caller needs;
     a checkpoint of another is refused with a message that says what it is."""
+    allocator.keep_freed_memory()  # scoring and decoding reuse large buffers too (benchmark/allocator.py)
     file = checkpoint_path(path, which)
     if not file.is_file():
         raise ConfigError(f"{file}: not found; give a run folder of `bench run` or a .ckpt file")

@@ -14,10 +14,14 @@ Each pass is `Trainer.validate` / `Trainer.test` as a run calls them, Trainer se
 run validates once per epoch and tests twice (the last and the best-by-validation checkpoints), so
 one run's saving is the validation difference times the epochs, plus, for PTB, twice the test
 difference; `make bench` runs each task twice (on and off). A trained model's greedy outputs are
-as long as they will be at the run's end; an early epoch's may be longer or shorter.
+as long as they will be at the run's end; an early epoch's may be longer or shorter. Models are
+read as `bench run` and `bench eval` read them, with freed memory kept in the process
+(benchmark/allocator.py; `malloc` column) unless RNNREG_MALLOC=default.
 
     python scripts/bench_eval_cost.py --runs-dir runs/bench-quick --data-root ../shared/data \\
         --out results/throughput-eval.csv
+    python scripts/bench_eval_cost.py --runs-dir runs/bench-quick --data-root ../shared/data --tasks ptb \
+        --out results/throughput-eval-ptb-kept-memory.csv
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import datamodules.ptb as ptb  # noqa: E402
-from benchmark import trained  # noqa: E402
+from benchmark import allocator, trained  # noqa: E402
 from benchmark.results import write_rows_atomic  # noqa: E402
 from benchmark.runner import device_label, git_commit  # noqa: E402
 
@@ -110,21 +114,27 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--tasks", nargs="+", default=["translation", "captioning", "ptb"],
+                    choices=("translation", "captioning", "ptb"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    folders = {task: run_folder(args.runs_dir, task) for task in ("translation", "captioning", "ptb")}
+    folders = {task: run_folder(args.runs_dir, task) for task in args.tasks}
     # (task, pass, how often a run makes it, {"before": [s], "after": [s]})
     measured = [(task, "validation: greedy decoding and perplexity / perplexity only", epochs_of(folders[task]),
-                 text_generator(folders[task], args.data_root, args.reps)) for task in ("translation", "captioning")]
-    lm = language_model(folders["ptb"], args.data_root, args.reps)
-    measured += [("ptb", "validation: windows of bptt / of 2,048 tokens", epochs_of(folders["ptb"]), lm["validate"]),
-                 ("ptb", "test, both layouts: windows of bptt / of 2,048 tokens", 2, lm["test"])]
+                 text_generator(folders[task], args.data_root, args.reps))
+                for task in args.tasks if task in ("translation", "captioning")]
+    if "ptb" in folders:
+        lm = language_model(folders["ptb"], args.data_root, args.reps)
+        measured += [("ptb", "validation: windows of bptt / of 2,048 tokens", epochs_of(folders["ptb"]),
+                      lm["validate"]),
+                     ("ptb", "test, both layouts: windows of bptt / of 2,048 tokens", 2, lm["test"])]
     device, commit, command = device_label(torch.device("cpu")), git_commit(), shlex.join(["python", *sys.argv])
     rows = []
     for task, what, per_run, times in measured:
         before, after = (statistics.median(times[k]) for k in ("before", "after"))
         rows.append({"task": task, "preset": "quick", "pass": what, "threads": args.threads, "reps": args.reps,
+                     "malloc": "kept" if allocator.keep_freed_memory() else "glibc",
                      "before_s": f"{before:.2f}", "after_s": f"{after:.2f}",
                      "before_runs": " ".join(f"{x:.2f}" for x in times["before"]),
                      "after_runs": " ".join(f"{x:.2f}" for x in times["after"]),

@@ -33,17 +33,28 @@ from benchmark.runner import device_label, git_commit  # noqa: E402
 STEPS = {"ptb": 300, "speech": 60, "translation": 150, "captioning": 100}
 
 
-def sweep(task: str, steps: int, jobs: int, data_root: Path, folder: Path) -> tuple[float, list[str]]:
-    """Wall seconds of one `bench run` of the task's on and off runs, and their training tokens/s."""
-    cmd = [sys.executable, "-m", "benchmark.cli", "run", "--task", task, "--preset", "quick", "--dropout", "on,off",
+def sweep(task: str, steps: int, jobs: int, data_root: Path, folder: Path, dropout: str = "on,off",
+          env: dict[str, str] | None = None, peak: list[float] | None = None) -> tuple[float, list[str]]:
+    """Wall seconds of one `bench run` of the task's on and off runs (or `dropout`), and their
+    training tokens/s; `env`: variables set for it on top of this process's; `peak`, if given,
+    gets the command's peak resident memory in MB (its largest process)."""
+    cmd = [sys.executable, "-m", "benchmark.cli", "run", "--task", task, "--preset", "quick", "--dropout", dropout,
            "--max-steps", str(steps), "--jobs", str(jobs), "--data-root", str(data_root), "--logger", "csv",
            "--runs-dir", str(folder / "runs"), "--results-dir", str(folder / "results"),
            "--set", "trainer.enable_progress_bar=false"]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
-    wall = time.perf_counter() - t0
-    if done.returncode:
-        sys.exit(f"{shlex.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "stderr.txt", "w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)  # this command's own resource use, peak memory included
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            sys.exit(f"{shlex.join(cmd)} failed:\n{err.read()[-3000:]}")
+    if peak is not None:
+        peak.append(usage.ru_maxrss / 1024)  # KB on Linux
     rows = read_rows(folder / "results" / "runs.csv")
     return wall, [f"{r['dropout']} {r['tokens_per_s']}" for r in sorted(rows, key=lambda r: r["dropout"])]
 

@@ -4,12 +4,20 @@ Both sides train the same LanguageModel on the same PTB windows with the same th
 the paper's loss scale, gradient-norm clipping and truncated BPTT. The Trainer side runs with what a
 real `bench run` attaches (progress bar, CSV logger, throughput and seed callbacks), minus
 validation and checkpoint writing. Repetitions alternate (A B, B A, ...) so drift in machine load
-and run order hit both alike; the ratio is of medians.
+and run order hit both alike; the ratio is of medians. With `--mallocs keep default`, each
+measurement runs in a fresh process.
+This project's loops run with freed memory kept in the process, as `bench run` sets it
+(benchmark/allocator.py); `--mallocs keep default` adds them with glibc as it is (`*_glibc`), and
+`--peer-mallocs default keep` the peer given the same setting (`pytorch_examples_keep`).
 
     python scripts/bench_throughput.py --data-root ../shared/data --presets small medium --out results/throughput.csv
     # against pytorch/examples' word_language_model (a checkout of it, given by path), side by side
     python scripts/bench_throughput.py --data-root ../shared/data --presets small --loops lightning plain \
         pytorch_examples --peer ../shared/peers/word_language_model --out results/throughput-vs-examples.csv
+    # the allocator setting on both sides: this project's loops with and without, the peer as it
+    # ships and with it, all in one run
+    python scripts/bench_throughput.py --data-root ../shared/data --presets small --loops lightning plain \
+        pytorch_examples --peer ../shared/peers/word_language_model --mallocs keep default --peer-mallocs default keep
     # a CPU with bf16 instructions (AVX512_BF16, AMX): this project's loops in bf16 autocast beside the
     # peer as it ships (fp32 always): a speed-up that changes the math, so a finding, not the target
     python scripts/bench_throughput.py --data-root ../shared/data --presets small --loops lightning plain \
@@ -26,6 +34,7 @@ and run order hit both alike; the ratio is of medians.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import shlex
@@ -34,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -43,6 +53,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmark import allocator  # noqa: E402
 from benchmark.callbacks import EpochSeed, TokenThroughput  # noqa: E402
 from benchmark.config import load_preset  # noqa: E402
 from benchmark.results import write_rows_atomic  # noqa: E402
@@ -196,11 +207,12 @@ def graphed_tokens_per_s(preset_name: str, data_root: Path, warmup: int, steps: 
 
 
 def peer_tokens_per_s(peer: Path, preset_name: str, data_root: Path, warmup: int, steps: int, threads: int,
-                      interval: int = 25) -> float:
+                      malloc: str = "default", interval: int = 25) -> float:
     """pytorch/examples' word_language_model (an unmodified checkout at `peer`) training the same
     shape on the same PTB files: its own `ms/batch` log lines, the first `warmup` batches left out.
     It runs in a process of its own with the same thread count, and is stopped once enough
-    intervals are logged."""
+    intervals are logged. malloc `keep`: glibc set through GLIBC_TUNABLES as `bench run` sets its own
+    (benchmark/allocator.py); `default`: as it ships."""
     preset = load_preset("ptb", preset_name)
     m, d = preset.model, preset.data
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,6 +224,9 @@ def peer_tokens_per_s(peer: Path, preset_name: str, data_root: Path, warmup: int
                "--log-interval", str(interval), "--save", str(Path(tmp, "model.pt"))]
         # Unbuffered: its log lines arrive as it writes them, so it is stopped as soon as enough are in.
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        env.pop("GLIBC_TUNABLES", None)
+        if malloc == "keep":
+            env["GLIBC_TUNABLES"] = allocator.glibc_tunables()
         proc = subprocess.Popen(cmd, cwd=peer, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         times, skip = [], -(-warmup // interval)  # whole intervals that hold warm-up batches
         try:
@@ -231,13 +246,32 @@ def peer_tokens_per_s(peer: Path, preset_name: str, data_root: Path, warmup: int
     return d["batch_size"] * d["bptt"] / (statistics.mean(times) / 1000)
 
 
-def side_name(loop: str, loss: str) -> str:
-    """`lightning`, `plain` (the model's default loss, unfused), `lightning_fused`, `plain_compiled`...; `pytorch_examples`."""
-    return loop if loss in ("unfused", "own") else f"{loop}_{loss}"
+def side_name(loop: str, loss: str, malloc: str) -> str:
+    """`lightning`, `plain` (the model's default loss, unfused), `lightning_fused`, `plain_compiled`...;
+    `pytorch_examples`. Each name means the allocator as each side runs by default: this project's
+    loops with freed memory kept (`bench run`'s setting), the peer as it ships; `_glibc` marks this
+    project's loops with glibc's default, `_keep` the peer given this project's setting."""
+    name = loop if loss in ("unfused", "own") else f"{loop}_{loss}"
+    if loop == "pytorch_examples":
+        return name + ("_keep" if malloc == "keep" else "")
+    return name + ("_glibc" if malloc == "default" else "")
+
+
+def measure_in_child(loop: str, loss: str, malloc: str, threads: int, peer: Path | None, *args) -> float:
+    """One measurement, in a fresh process where the sides differ in malloc setting (it holds for
+    a whole process, and then nothing else carries from one side to the next either)."""
+    global LOSS
+    torch.set_num_threads(threads)
+    LOSS = loss
+    if loop == "pytorch_examples":
+        return peer_tokens_per_s(peer, *args[:4], threads, malloc=malloc)
+    os.environ[allocator.ENV] = malloc
+    allocator.keep_freed_memory()
+    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s, "graphed": graphed_tokens_per_s}
+    return measure[loop](*args)
 
 
 def main() -> None:
-    global LOSS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", type=Path, required=True)
     ap.add_argument("--presets", nargs="+", default=["small", "medium"])
@@ -257,6 +291,11 @@ def main() -> None:
     ap.add_argument("--losses", nargs="+", default=["unfused"], choices=("fused", "unfused", "compiled"),
                     help="the output layer and its cross-entropy as two steps (the model's default), fused "
                          "(model.fused_loss) or the two steps under torch.compile (model.compile_loss)")
+    ap.add_argument("--mallocs", nargs="+", default=["keep"], choices=("keep", "default"),
+                    help="this project's loops with freed memory kept in the process (what `bench run` sets, "
+                         "benchmark/allocator.py) and/or glibc's default (`_glibc` in the column names)")
+    ap.add_argument("--peer-mallocs", nargs="+", default=["default"], choices=("keep", "default"),
+                    help="the peer as it ships (default) and/or given the same setting (`_keep`)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -267,11 +306,15 @@ def main() -> None:
     if "graphed" in args.loops and args.accelerator != "cuda":
         ap.error("--loops graphed captures CUDA graphs: it needs --accelerator cuda")
 
-    def peer(preset, data_root, warmup, steps, backbone, accelerator, precision):
-        return peer_tokens_per_s(args.peer, preset, data_root, warmup, steps, args.threads)
+    spawn = multiprocessing.get_context("spawn")  # not fork: a fresh interpreter, nothing inherited
+    isolate = len(args.mallocs) > 1  # a malloc setting holds for a whole process
 
-    measure = {"lightning": lightning_tokens_per_s, "plain": plain_tokens_per_s, "graphed": graphed_tokens_per_s,
-               "pytorch_examples": peer}
+    def measure(loop, loss, malloc, *run_args) -> float:
+        if not isolate:  # every side in this process (fast to start: a GPU run measures many)
+            return measure_in_child(loop, loss, malloc, args.threads, args.peer, *run_args)
+        with ProcessPoolExecutor(1, mp_context=spawn) as child:
+            return child.submit(measure_in_child, loop, loss, malloc, args.threads, args.peer, *run_args).result()
+
     trainer = L.Trainer(accelerator=args.accelerator, devices=1, logger=False)
     rows = []
     for preset, steps in zip(args.presets, args.steps):
@@ -282,18 +325,20 @@ def main() -> None:
             # One loop per (loop, loss) pair; the peer has its own loss and runs once per repetition;
             # the graphed loop trains the module's default, two-step loss.
             losses = {"pytorch_examples": ["own"], "graphed": ["unfused"]}
-            sides = [(loop, loss) for loop in args.loops for loss in losses.get(loop, args.losses)]
+            sides = [(loop, loss, malloc) for loop in args.loops for loss in losses.get(loop, args.losses)
+                     for malloc in (args.peer_mallocs if loop == "pytorch_examples" else args.mallocs)]
             runs: dict[str, list[float]] = {side_name(*side): [] for side in sides}
             for rep in range(args.reps):  # alternate A B, B A, ... so load drift and order hit both alike
-                for loop, loss in (sides if rep % 2 == 0 else sides[::-1]):
-                    LOSS = loss
-                    runs[side_name(loop, loss)].append(measure[loop](preset, args.data_root, args.warmup, steps,
-                                                                      backbone, args.accelerator, precision))
+                for side in (sides if rep % 2 == 0 else sides[::-1]):
+                    runs[side_name(*side)].append(measure(*side, preset, args.data_root, args.warmup, steps,
+                                                          backbone, args.accelerator, precision))
             med = {loop: statistics.median(v) for loop, v in runs.items()}
             row = {"preset": preset, "backbone": backbone, "precision": precision, "threads": args.threads,
                    "steps": steps, "reps": args.reps}
+            row["malloc"] = " ".join(args.mallocs)
             if "pytorch_examples" in args.loops:
                 row["pytorch_examples_precision"] = "32-true"  # the peer runs as it ships, whatever `precision`
+                row["pytorch_examples_malloc"] = " ".join(args.peer_mallocs)
             for loop in runs:
                 row[f"{loop}_tok_s"] = f"{med[loop]:.0f}"
                 row[f"{loop}_s_per_epoch"] = f"{epoch_tokens / med[loop]:.1f}"
@@ -307,10 +352,15 @@ def main() -> None:
             for loop in ("lightning", "plain"):
                 if f"{loop}_compiled" in med and loop in med:
                     row[f"ratio_{loop}_compiled_over_{loop}"] = f"{med[f'{loop}_compiled'] / med[loop]:.3f}"
-            if "pytorch_examples" in med:  # this project's loops against the reference implementation
-                for loop in (k for k in med if k != "pytorch_examples"):
-                    key = "ratio_vs_pytorch_examples" if loop == "lightning" else f"{loop}_ratio_vs_pytorch_examples"
-                    row[key] = f"{med[loop] / med['pytorch_examples']:.3f}"
+            for loop in ("lightning", "plain"):
+                if f"{loop}_glibc" in med and loop in med:
+                    row[f"ratio_{loop}_over_{loop}_glibc"] = f"{med[loop] / med[f'{loop}_glibc']:.3f}"
+            for peer_side in ("pytorch_examples", "pytorch_examples_keep"):  # against the reference implementation
+                if peer_side not in med:
+                    continue
+                for loop in (k for k in med if not k.startswith("pytorch_examples")):
+                    key = f"ratio_vs_{peer_side}" if loop == "lightning" else f"{loop}_ratio_vs_{peer_side}"
+                    row[key] = f"{med[loop] / med[peer_side]:.3f}"
             row.update({"device": device_name(trainer), "git_commit": git_commit(),
                         "command": shlex.join(["python", *sys.argv])})
             rows.append(row)

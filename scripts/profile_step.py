@@ -1,18 +1,24 @@
 """Where one PTB training step spends its time, with the output layer's loss fused and not, and
 what reading the test stream in long windows saves: the profiles behind the training-step changes.
 
-    python scripts/profile_step.py --data-root ../shared/data --out results/profile-step.md
+    python scripts/profile_step.py --data-root ../shared/data --malloc default --out results/profile-step.md
+    python scripts/profile_step.py --data-root ../shared/data --malloc keep --out results/profile-step-kept-memory.md
 
 The step is the module's own (`LanguageModel._nll` times the batch's columns, backward, clip,
 SGD) on the small preset's shape, outside Lightning, under torch.profiler; the table lists the
 operators by self CPU time per step. The test stream is scored both ways on a fresh model with the
-preset's windows and with the evaluation windows the DataModule now uses.
+preset's windows and with the evaluation windows the DataModule now uses. `--malloc keep` profiles
+with freed memory kept in the process, as `bench run` sets it (benchmark/allocator.py); `default`
+with glibc as it is. The minor page faults per step say how much of the step the kernel spent
+mapping and zero-filling fresh pages, time the profiler books to the operator that first writes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import resource
 import shlex
 import sys
 import time
@@ -23,6 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmark import allocator  # noqa: E402
 from benchmark.config import load_preset  # noqa: E402
 from datamodules import ptb  # noqa: E402
 from tasks.language_model import LanguageModel  # noqa: E402
@@ -37,8 +44,8 @@ def build(data_root: Path, preset_name: str, fused: bool) -> tuple[ptb.PTBDataMo
     return dm, model
 
 
-def step_profile(dm: ptb.PTBDataModule, model: LanguageModel, steps: int, warmup: int = 10) -> tuple[str, float]:
-    """(the operator table, ms per step) over `steps` steps after `warmup`."""
+def step_profile(dm: ptb.PTBDataModule, model: LanguageModel, steps: int, warmup: int = 10) -> tuple[str, float, float]:
+    """(the operator table, ms per step, minor page faults per step) over `steps` steps after `warmup`."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     batches = iter(dm.train_dataloader())
@@ -54,12 +61,14 @@ def step_profile(dm: ptb.PTBDataModule, model: LanguageModel, steps: int, warmup
     for _ in range(warmup):
         one()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         for _ in range(steps):
             one()
         ms = (time.perf_counter() - start) * 1000 / steps
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40)
-    return table, ms
+    return table, ms, faults
 
 
 @torch.no_grad()
@@ -82,16 +91,21 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, required=True)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--malloc", default="keep", choices=("keep", "default"),
+                    help="freed memory kept in the process, as `bench run` sets it, or glibc as it is")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    lines = [f"# One PTB training step, profiled ({args.preset} shape, {torch.get_num_threads()} threads)\n",
+    os.environ[allocator.ENV] = args.malloc
+    kept = allocator.keep_freed_memory()
+    lines = [f"# One PTB training step, profiled ({args.preset} shape, {torch.get_num_threads()} threads, "
+             f"{'freed memory kept' if kept else 'glibc malloc as it is'})\n",
              f"`{shlex.join(['python', *sys.argv])}`\n"]
     for fused in (False, True):
         dm, model = build(args.data_root, args.preset, fused)
-        table, ms = step_profile(dm, model, args.steps)
-        lines += [f"## Output layer and loss {'fused' if fused else 'as two steps (before)'}: {ms:.1f} ms per step\n",
-                  "```", table.rstrip(), "```\n"]
-        print(f"fused={fused}: {ms:.1f} ms/step", flush=True)
+        table, ms, faults = step_profile(dm, model, args.steps)
+        lines += [f"## Output layer and loss {'fused' if fused else 'as two steps (the default)'}: {ms:.1f} ms and "
+                  f"{faults:.0f} minor page faults per step\n", "```", table.rstrip(), "```\n"]
+        print(f"fused={fused}: {ms:.1f} ms/step, {faults:.0f} faults/step", flush=True)
     dm, model = build(args.data_root, args.preset, True)
     short = test_stream(dm, model, dm.bptt)
     long = test_stream(dm, model, ptb.EVAL_WINDOW_TOKENS)
