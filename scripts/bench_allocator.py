@@ -31,6 +31,10 @@ from benchmark.results import read_rows, write_rows_atomic  # noqa: E402
 from benchmark.runner import device_label, git_commit  # noqa: E402
 from tasks import registry  # noqa: E402
 
+# Whatever else in the environment would change malloc for one side and not the other (a tuning,
+# a preloaded allocator) is left out of both.
+OTHER_MALLOC_SETTINGS = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_*")
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +55,7 @@ def main() -> None:
                     folder = Path(tmp) / f"{task}-{rep}-{malloc}"
                     peak: list[float] = []
                     walls[malloc], rates = sweep(task, STEPS[task], 1, args.data_root, folder, dropout="on",
-                                                 env={ENV: malloc}, peak=peak)
+                                                 env={ENV: malloc}, peak=peak, unset=OTHER_MALLOC_SETTINGS)
                     metric = registry.get(task).headline
                     row = read_rows(folder / "results" / "runs.csv")[0]
                     print(f"{task} rep {rep} malloc {malloc}: {walls[malloc]:.1f} s, peak {peak[0]:.0f} MB "

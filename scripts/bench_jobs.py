@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -33,11 +34,18 @@ from benchmark.runner import device_label, git_commit  # noqa: E402
 STEPS = {"ptb": 300, "speech": 60, "translation": 150, "captioning": 100}
 
 
+def _without(env: Mapping[str, str], unset: tuple[str, ...]) -> dict[str, str]:
+    return {k: v for k, v in env.items()
+            if not any(k.startswith(u[:-1]) if u.endswith("*") else k == u for u in unset)}
+
+
 def sweep(task: str, steps: int, jobs: int, data_root: Path, folder: Path, dropout: str = "on,off",
-          env: dict[str, str] | None = None, peak: list[float] | None = None) -> tuple[float, list[str]]:
+          env: dict[str, str] | None = None, peak: list[float] | None = None,
+          unset: tuple[str, ...] = ()) -> tuple[float, list[str]]:
     """Wall seconds of one `bench run` of the task's on and off runs (or `dropout`), and their
-    training tokens/s; `env`: variables set for it on top of this process's; `peak`, if given,
-    gets the command's peak resident memory in MB (its largest process)."""
+    training tokens/s; `env`: variables set for it on top of this process's, less those named in
+    `unset` (a name ending in `*` is a prefix); `peak`, if given, gets the command's peak resident
+    memory in MB (its largest process)."""
     cmd = [sys.executable, "-m", "benchmark.cli", "run", "--task", task, "--preset", "quick", "--dropout", dropout,
            "--max-steps", str(steps), "--jobs", str(jobs), "--data-root", str(data_root), "--logger", "csv",
            "--runs-dir", str(folder / "runs"), "--results-dir", str(folder / "results"),
@@ -46,8 +54,13 @@ def sweep(task: str, steps: int, jobs: int, data_root: Path, folder: Path, dropo
     with open(folder / "stderr.txt", "w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
-        _, status, usage = os.wait4(proc.pid, 0)  # this command's own resource use, peak memory included
+                                env={**_without(os.environ, unset), "WANDB_MODE": "disabled", **(env or {})})
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # this command's own resource use, peak memory included
+        except BaseException:  # Ctrl-C or an error here: leave no training running behind
+            proc.kill()
+            proc.wait()
+            raise
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode:

@@ -343,8 +343,9 @@ def main() -> None:
                 row[f"{loop}_tok_s"] = f"{med[loop]:.0f}"
                 row[f"{loop}_s_per_epoch"] = f"{epoch_tokens / med[loop]:.1f}"
                 row[f"{loop}_runs"] = " ".join(f"{v:.0f}" for v in runs[loop])
-            if "lightning" in med and "plain" in med:
-                row["ratio_lightning_over_plain"] = f"{med['lightning'] / med['plain']:.3f}"
+            for kind in ("", "_glibc"):  # like against like, whichever malloc settings were measured
+                if f"lightning{kind}" in med and f"plain{kind}" in med:
+                    row[f"ratio_lightning{kind}_over_plain{kind}"] = f"{med[f'lightning{kind}'] / med[f'plain{kind}']:.3f}"
             if "lightning_fused" in med and "plain_fused" in med:
                 row["ratio_lightning_fused_over_plain_fused"] = f"{med['lightning_fused'] / med['plain_fused']:.3f}"
             if "graphed" in med and "plain" in med:
@@ -355,6 +356,9 @@ def main() -> None:
             for loop in ("lightning", "plain"):
                 if f"{loop}_glibc" in med and loop in med:
                     row[f"ratio_{loop}_over_{loop}_glibc"] = f"{med[loop] / med[f'{loop}_glibc']:.3f}"
+            if "pytorch_examples" in med and "pytorch_examples_keep" in med:
+                row["ratio_pytorch_examples_keep_over_pytorch_examples"] = (
+                    f"{med['pytorch_examples_keep'] / med['pytorch_examples']:.3f}")
             for peer_side in ("pytorch_examples", "pytorch_examples_keep"):  # against the reference implementation
                 if peer_side not in med:
                     continue
