@@ -20,6 +20,7 @@ import ctypes
 import logging
 import os
 import platform
+from collections.abc import Mapping
 
 log = logging.getLogger("benchmark")
 
@@ -56,3 +57,9 @@ def keep_freed_memory() -> bool:
 def glibc_tunables() -> str:
     """The same settings as GLIBC_TUNABLES, for a process this one starts and does not control."""
     return f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={KEEP_UP_TO}"
+
+
+def without_other_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` less whatever else changes malloc from outside (a glibc tuning, glibc's MALLOC_*
+    variables, a preloaded allocator), so that a comparison of the two settings differs in this one."""
+    return {k: v for k, v in env.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD") and not k.startswith("MALLOC_")}

@@ -14,6 +14,7 @@ changes no number: both sides' test metrics are in the CSV, and must agree.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -26,14 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_jobs import STEPS, sweep  # noqa: E402
 
+from benchmark import allocator  # noqa: E402
 from benchmark.allocator import ENV  # noqa: E402
 from benchmark.results import read_rows, write_rows_atomic  # noqa: E402
 from benchmark.runner import device_label, git_commit  # noqa: E402
 from tasks import registry  # noqa: E402
-
-# Whatever else in the environment would change malloc for one side and not the other (a tuning,
-# a preloaded allocator) is left out of both.
-OTHER_MALLOC_SETTINGS = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_*")
 
 
 def main() -> None:
@@ -43,6 +41,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="CSV of the runs (default: print only)")
     args = ap.parse_args()
+    base_env = allocator.without_other_settings(os.environ)  # both sides differ in the setting alone
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:  # warm the caches: one short run, not timed
@@ -55,7 +54,7 @@ def main() -> None:
                     folder = Path(tmp) / f"{task}-{rep}-{malloc}"
                     peak: list[float] = []
                     walls[malloc], rates = sweep(task, STEPS[task], 1, args.data_root, folder, dropout="on",
-                                                 env={ENV: malloc}, peak=peak, unset=OTHER_MALLOC_SETTINGS)
+                                                 env={ENV: malloc}, peak=peak, base_env=base_env)
                     metric = registry.get(task).headline
                     row = read_rows(folder / "results" / "runs.csv")[0]
                     print(f"{task} rep {rep} malloc {malloc}: {walls[malloc]:.1f} s, peak {peak[0]:.0f} MB "

@@ -34,18 +34,12 @@ from benchmark.runner import device_label, git_commit  # noqa: E402
 STEPS = {"ptb": 300, "speech": 60, "translation": 150, "captioning": 100}
 
 
-def _without(env: Mapping[str, str], unset: tuple[str, ...]) -> dict[str, str]:
-    return {k: v for k, v in env.items()
-            if not any(k.startswith(u[:-1]) if u.endswith("*") else k == u for u in unset)}
-
-
 def sweep(task: str, steps: int, jobs: int, data_root: Path, folder: Path, dropout: str = "on,off",
           env: dict[str, str] | None = None, peak: list[float] | None = None,
-          unset: tuple[str, ...] = ()) -> tuple[float, list[str]]:
+          base_env: Mapping[str, str] | None = None) -> tuple[float, list[str]]:
     """Wall seconds of one `bench run` of the task's on and off runs (or `dropout`), and their
-    training tokens/s; `env`: variables set for it on top of this process's, less those named in
-    `unset` (a name ending in `*` is a prefix); `peak`, if given, gets the command's peak resident
-    memory in MB (its largest process)."""
+    training tokens/s; `env`: variables set for it on top of `base_env` (default: this process's);
+    `peak`, if given, gets the command's peak resident memory in MB (its largest process)."""
     cmd = [sys.executable, "-m", "benchmark.cli", "run", "--task", task, "--preset", "quick", "--dropout", dropout,
            "--max-steps", str(steps), "--jobs", str(jobs), "--data-root", str(data_root), "--logger", "csv",
            "--runs-dir", str(folder / "runs"), "--results-dir", str(folder / "results"),
@@ -54,7 +48,7 @@ def sweep(task: str, steps: int, jobs: int, data_root: Path, folder: Path, dropo
     with open(folder / "stderr.txt", "w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                env={**_without(os.environ, unset), "WANDB_MODE": "disabled", **(env or {})})
+                                env={**(os.environ if base_env is None else base_env), "WANDB_MODE": "disabled", **(env or {})})
         try:
             _, status, usage = os.wait4(proc.pid, 0)  # this command's own resource use, peak memory included
         except BaseException:  # Ctrl-C or an error here: leave no training running behind

@@ -64,10 +64,7 @@ ROUNDS = textwrap.dedent("""
 
 
 def _run(code: str, malloc: str, *args: str) -> str:
-    # Nothing else that changes malloc (a tuning, a preloaded allocator) may reach either side.
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("GLIBC_TUNABLES", "LD_PRELOAD") and not k.startswith("MALLOC_")}
-    env[allocator.ENV] = malloc
+    env = {**allocator.without_other_settings(os.environ), allocator.ENV: malloc}
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=PROJECT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
