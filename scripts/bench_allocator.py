@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_jobs import STEPS, sweep  # noqa: E402
 
 from benchmark import allocator  # noqa: E402
-from benchmark.allocator import ENV  # noqa: E402
 from benchmark.results import read_rows, write_rows_atomic  # noqa: E402
 from benchmark.runner import device_label, git_commit  # noqa: E402
 from tasks import registry  # noqa: E402
@@ -54,7 +53,7 @@ def main() -> None:
                     folder = Path(tmp) / f"{task}-{rep}-{malloc}"
                     peak: list[float] = []
                     walls[malloc], rates = sweep(task, STEPS[task], 1, args.data_root, folder, dropout="on",
-                                                 env={ENV: malloc}, peak=peak, base_env=base_env)
+                                                 env={allocator.ENV: malloc}, peak=peak, base_env=base_env)
                     metric = registry.get(task).headline
                     row = read_rows(folder / "results" / "runs.csv")[0]
                     print(f"{task} rep {rep} malloc {malloc}: {walls[malloc]:.1f} s, peak {peak[0]:.0f} MB "

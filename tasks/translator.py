@@ -86,6 +86,7 @@ class Translator(TextGenerator):
         valid_decode: bool | int = True,
         regularization: dict[str, float] | None = None,
         attention: bool = False,
+        attention_dropout_at: str = "inputs",
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -94,6 +95,10 @@ class Translator(TextGenerator):
             raise ValueError(f"loss_scale must be 'word' or 'sentence', got {loss_scale!r}")
         if decay_every <= 0:
             raise ValueError(f"decay_every must be a positive number of epochs, got {decay_every!r}")
+        if attention_dropout_at not in ("inputs", "output"):
+            raise ValueError(f"attention_dropout_at must be 'inputs' or 'output', got {attention_dropout_at!r}")
+        if attention_dropout_at == "output" and not attention:
+            raise ValueError("attention_dropout_at: output places dropout around the attention; it needs attention: true")
         self.save_hyperparameters()
         # Unless set: Adam's step does not depend on the loss's scale, plain SGD's does (see _loss).
         self.loss_scale = loss_scale or ("sentence" if optimizer == "sgd" else "word")
@@ -101,8 +106,16 @@ class Translator(TextGenerator):
         reg = Regularization.of(regularization) or Regularization()
         self.src_emb = WordEmbedding(src_vocab_size, emb_size, drop_types=reg.embedding)
         self.emb = WordEmbedding(len(self.vocab), emb_size, drop_types=reg.embedding)
-        self.encoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
-        self.decoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg)
+        # Where the last connection's dropout goes with attention: on the LSTMs' outputs that the
+        # attention reads ("inputs": the encoder's memory and the decoder's outputs, so both sides
+        # of every score are dropped), or on the attention's output alone, where it reaches the
+        # softmax ("output", as OpenNMT and Luong et al. drop; the encoder's top connection, unused
+        # in the paper's model, stays undropped).
+        clean = attention and attention_dropout_at == "output"
+        self.encoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg,
+                                   output_dropout=not clean)
+        self.decoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg,
+                                   output_dropout=not clean)
         self.attention = GlobalAttention(hidden_size) if attention else None
         self.head = nn.Linear(hidden_size, len(self.vocab))
         init_uniform_(self, init_scale)  # Sutskever et al.: uniform in [-0.08, 0.08]
@@ -128,7 +141,10 @@ class Translator(TextGenerator):
 
     def attend(self, y: Tensor, state: tuple[Tensor, ...]) -> Tensor:
         """The decoder's outputs (T, N, H) as the output layer reads them."""
-        return y if self.attention is None else self.attention(y, *state[2:])
+        if self.attention is None:
+            return y
+        out = self.attention(y, *state[2:])
+        return out if self.decoder.output_dropout else self.decoder.drop_output(out)
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: (T, B, V) logits for the next target word at every position."""

@@ -171,3 +171,25 @@ def test_rejects_bad_arguments():
         DropoutLSTM(I, H, L, 1.0)
     with pytest.raises(ValueError, match="impl"):
         DropoutLSTM(I, H, L, 0.1, impl="cudnn")
+
+
+@pytest.mark.parametrize("impl", ["stacked", "fused"])
+@pytest.mark.parametrize("reg", [None, {"locked": 0.4}])
+def test_output_dropout_moved_to_the_caller_is_the_same_connection(impl, reg):
+    """`output_dropout=False` hands back the last layer's output undropped; `drop_output` then
+    draws the mask `forward` would have drawn there (same RNG order), so a caller that puts a layer
+    in between (the translator's attention) drops the same connection, only later."""
+    torch.manual_seed(0)
+    inside = DropoutLSTM(I, H, L, 0.5, impl=impl, regularization=reg)
+    outside = DropoutLSTM(I, H, L, 0.5, impl=impl, regularization=reg, output_dropout=False)
+    outside.load_state_dict(inside.state_dict())
+    x = torch.randn(T, B, I)
+    torch.manual_seed(1)
+    y_inside, state_inside = inside(x)
+    torch.manual_seed(1)
+    y_clean, state_outside = outside(x)
+    assert (y_clean != 0).all()  # the top layer's output reaches the caller whole
+    torch.testing.assert_close(outside.drop_output(y_clean), y_inside, rtol=0, atol=0)
+    torch.testing.assert_close(state_outside, state_inside, rtol=0, atol=0)
+    outside.eval()
+    torch.testing.assert_close(outside.drop_output(y_clean), y_clean)  # evaluation: nothing dropped

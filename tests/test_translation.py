@@ -426,3 +426,30 @@ def test_multi30k_fetch_gunzips_each_file_and_checks_its_sha256(tmp_path):
     assert set(MULTI30K.gz_files) == set(MULTI30K.sha256) >= {"train.en", "train.fr", "test_2016_flickr.fr"}
     if (REAL_DATA_ROOT / "multi30k" / "val.fr").is_file():
         assert fetch.sha256_of(REAL_DATA_ROOT / "multi30k" / "val.fr") == MULTI30K.sha256["val.fr"]
+
+
+def test_dropout_after_attention_leaves_the_scores_inputs_whole():
+    """`attention_dropout_at: output` drops the attention's output on its way to the softmax instead of
+    the memory and the decoder's outputs it scores; the parameters and the evaluation network are
+    the default model's."""
+    inputs, output = tiny_model(attention=True, dropout=0.5), tiny_model(attention=True, dropout=0.5,
+                                                                         attention_dropout_at="output")
+    assert inputs.state_dict().keys() == output.state_dict().keys()
+    output.load_state_dict(inputs.state_dict())
+    src, lengths, tgt = torch.randint(4, 24, (5, 3)), torch.full((3,), 5), torch.randint(4, 24, (4, 3))
+    torch.testing.assert_close(output(src, lengths, tgt), inputs(src, lengths, tgt))
+    output.train()
+    memory = output.encode(src, lengths)[3]
+    assert (output.attention.keys(memory) != 0).all()
+    seen = {}
+    output.attention.register_forward_hook(lambda mod, args, out: seen.update(y=args[0], memory=args[2], out=out))
+    output.head.register_forward_hook(lambda mod, args, out: seen.update(head_in=args[0]))
+    output(src, lengths, tgt)
+    assert (seen["y"] != 0).all() and (seen["memory"] != 0).all()
+    dropped = seen["head_in"] == 0
+    assert dropped.any() and (seen["out"][dropped] != 0).all()  # zeros come from the mask, not tanh
+    torch.testing.assert_close(seen["head_in"][~dropped], 2 * seen["out"][~dropped])
+    with pytest.raises(ValueError, match="needs attention: true"):
+        tiny_model(attention_dropout_at="output")
+    with pytest.raises(ValueError, match="'inputs' or 'output'"):
+        tiny_model(attention=True, attention_dropout_at="after")

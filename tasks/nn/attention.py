@@ -5,9 +5,9 @@ state. That takes days at 4x1000 on 12M pairs; at CPU size it barely translates 
 quick presets show"), so a quick preset may attend instead. Every decoder position t looks at all
 source positions s:
 
-    memory  (S, B, H)   the encoder's top-layer outputs (after its output dropout)
+    memory  (S, B, H)   the encoder's top-layer outputs
     keys    (S, B, H)   W_a memory, computed once per sentence, not once per decoder step
-    y       (T, B, H)   the decoder's top-layer outputs (after its output dropout)
+    y       (T, B, H)   the decoder's top-layer outputs
 
     a_t(s) = softmax_s( y_t . keys_s )        padding masked out
     c_t    = sum_s a_t(s) memory_s
@@ -15,8 +15,10 @@ source positions s:
 
 No input feeding (out_{t-1} into the decoder's input at t): the decoder stays one LSTM over the
 whole target, so it keeps the fused kernel and every regularizer means what it means elsewhere.
-The attention layer itself adds no dropout; both its inputs are already dropped non-recurrent
-connections.
+The attention layer itself adds no dropout. By default (the translator's `attention_dropout_at:
+inputs`) memory and y arrive already dropped, as the LSTMs' last non-recurrent connections, so
+both sides of every score carry a mask; with `output` they arrive whole and out_t is dropped on
+its way to the softmax instead.
 """
 
 from __future__ import annotations

@@ -100,7 +100,9 @@ class DropoutLSTM(nn.Module):
     """L-layer LSTM, time-major (T, B, F), with the paper's non-recurrent dropout.
 
     forward(x, state) -> (y, (h, c)); y is the last layer's output after the output dropout, and
-    (h, c) is the un-dropped recurrent state to carry into the next window.
+    (h, c) is the un-dropped recurrent state to carry into the next window. With
+    `output_dropout=False` y comes out undropped and the caller drops the connection where it
+    reaches the softmax, with `drop_output` (a translator whose attention sits in between).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class DropoutLSTM(nn.Module):
         dropout: float = 0.0,
         impl: Impl = "stacked",
         regularization: Regularization | dict | None = None,
+        output_dropout: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
@@ -120,6 +123,7 @@ class DropoutLSTM(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.impl: Impl = impl
         self.drop = nn.Dropout(dropout)
+        self.output_dropout = output_dropout
         reg = regularization
         reg = reg if isinstance(reg, Regularization) or reg is None else Regularization.of(reg)
         # Embedding dropout is the task's (its word embedding); the rest act here.
@@ -144,7 +148,7 @@ class DropoutLSTM(nn.Module):
         x = dropout_any(self.drop, x)
         if self.impl == "fused":
             y, state = _run_lstm(self.lstm, x, state)
-            return dropout_any(self.drop, y), state
+            return self._out(y), state
         hs, cs = [], []
         for i, layer in enumerate(self.layers):
             layer_state = None if state is None else (state[0][i : i + 1], state[1][i : i + 1])
@@ -152,8 +156,16 @@ class DropoutLSTM(nn.Module):
             hs.append(h)
             cs.append(c)
             # Dropout between layers and after the last: the next layer's input, never h or c.
-            x = dropout_any(self.drop, x)
+            x = dropout_any(self.drop, x) if i < self.num_layers - 1 else self._out(x)
         return x, (torch.cat(hs), torch.cat(cs))
+
+    def drop_output(self, y: Tensor | PackedSequence) -> Tensor | PackedSequence:
+        """The output connection's regularization: the paper's per-step dropout, then any
+        per-sequence (locked) mask, as the last layer's output gets it inside `forward`."""
+        return self._drop_between(y) if self.reg is not None else dropout_any(self.drop, y)
+
+    def _out(self, y: Tensor | PackedSequence) -> Tensor | PackedSequence:
+        return self.drop_output(y) if self.output_dropout else y
 
     def _weights(self, i: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Layer i's (W_ih, W_hh, b_ih, b_hh), from either layout."""
@@ -186,7 +198,7 @@ class DropoutLSTM(nn.Module):
             swap = {f"weight_hh_l{i}": nn.functional.dropout(self._weights(i)[1], drop_hh)
                     for i in range(self.num_layers)} if drop_hh else {}
             y, state = _run_lstm(lambda v, s: functional_call(self.lstm, swap, (v, s)), x, state)
-            return dropout_any(self.drop, y), state
+            return self._out(y), state
         hs, cs = [], []
         for i in range(self.num_layers):
             x = self._drop_between(x, skip_locked=steps and reg.per_gate)
@@ -203,7 +215,7 @@ class DropoutLSTM(nn.Module):
                 x, (h, c) = _run_lstm(lambda v, s: functional_call(shell, weights, (v, s)), x, layer_state)
             hs.append(h)
             cs.append(c)
-        return self._drop_between(x), (torch.cat(hs), torch.cat(cs))
+        return self._out(x), (torch.cat(hs), torch.cat(cs))
 
     def _drop_between(self, x: Tensor | PackedSequence, skip_locked: bool = False) -> Tensor | PackedSequence:
         """The paper's connections: its per-step dropout, then the per-sequence (locked) mask."""
