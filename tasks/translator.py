@@ -109,7 +109,7 @@ class Translator(TextGenerator):
         # Where the last connection's dropout goes with attention: on the LSTMs' outputs that the
         # attention reads ("inputs": the encoder's memory and the decoder's outputs, so both sides
         # of every score are dropped), or on the attention's output alone, where it reaches the
-        # softmax ("output", as OpenNMT and Luong et al. drop; the encoder's top connection, unused
+        # softmax ("output", as OpenNMT-py drops; the encoder's top connection, unused
         # in the paper's model, stays undropped).
         clean = attention and attention_dropout_at == "output"
         self.encoder = DropoutLSTM(emb_size, hidden_size, num_layers, dropout, impl=backbone, regularization=reg,
