@@ -302,7 +302,7 @@ def build(r: Run) -> None:
         raise ConfigError(f"{preset.module} must subclass tasks.base.TaskModule (task {preset.task})")
     try:
         r.model = module_cls(**preset.model, **r.dm.model_kwargs())
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # an unknown key, or a value the module rejects
         raise ConfigError(f"{preset.path}: bad `model` section for {preset.module} ({err})") from err
     r.model.use_test_streams(r.dm.stream_names())
     r.model.run_info = {"task": preset.task, "preset": preset.name, "dropout": opts.dropout,

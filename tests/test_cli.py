@@ -53,6 +53,14 @@ def test_unknown_model_key_names_the_preset_file(tmp_path, data_root, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_bad_model_value_names_the_preset_file(tmp_path, data_root, capsys):
+    assert bench(tmp_path, "--task", "ptb", "--data-root", str(data_root), "--dropout", "on",
+                 "--set", "model.dropout=1.5") == 2
+    err = capsys.readouterr().err
+    assert "configs/ptb/small.yaml: bad `model` section" in err and "dropout must be in [0, 1)" in err
+    assert "Traceback" not in err and not (tmp_path / "results").exists()
+
+
 def test_missing_data_says_what_to_fetch_and_writes_no_row(tmp_path, monkeypatch, capsys):
     import dataclasses
 

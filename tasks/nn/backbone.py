@@ -162,7 +162,7 @@ class DropoutLSTM(nn.Module):
     def drop_output(self, y: Tensor | PackedSequence) -> Tensor | PackedSequence:
         """The output connection's regularization: the paper's per-step dropout, then any
         per-sequence (locked) mask, as the last layer's output gets it inside `forward`."""
-        return self._drop_between(y) if self.reg is not None else dropout_any(self.drop, y)
+        return self._drop_between(y)
 
     def _out(self, y: Tensor | PackedSequence) -> Tensor | PackedSequence:
         return self.drop_output(y) if self.output_dropout else y
@@ -220,7 +220,7 @@ class DropoutLSTM(nn.Module):
     def _drop_between(self, x: Tensor | PackedSequence, skip_locked: bool = False) -> Tensor | PackedSequence:
         """The paper's connections: its per-step dropout, then the per-sequence (locked) mask."""
         x = dropout_any(self.drop, x)
-        return x if skip_locked or not self.training else locked_dropout(x, self.reg.locked)
+        return x if skip_locked or not self.training or self.reg is None else locked_dropout(x, self.reg.locked)
 
     def _steps(self, x: Tensor | PackedSequence, state: State | None, weights) -> tuple:
         packed = isinstance(x, PackedSequence)
