@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import environment, trained
-from benchmark.results import append_row, row_regularizer
-from benchmark.runner import RESULT_FILE
+from benchmark.results import RUNS_FILE, append_row, read_rows, row_regularizer
+from benchmark.runner import RESULT_FILE, device_label, git_commit
 from datamodules.base import same_value
 from tasks import registry
 from tasks.nn.errors import ConfigError
@@ -41,7 +41,9 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
         raise ConfigError(f"task {task} cannot ensemble yet (its registry entry lacks Can.ENSEMBLE)")
     if len(runs) < 2:
         raise ConfigError("an ensemble needs at least 2 --runs")
-    members = [_member(Path(r), which) for r in runs]
+    read_rows(Path(results_dir) / RUNS_FILE)  # a damaged results file fails now, not after the scoring
+    # In seed order, so that one set of members given in any order is one ensemble (its `seed`, e.g. 0+1+2).
+    members = sorted((_member(Path(r), which) for r in runs), key=lambda m: _seed_order(m[1].get("seed")))
     for t, _ in members:
         if t.spec.name != task:
             raise ConfigError(f"{t.path}: a {t.spec.name} model, not {task}")
@@ -61,7 +63,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     start = time.perf_counter()
     scores = type(models[0]).ensemble_eval(models, dm)  # {metric: ([member values], ensemble value)}
     row = _row(task, rows[0]["preset"], rows, scores, [t.path for t, _ in members], time.perf_counter() - start,
-               command)
+               command, which, device_label(next(models[0].parameters()).device))
     env, pkgs = environment.fingerprint(next(models[0].parameters()).device)
     environment.save_package_list(Path(results_dir), env["env_packages"], pkgs)
     row.update({**env, "skipped_records": len(getattr(dm, "skipped", []))})
@@ -69,13 +71,18 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     return row
 
 
+def _seed_order(seed: Any) -> tuple[int, str]:
+    return (int(seed), "") if str(seed).isdigit() else (1 << 62, str(seed))
+
+
 def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
 
 
 def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, tuple[list[float], float]],
-         ckpts: list[Path], seconds: float, command: str) -> dict[str, Any]:
-    """The ensemble's results row: its scores beside its members', measured the same way."""
+         ckpts: list[Path], seconds: float, command: str, which: str = "last", device: str = "") -> dict[str, Any]:
+    """The ensemble's results row: its scores beside its members', measured the same way. `git_commit`
+    is the code that scored it; the members' training commits are `members_git_commit`."""
     dropouts = sorted({r["dropout"] for r in rows})
     # Members trained with one regularizer at one set of rates pool with its rows; others are "mixed".
     arms = sorted({(row_regularizer(r), r.get("dropout_rate", "")) for r in rows})
@@ -87,17 +94,19 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
         "dropout_rate": arms[0][1] if len(arms) == 1 else "mixed",
         "seed": "+".join(str(r["seed"]) for r in rows),
         "ensemble": len(rows),
+        "checkpoint": which,  # the members' last or best-by-validation checkpoints: they pool apart
         "overrides": rows[0].get("overrides", ""),
         "config_hash": rows[0].get("config_hash", ""),
         **{k: f"{v[1]:.4f}" for k, v in scores.items()},
         **{f"members_{k}": " ".join(f"{x:.4f}" for x in v[0]) for k, v in scores.items()},
         "epochs": rows[0].get("epochs", ""),
         "wall_s": f"{seconds:.1f}",
-        "device": rows[0].get("device", ""),
-        "precision": rows[0].get("precision", ""),
+        "device": device,
+        "precision": "32-true",  # ensemble_eval scores without a Trainer or autocast, whatever the members trained in
         "devices": 1,
         "host": platform.node(),
-        "git_commit": rows[0].get("git_commit", ""),
+        "git_commit": git_commit(),
+        "members_git_commit": " ".join(str(r.get("git_commit", "")) for r in rows),
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "run_dir": " ".join(str(c) for c in ckpts),
         "command": command or shlex.join(["bench", *sys.argv[1:]]),

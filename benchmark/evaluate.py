@@ -19,7 +19,7 @@ import lightning as L
 
 from benchmark import environment, trained
 from benchmark.config import test_set_name
-from benchmark.results import append_row
+from benchmark.results import RUNS_FILE, append_row, read_rows
 from benchmark.runner import device_name, git_commit, progress_bar, save_outputs
 from datamodules.download import sha256_of
 from tasks.nn.errors import ConfigError
@@ -54,6 +54,7 @@ def digest(path: Path) -> str:
 def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: list[list[Path]] | None = None,
              out_dir: Path | None = None, accelerator: str = "auto", batch_size: int | None = None,
              precision: str | None = None, command: str = "") -> dict[str, Any]:
+    read_rows(Path(results_dir) / RUNS_FILE)  # a damaged results file fails now, not after the scoring
     t = trained.load(path, which)
     spec = t.spec
     given = dict(test_set_spec(spec.test_set_parts, list(map(Path, paths)), spec.name) for paths in tests or [])
@@ -64,9 +65,15 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     dm.setup("test")
     t.model.use_test_streams(dm.stream_names())
     ckpt_name = t.path.stem
-    # Beside the run's own outputs; a checkpoint outside a run folder gets a folder beside it.
+    files = [Path(p) for spec_ in given.values() for p in ([spec_] if isinstance(spec_, str) else spec_.values())]
+    sums = {f: digest(f) for f in files}
+    # Beside the run's own outputs; a checkpoint outside a run folder gets a folder beside it. Named
+    # for the files' contents too: two test sets of one file name (a/test.en, b/test.en) keep apart.
     home = t.path.parent.parent if t.path.parent.name == "checkpoints" else t.path.parent
-    out = Path(out_dir) if out_dir else home / EVAL_DIR / f"{ckpt_name}-{'+'.join(given) or 'preset'}"
+    data_id = f"{'+'.join(given)}-{hashlib.sha256(''.join(sums.values()).encode()).hexdigest()[:8]}" if given else "preset"
+    out = Path(out_dir) if out_dir else home / EVAL_DIR / f"{ckpt_name}-{data_id}"
+    for stale in sorted((out / "outputs").glob("*.jsonl")):  # an earlier evaluation's, or they would be bundled with these
+        stale.unlink()
     # The precision its run tested under, unless asked otherwise: the same numbers need the same arithmetic.
     precision = precision or t.info.get("precision", "32-true")
     trainer = L.Trainer(default_root_dir=out, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -76,7 +83,6 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     results = trainer.test(t.model, datamodule=dm, verbose=False, weights_only=True)
     seconds = time.perf_counter() - start
     metrics = {k: float(v) for d in results for k, v in d.items()}
-    files = [Path(p) for spec_ in given.values() for p in ([spec_] if isinstance(spec_, str) else spec_.values())]
     info, row_of_run = t.info, trained.run_row(t.path)
     row = {
         "task": spec.name,
@@ -88,7 +94,7 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
         "config_hash": info.get("config_hash", row_of_run.get("config_hash", "")),
         **{k: f"{v:.4f}" for k, v in sorted(metrics.items())},
         **t.model.row_info(),
-        "eval_data": "; ".join(f"{f} sha256:{digest(f)}" for f in files) or "the preset's test sets",
+        "eval_data": "; ".join(f"{f} sha256:{sums[f]}" for f in files) or "the preset's test sets",
         "wall_s": f"{seconds:.1f}",
         "device": device_name(trainer),
         "precision": precision,

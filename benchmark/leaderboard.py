@@ -32,7 +32,7 @@ from benchmark import config, stats
 from benchmark.results import RUNS_FILE, metric_logs, read_rows, write_rows_atomic
 from benchmark.results import row_regularizer as regularizer
 from tasks import registry
-from tasks.nn.errors import ConfigError
+from tasks.nn.errors import ConfigError, DataError
 from tasks.nn.mechanisms import ZAREMBA
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,15 @@ def groups(runs: list[dict[str, str]]) -> dict[tuple[str, str, str, str, str], l
     out: dict[tuple[str, str, str, str, str], dict[str, dict[str, str]]] = defaultdict(dict)
     for row in sorted(runs, key=lambda r: r.get("finished_utc", "")):
         if not row.get("overrides") and not row.get("evaluation"):  # `bench eval` rows are not training runs
-            key = (row["task"], row["preset"], _hash(row), arm(row), row.get("ensemble") or "")
+            key = (row["task"], row["preset"], _hash(row), arm(row), ensemble_label(row))
             out[key][row["seed"]] = row
     return {k: list(v.values()) for k, v in sorted(out.items())}
+
+
+def ensemble_label(row: dict[str, str]) -> str:
+    """'' for a training run; else the member count, and which checkpoints when not the last ones."""
+    size = row.get("ensemble") or ""
+    return f"{size}, best checkpoints" if size and row.get("checkpoint") == "best" else size
 
 
 def _envs(rows: list[dict[str, str]]) -> str:
@@ -140,7 +146,8 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
         if not values:
             continue
         best, best_std, _ = _stat(rows, f"best_{tm.headline}")
-        ref = tm.paper(dropout, reg).get(tm.paper_metric)
+        # The paper's figure is one model's: an ensemble is not compared with it.
+        ref = None if ensemble else tm.paper(dropout, reg).get(tm.paper_metric)
         like = values if tm.paper_metric == tm.headline else _stat(rows, tm.paper_metric)[2]
         diff = mean(like) - ref if ref is not None and like else None
         last = max(rows, key=lambda r: r.get("finished_utc", ""))
@@ -413,8 +420,10 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
     plt.close(fig)
+    tmp.replace(path)  # a plot is the old one or the new one, never half of one
     return path
 
 
@@ -458,9 +467,28 @@ def plot_regularizers(runs: list[dict[str, str]], results_dir: Path) -> list[Pat
     return written
 
 
+NUMERIC_PREFIXES = ("train_", "valid_", "test_", "best_")  # every such column is a number (or empty)
+
+
+def check_values(path: Path, runs: list[dict[str, str]]) -> None:
+    """What the board computes with must be numbers: a hand-edited `n/a` is a line to fix, not a traceback."""
+    for i, row in enumerate(runs, start=1):
+        seed = row.get("seed", "")
+        if not all(part.isdigit() for part in seed.split("+")):  # an ensemble's members: 0+1+2
+            raise DataError(f"{path}: data line {i} has seed {seed!r}, not a whole number; fix or delete that line")
+        for key, value in row.items():
+            if value and (key.startswith(NUMERIC_PREFIXES) or key in ("wall_s", "tokens_per_s")):
+                try:
+                    float(value)
+                except ValueError:
+                    raise DataError(f"{path}: data line {i} has {key} = {value!r}, not a number; fix or delete "
+                                    f"that line") from None
+
+
 def load_runs(results_dir: Path) -> list[dict[str, str]]:
     """runs.csv's rows of the tasks registered now."""
     runs = read_rows(Path(results_dir) / RUNS_FILE)
+    check_values(Path(results_dir) / RUNS_FILE, runs)
     unknown = sorted({r["task"] for r in runs} - set(registry.names()))
     if unknown:  # a task since removed (or a plugin's, not loaded now): its rows stay in runs.csv
         log.warning("%s: rows of unregistered task(s) %s are left off the board", Path(results_dir) / RUNS_FILE,
@@ -472,6 +500,9 @@ def load_runs(results_dir: Path) -> list[dict[str, str]]:
 def build(results_dir: Path, plots: bool = True) -> Path:
     """leaderboard.csv, effects.csv, LEADERBOARD.md; with `plots`, the curves' PNGs."""
     results_dir = Path(results_dir)
+    if not (results_dir / RUNS_FILE).is_file():  # a mistyped folder would otherwise get an empty board
+        raise DataError(f"{results_dir / RUNS_FILE}: not found; pass the folder `bench run --results-dir` wrote to "
+                        f"(default runs/results; the published reference is results/)")
     runs = load_runs(results_dir)
     out, effects = board_rows(runs), effect_rows(runs, results_dir)
     path = results_dir / LEADERBOARD_FILE

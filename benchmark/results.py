@@ -124,12 +124,23 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     return [dict(zip(header, r)) for r in body]
 
 
+def _mode_of(path: Path) -> int:
+    """The file's permissions if it exists, else what the umask gives a new file."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def write_rows_atomic(path: Path, rows: list[dict[str, Any]], first: list[str] = ()) -> None:
     header = list(first)
     for row in rows:
         header += [k for k in row if k not in header]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _mode_of(path))  # mkstemp's 0600 would make a shared results folder unreadable to the rest
         with os.fdopen(fd, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header, restval="")
             writer.writeheader()

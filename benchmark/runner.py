@@ -8,6 +8,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -216,7 +217,13 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     r = plan(preset, opts)
     if opts.resume and (done := finished(r)) is not None:
         return done
-    build(r)
+    fresh = not r.run_dir.exists()
+    try:
+        build(r)
+    except ConfigError:
+        if fresh and _is_rank_zero():  # rejected before training: no folder holding only a run_id and config
+            shutil.rmtree(r.run_dir, ignore_errors=True)
+        raise
     try:
         row = fit_and_test(r)
     except BaseException:

@@ -50,7 +50,7 @@ def test_unknown_model_key_names_the_preset_file(tmp_path, data_root, capsys):
     assert bench(tmp_path, "--task", "ptb", "--data-root", str(data_root), "--set", "model.hiden_size=3") == 2
     err = capsys.readouterr().err
     assert "configs/ptb/small.yaml: bad `model` section" in err and "hiden_size" in err
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results").exists() and not any((tmp_path / "runs").glob("*"))  # no empty run folder
 
 
 def test_bad_model_value_names_the_preset_file(tmp_path, data_root, capsys):
@@ -58,7 +58,17 @@ def test_bad_model_value_names_the_preset_file(tmp_path, data_root, capsys):
                  "--set", "model.dropout=1.5") == 2
     err = capsys.readouterr().err
     assert "configs/ptb/small.yaml: bad `model` section" in err and "dropout must be in [0, 1)" in err
-    assert "Traceback" not in err and not (tmp_path / "results").exists()
+    assert "Traceback" not in err and not (tmp_path / "results").exists() and not any((tmp_path / "runs").glob("*"))
+
+
+def test_a_rejected_setting_leaves_a_folder_that_was_there_as_it_was(tmp_path, data_root, capsys):
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    assert bench(tmp_path, "--task", "ptb", "--data-root", str(data_root), "--run-dir", str(kept),
+                 "--dropout", "on", "--set", "model.dropout=1.5") == 2
+    assert "bad `model` section" in capsys.readouterr().err
+    assert (kept / "notes.txt").read_text() == "mine\n"  # not the run's own folder to remove
 
 
 def test_missing_data_says_what_to_fetch_and_writes_no_row(tmp_path, monkeypatch, capsys):
@@ -130,6 +140,47 @@ def test_leaderboard_sets_the_paper_beside_the_setting_it_ran(tmp_path):
     # one paired seed (0) is a smoke test, not a claim
     assert "on − off = **-16.00** over 1 paired seed(s): one seed: a smoke test, no claim." in md
     assert "| small (ensemble of 2) (legacy: before settings hashes) | off | none | 1 | **105.00** |" in md
+
+
+def test_an_ensemble_has_no_paper_figure_and_its_last_and_best_checkpoints_pool_apart(tmp_path):
+    base = {"task": "ptb", "preset": "medium", "config_hash": "h1", "dropout": "on", "overrides": ""}
+    append_row(tmp_path, {**base, "seed": "0", "test_ppl": "84.0"})
+    for checkpoint, ppl in (("last", "80.0"), ("best", "78.0")):
+        append_row(tmp_path, {**base, "seed": "0+1", "ensemble": "2", "checkpoint": checkpoint, "test_ppl": ppl})
+    board = {r["ensemble"]: r for r in read_rows(build(tmp_path, plots=False))}
+    assert board[""]["paper"] == "82.7"  # Table 1's medium regularized LSTM: one model, beside one model
+    assert (board["2"]["mean"], board["2"]["paper"], board["2"]["diff"]) == ("80.00", "", "")
+    assert (board["2, best checkpoints"]["mean"], board["2, best checkpoints"]["seeds"]) == ("78.00", "1")
+
+
+def test_leaderboard_names_the_line_of_a_value_that_is_not_a_number(tmp_path, capsys):
+    (tmp_path / "runs.csv").write_text("task,preset,config_hash,dropout,seed,test_ppl\n"
+                                       "ptb,medium,h1,on,0,84.0\nptb,medium,h1,on,1,n/a\n")
+    assert main(["leaderboard", "--results-dir", str(tmp_path), "--logger", "csv"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'runs.csv'}: data line 2 has test_ppl = 'n/a', not a number" in err and "Traceback" not in err
+    assert not (tmp_path / "leaderboard.csv").exists()
+
+
+def test_leaderboard_of_a_folder_without_runs_says_so_and_writes_nothing(tmp_path, capsys):
+    assert main(["leaderboard", "--results-dir", str(tmp_path / "reslts"), "--logger", "csv"]) == 2
+    assert f"{tmp_path / 'reslts' / 'runs.csv'}: not found" in capsys.readouterr().err
+    assert not (tmp_path / "reslts").exists()
+
+
+def test_a_rewritten_results_file_keeps_its_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = append_row(tmp_path, {"task": "ptb", "seed": "0", "test_ppl": "100.0"})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # a new file: what the umask gives, not mkstemp's 0600
+        path.chmod(0o664)  # a group's shared folder
+        append_row(tmp_path, {"task": "ptb", "seed": "1", "test_ppl": "101.0"})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
 
 
 def test_small_preset_on_uses_a_rate_marked_not_from_the_paper():

@@ -178,7 +178,8 @@ def test_ensemble_of_two_runs_scores_members_as_their_own_test_did(tmp_path, dat
         assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", "on", "--seed", str(seed),
                      "--data-root", str(data_root), *TINY) == 0
     runs = [find_run(tmp_path / "runs", f"ptb-small-dropout_on-seed{s}") for s in (0, 1)]
-    assert main(["ensemble", "--task", "ptb", "--runs", *map(str, runs), "--data-root", str(data_root),
+    # Given in the other order: the same ensemble, its members in seed order.
+    assert main(["ensemble", "--task", "ptb", "--runs", *map(str, runs[::-1]), "--data-root", str(data_root),
                  "--results-dir", str(tmp_path / "results")]) == 0
     assert "test_ppl: ensemble of 2" in capsys.readouterr().out
     single, ens = read_rows(tmp_path / "results" / "runs.csv")[:2], read_rows(tmp_path / "results" / "runs.csv")[2]
@@ -187,7 +188,8 @@ def test_ensemble_of_two_runs_scores_members_as_their_own_test_did(tmp_path, dat
         assert m == pytest.approx(float(row["test_ppl"]), rel=1e-4)
     # Averaging distributions never does worse than the members' geometric mean (Jensen).
     assert float(ens["test_ppl"]) <= math.sqrt(members[0] * members[1]) + 1e-6
-    assert (ens["ensemble"], ens["seed"], ens["dropout"]) == ("2", "0+1", "on")
+    assert (ens["ensemble"], ens["seed"], ens["dropout"], ens["checkpoint"]) == ("2", "0+1", "on", "last")
+    assert ens["members_git_commit"] == f"{single[0]['git_commit']} {single[1]['git_commit']}"
     with pytest.raises(Exception, match="neither a checkpoint file nor a run folder"):
         run_ensemble("ptb", [tmp_path, runs[0]], data_root, tmp_path / "results")
 
