@@ -31,6 +31,19 @@ from tasks import registry
 from tasks.nn.errors import ConfigError
 from tasks.nn.mechanisms import FLAGS, MECHANISMS, ZAREMBA
 
+MAPPINGS = ("model", "data", "trainer", "paper", "regularizers")  # sections that hold KEY: VALUE
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1, what PyYAML reads, takes `1e-3` (no dot) for a string; YAML 1.2, and anyone
+    writing a learning rate, for a number. Both presets and `--set` read it as a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
 SECTIONS = {"default_dropout", "model", "data", "trainer", "paper", "extends", "notes", "regularizers",
             "default_regularizer"}
 
@@ -75,8 +88,11 @@ def _merge(base: dict, over: dict) -> dict:
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ConfigError(f"{path}: `extends` loops back on itself")
+    if not path.is_file():  # only an `extends:` gets here with a missing file: load_preset checks its own
+        raise ConfigError(f"{seen[-1]}: `extends: {path.stem}`: no {path}; known: "
+                          f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):
@@ -87,6 +103,9 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
                           f"tasks/registry.py; delete them here")
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    for section in MAPPINGS:
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"{path}: `{section}:` must hold KEY: VALUE lines, got {raw[section]!r}")
     if "extends" in raw:
         base = _read(path.parent / f"{raw['extends']}.yaml", seen + (path,))
         merged = _merge(base, {k: v for k, v in raw.items() if k != "extends"})
@@ -97,8 +116,12 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """`--set` values are YAML scalars: 0.5 -> float, 3 -> int, null -> None, fused -> 'fused'."""
-    return yaml.safe_load(text)
+    """`--set` values are YAML scalars: 0.5 and 1e-3 -> float, 3 -> int, null -> None, fused -> 'fused'."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set value {text!r} is not a YAML value ({str(err).splitlines()[0]}); quote "
+                          f"it if it is a string") from err
 
 
 def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:

@@ -249,7 +249,29 @@ def plan(preset: Preset, opts: RunOptions) -> Run:
     if not opts.resume and (any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()):
         raise ConfigError(f"{r.run_dir} already holds an earlier run: pass --resume to continue it (a finished "
                           f"run is skipped), or --run-dir to start a new run elsewhere")
+    if opts.resume:
+        check_same_settings(r)
     return r
+
+
+def check_same_settings(r: Run) -> None:
+    """--resume continues or skips only a run of these very settings. A folder named for its hash
+    always holds one; `--run-dir` can name any folder, and a result of other settings (or a
+    checkpoint trained with them) must not come back under this run's name."""
+    path = r.run_dir / CONFIG_FILE
+    started = any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()
+    if not started or not path.is_file():
+        return
+    try:
+        stored = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: unreadable ({err}); delete {r.run_dir} to run it again") from err
+    here = {"task": r.preset.task, "config_hash": r.chash, "seed": r.opts.seed, "dropout": r.opts.dropout,
+            "regularizer": regularizer_of(r), "dropout_rates": r.rates}
+    differ = [f"{k} {stored[k]!r} there, {v!r} here" for k, v in here.items() if k in stored and stored[k] != v]
+    if differ:
+        raise ConfigError(f"{r.run_dir} holds a run of other settings ({'; '.join(differ)}): --resume would "
+                          f"hand back its result; give another --run-dir, or delete that folder to start over")
 
 
 def finished(r: Run) -> dict[str, Any] | None:

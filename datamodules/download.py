@@ -1,13 +1,16 @@
 """Download a data set from its publisher, checked by sha256, with a progress bar.
 
-Nothing is written until the archive's sha256 and every extracted file's sha256 check out, and files
-land by atomic rename, so an interrupted download never leaves a half-written data root.
+Small data sets: nothing is written until the archive's sha256 and every extracted file's sha256
+check out, and files land by atomic rename, so an interrupted download never leaves a half-written
+data root. Large ones (`download_large`, no publisher checksums): each file lands by rename, so none
+is ever cut off, but a stopped fetch can leave some files and not others; the next fetch completes them.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -139,7 +142,7 @@ def _fetch(ds: Dataset, folder: Path, url: str, path: Path, timeout: float) -> N
                 for chunk in iter(lambda: resp.read(1 << 16), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as err:
         raise DataError(offline_help(ds, folder, str(err))) from err
 
 
@@ -234,8 +237,15 @@ def _plan(arc: _Archive, archive: Path, extract: dict[str, str], dest: Path) -> 
 
 
 def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
-    """Members under each prefix into dest/<folder>/<rest of the path>; returns how many files."""
-    arc = _Archive(archive)
+    """Members under each prefix into dest/<folder>/<rest of the path>; returns how many files. Each
+    file lands whole or not at all (a stop mid-copy leaves no cut-off file to train on)."""
+    try:
+        if not zipfile.is_zipfile(archive) and not tarfile.is_tarfile(archive):
+            raise tarfile.ReadError("neither a zip nor a tar archive")
+        arc = _Archive(archive)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise DataError(f"{archive}: cannot be unpacked ({str(err).splitlines()[0]}): a download cut short or "
+                        f"another file; delete it and fetch again") from err
     n = 0
     try:
         if arc.zip is not None:
@@ -247,9 +257,18 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
             if src is None:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
+            tmp = target.with_name(f".{target.name}.part")
+            try:
+                with src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, target)
             n += 1
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:  # cut short part-way through
+        raise DataError(f"{archive}: ends early or is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                        f"delete it and fetch again") from err
     finally:
         arc.close()
     return n
@@ -279,15 +298,16 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
         digest = sha256_of(path)
         if name in known and known[name] != digest:
             raise DataError(f"{path}: sha256 {digest} differs from the {known[name]} recorded in {sums_file} at the "
-                            f"first download; delete it to fetch it again")
-        if name not in known:
+                            f"first download; delete it to fetch it again (or delete {sums_file} if you replaced "
+                            f"it on purpose)")
+        count = _extract(path, a.extract, folder)
+        if count == 0:
+            raise DataError(f"{path}: none of {sorted(a.extract)} found inside; is it the right archive?")
+        if name not in known:  # recorded once it has unpacked: a cut-short file is never the reference
             known[name] = digest
             tmp = sums_file.with_suffix(".tmp")
             tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(known.items())))
             os.replace(tmp, sums_file)
-        count = _extract(path, a.extract, folder)
-        if count == 0:
-            raise DataError(f"{path}: none of {sorted(a.extract)} found inside; is it the right archive?")
     if ds.after:
         ds.after(folder)
     return folder
@@ -323,7 +343,7 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
             if not (err.code == 416 and have):  # 416 with a part: nothing left to send
                 raise unreachable(err) from err
             size = expected
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as err:  # IncompleteRead
             raise unreachable(err) from err
     else:
         size = expected

@@ -152,7 +152,11 @@ def read_phn(path: Path, n_samples: int, phones: PhoneSet) -> list[tuple[int, in
     """(start, end, training-label id or IGNORE) per line; errors name the file and line."""
     index = phones.train_index()
     segments = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err}); a .phn file is 'start_sample end_sample phone' lines") from err
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()

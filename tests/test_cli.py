@@ -46,6 +46,36 @@ def test_bad_set_override(tmp_path, capsys):
     assert "expected model.KEY=VALUE" in capsys.readouterr().err
 
 
+def test_set_and_presets_read_1e_3_as_a_number():
+    """PyYAML follows YAML 1.1, where a float needs a dot: `1e-3` would reach the optimizer as text."""
+    assert load_preset("ptb", "quick", ["model.lr=1e-3"]).model["lr"] == 0.001
+    assert load_preset("ptb", "quick", ["model.lr='1e-3'"]).model["lr"] == "1e-3"  # quoted: a string
+
+
+def test_bad_presets_and_set_values_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set value '\[1,2' is not a YAML value"):
+        load_preset("ptb", "quick", ["model.lr=[1,2"])
+    (tmp_path / "typo.yaml").write_text("extends: smal\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: `extends: smal`: no .*smal\.yaml; known: .*typo"):
+        load_preset("ptb", str(tmp_path / "typo.yaml"))
+    (tmp_path / "flat.yaml").write_text("model: 5\n")
+    with pytest.raises(ConfigError, match=r"flat\.yaml: `model:` must hold KEY: VALUE lines, got 5"):
+        load_preset("ptb", str(tmp_path / "flat.yaml"))
+
+
+def test_resume_into_a_folder_of_other_settings_is_refused(tmp_path, data_root, capsys):
+    """--run-dir can name any folder: --resume must not hand back a result of other settings as this run's."""
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "config.yaml").write_text("task: ptb\nconfig_hash: deadbeef00\nseed: 7\ndropout: 'off'\n")
+    (other / "result.json").write_text('{"task": "ptb", "test_ppl": "1.0", "config_hash": "deadbeef00"}\n')
+    assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--seed", "0", "--dropout", "on", "--data-root",
+                 str(data_root), "--run-dir", str(other), "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{other} holds a run of other settings (config_hash 'deadbeef00' there" in err
+    assert "seed 7 there, 0 here" in err and not (tmp_path / "results").exists()
+
+
 def test_unknown_model_key_names_the_preset_file(tmp_path, data_root, capsys):
     assert bench(tmp_path, "--task", "ptb", "--data-root", str(data_root), "--set", "model.hiden_size=3") == 2
     err = capsys.readouterr().err

@@ -68,6 +68,36 @@ def test_coco_asks_first_then_unpacks_merges_and_records_sums(tmp_path):
         fetch.download_large(ds, tmp_path / "root", yes=True)
 
 
+def test_a_cut_short_archive_is_one_line_and_never_becomes_the_recorded_sum(tmp_path):
+    ds = coco_archives(tmp_path / "publisher")
+    whole = (tmp_path / "publisher" / "train2014.zip").read_bytes()
+    (tmp_path / "publisher" / "train2014.zip").write_bytes(whole[: len(whole) // 2])  # a server that stopped early
+    with pytest.raises(DataError, match=r"train2014\.zip: cannot be unpacked .*delete it and fetch again"):
+        fetch.download_large(ds, tmp_path / "root", yes=True)
+    sums = tmp_path / "root" / "coco" / "SHA256SUMS"
+    assert not sums.exists() or "train2014.zip" not in fetch.read_sums(sums)
+    # Deleted and fetched again whole, it unpacks and is recorded: nothing to undo by hand.
+    (tmp_path / "publisher" / "train2014.zip").write_bytes(whole)
+    (tmp_path / "root" / "coco" / ".downloads" / "train2014.zip").unlink()
+    folder = fetch.download_large(ds, tmp_path / "root", yes=True)
+    assert "train2014.zip" in fetch.read_sums(folder / "SHA256SUMS")
+    assert not list(folder.rglob(".*.part"))
+
+
+def test_a_tgz_cut_mid_member_leaves_no_cut_off_file(tmp_path):
+    import os
+
+    payload = tmp_path / "big.bin"
+    payload.write_bytes(os.urandom(1 << 20))  # incompressible: half the .tgz is half the member
+    with tarfile.open(tmp_path / "a.tgz", "w:gz") as tar:
+        tar.add(payload, "corpus/big.bin")
+    whole = (tmp_path / "a.tgz").read_bytes()
+    (tmp_path / "a.tgz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"a\.tgz: (ends early or is damaged|cannot be unpacked) .*delete it"):
+        fetch._extract(tmp_path / "a.tgz", {"corpus/": "corpus"}, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*big.bin*"))  # no cut-off file, and no part of one left
+
+
 def test_wmt14_concatenates_corpora_line_aligned(tmp_path):
     src = tmp_path / "publisher"
     src.mkdir()
