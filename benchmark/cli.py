@@ -179,7 +179,8 @@ def _eval_parser(sub) -> None:
     e.add_argument("--data-root", type=Path, default=Path(DEFAULT_DATA_ROOT))
     e.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     e.add_argument("--out", type=Path, default=None,
-                   help="where outputs and samples go (default <run>/eval/<checkpoint>-<test sets>)")
+                   help="where outputs and samples go (default <run>/eval/<checkpoint>-<test sets>-<their sha256, 8 digits>, "
+                        "or <checkpoint>-preset); a folder that already holds outputs is refused")
     e.add_argument("--accelerator", default="auto")
     e.add_argument("--precision", default=None, choices=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
                    help="default: what the run tested under (recorded in its checkpoint)")

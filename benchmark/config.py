@@ -115,13 +115,13 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return raw
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, item: str = "") -> Any:
     """`--set` values are YAML scalars: 0.5 and 1e-3 -> float, 3 -> int, null -> None, fused -> 'fused'."""
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set value {text!r} is not a YAML value ({str(err).splitlines()[0]}); quote "
-                          f"it if it is a string") from err
+        raise ConfigError(f"--set {item or text!r}: {text!r} is not a YAML value ({str(err).splitlines()[0]}); "
+                          f"quote it if it is a string") from err
 
 
 def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
@@ -137,7 +137,7 @@ def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in ("model", "data", "trainer"):
             raise ConfigError(f"--set {item!r}: expected model.KEY=VALUE, data.KEY=VALUE or trainer.KEY=VALUE")
-        raw.setdefault(section, {})[name] = parse_value(value)
+        raw.setdefault(section, {})[name] = parse_value(value, item)
     dropout = str(raw.get("default_dropout", "on")).lower()
     if dropout in ("true", "false"):  # YAML 1.1 reads bare on/off as booleans
         dropout = "on" if dropout == "true" else "off"

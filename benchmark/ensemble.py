@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import environment, trained
-from benchmark.results import RUNS_FILE, append_row, read_rows, row_regularizer
+from benchmark.results import RUNS_FILE, append_row, checkpoint_kind, read_rows, row_regularizer
 from benchmark.runner import RESULT_FILE, device_label, git_commit
 from datamodules.base import same_value
 from tasks import registry
@@ -63,7 +63,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     start = time.perf_counter()
     scores = type(models[0]).ensemble_eval(models, dm)  # {metric: ([member values], ensemble value)}
     row = _row(task, rows[0]["preset"], rows, scores, [t.path for t, _ in members], time.perf_counter() - start,
-               command, which, device_label(next(models[0].parameters()).device))
+               command, checkpoint_kind([t.path for t, _ in members]), device_label(next(models[0].parameters()).device))
     env, pkgs = environment.fingerprint(next(models[0].parameters()).device)
     environment.save_package_list(Path(results_dir), env["env_packages"], pkgs)
     row.update({**env, "skipped_records": len(getattr(dm, "skipped", []))})
@@ -94,7 +94,7 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
         "dropout_rate": arms[0][1] if len(arms) == 1 else "mixed",
         "seed": "+".join(str(r["seed"]) for r in rows),
         "ensemble": len(rows),
-        "checkpoint": which,  # the members' last or best-by-validation checkpoints: they pool apart
+        "checkpoint": which,  # the members' files: last, best (by validation), other or mixed; they pool apart
         "overrides": rows[0].get("overrides", ""),
         "config_hash": rows[0].get("config_hash", ""),
         **{k: f"{v[1]:.4f}" for k, v in scores.items()},

@@ -72,7 +72,11 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     home = t.path.parent.parent if t.path.parent.name == "checkpoints" else t.path.parent
     data_id = f"{'+'.join(given)}-{hashlib.sha256(''.join(sums.values()).encode()).hexdigest()[:8]}" if given else "preset"
     out = Path(out_dir) if out_dir else home / EVAL_DIR / f"{ckpt_name}-{data_id}"
-    for stale in sorted((out / "outputs").glob("*.jsonl")):  # an earlier evaluation's, or they would be bundled with these
+    earlier = sorted((out / "outputs").glob("*.jsonl"))  # they would be bundled with this evaluation's
+    if earlier and out_dir:  # a folder the user named may be a run's own: never cleared
+        raise ConfigError(f"--out {out}: already holds outputs ({earlier[0]}); give a folder of its own, or "
+                          f"delete {out / 'outputs'}")
+    for stale in earlier:  # this evaluation's own folder: an earlier evaluation of the same files
         stale.unlink()
     # The precision its run tested under, unless asked otherwise: the same numbers need the same arithmetic.
     precision = precision or t.info.get("precision", "32-true")

@@ -29,7 +29,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from benchmark import config, stats
-from benchmark.results import RUNS_FILE, metric_logs, read_rows, write_rows_atomic
+from benchmark.results import RUNS_FILE, checkpoint_kind, metric_logs, read_rows, write_rows_atomic
 from benchmark.results import row_regularizer as regularizer
 from tasks import registry
 from tasks.nn.errors import ConfigError, DataError
@@ -112,14 +112,18 @@ def groups(runs: list[dict[str, str]]) -> dict[tuple[str, str, str, str, str], l
     for row in sorted(runs, key=lambda r: r.get("finished_utc", "")):
         if not row.get("overrides") and not row.get("evaluation"):  # `bench eval` rows are not training runs
             key = (row["task"], row["preset"], _hash(row), arm(row), ensemble_label(row))
-            out[key][row["seed"]] = row
+            out[key]["+".join(sorted(str(row["seed"]).split("+"), key=int))] = row  # an ensemble's 1+0 is its 0+1
     return {k: list(v.values()) for k, v in sorted(out.items())}
 
 
 def ensemble_label(row: dict[str, str]) -> str:
-    """'' for a training run; else the member count, and which checkpoints when not the last ones."""
+    """'' for a training run; else the member count, and which checkpoints when not the last ones
+    (rows from before the `checkpoint` column: read off their files)."""
     size = row.get("ensemble") or ""
-    return f"{size}, best checkpoints" if size and row.get("checkpoint") == "best" else size
+    if not size:
+        return ""
+    kind = row.get("checkpoint") or (checkpoint_kind(row["run_dir"].split()) if row.get("run_dir") else "last")
+    return size if kind == "last" else f"{size}, {kind} checkpoints"
 
 
 def _envs(rows: list[dict[str, str]]) -> str:

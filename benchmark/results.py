@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 RUNS_FILE = "runs.csv"
 
 
+def checkpoint_kind(files: list[Path | str]) -> str:
+    """`last`, `best` (best-epochNNN.ckpt) or `mixed`, from the members' files: a .ckpt given by path
+    is taken as it is, whatever --checkpoint says."""
+    kinds = {"last" if Path(f).name == "last.ckpt" else "best" if Path(f).name.startswith("best") else "other"
+             for f in files}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
 def row_regularizer(row: dict[str, str]) -> str:
     """A row's regularizer: "none" for `--dropout off`; rows from before regularizers trained the paper's."""
     if row.get("dropout") == "off":

@@ -259,16 +259,20 @@ def check_same_settings(r: Run) -> None:
     always holds one; `--run-dir` can name any folder, and a result of other settings (or a
     checkpoint trained with them) must not come back under this run's name."""
     path = r.run_dir / CONFIG_FILE
-    started = any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()
-    if not started or not path.is_file():
+    if not (any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()):
         return
-    try:
-        stored = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: unreadable ({err}); delete {r.run_dir} to run it again") from err
+    if path.is_file():
+        try:
+            stored = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: unreadable ({err}); delete {r.run_dir} to run it again") from err
+    else:  # a folder from before runs kept their config.yaml: its results row says as much
+        stored = finished_row(r.run_dir) or {}
     here = {"task": r.preset.task, "config_hash": r.chash, "seed": r.opts.seed, "dropout": r.opts.dropout,
             "regularizer": regularizer_of(r), "dropout_rates": r.rates}
-    differ = [f"{k} {stored[k]!r} there, {v!r} here" for k, v in here.items() if k in stored and stored[k] != v]
+    # A results row holds text ("0"), config.yaml typed values (0).
+    differ = [f"{k} {stored[k]!r} there, {v!r} here" for k, v in here.items()
+              if stored.get(k) not in (None, "") and stored[k] != v and str(stored[k]) != str(v)]
     if differ:
         raise ConfigError(f"{r.run_dir} holds a run of other settings ({'; '.join(differ)}): --resume would "
                           f"hand back its result; give another --run-dir, or delete that folder to start over")

@@ -19,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -74,6 +75,19 @@ class _Archive:
             return None
         info = self.tar.getmember(member)
         return info.linkname if info.issym() or info.islnk() else None
+
+    def check_whole(self) -> None:
+        """tarfile ends quietly where a cut-short tar ends, even mid-header, and never reads a gzip
+        stream to its CRC: read on from the last member to a zero block, then to the stream's end."""
+        if self.tar is None:
+            return  # a zip: testzip() read every member against its CRC
+        f = self.tar.fileobj
+        f.seek(self.tar.offset)  # where the header after the last member would start
+        end = f.read(tarfile.BLOCKSIZE)
+        if len(end) < tarfile.BLOCKSIZE or end.strip(b"\0"):
+            raise tarfile.ReadError("no end-of-archive block after its last member: cut short")
+        while f.read(1 << 20):  # a compressed stream checks its CRC and length at its end
+            pass
 
     def close(self) -> None:
         (self.zip or self.tar).close()
@@ -236,6 +250,11 @@ def _plan(arc: _Archive, archive: Path, extract: dict[str, str], dest: Path) -> 
     return plan
 
 
+def _one_line(err: BaseException) -> str:
+    """tarfile's messages can run to several lines (one per compression tried)."""
+    return next((line.strip(" -") for line in str(err).splitlines() if line.strip(" -")), type(err).__name__)
+
+
 def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
     """Members under each prefix into dest/<folder>/<rest of the path>; returns how many files. Each
     file lands whole or not at all (a stop mid-copy leaves no cut-off file to train on)."""
@@ -244,7 +263,7 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
             raise tarfile.ReadError("neither a zip nor a tar archive")
         arc = _Archive(archive)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise DataError(f"{archive}: cannot be unpacked ({str(err).splitlines()[0]}): a download cut short or "
+        raise DataError(f"{archive}: cannot be unpacked ({_one_line(err)}): a download cut short or "
                         f"another file; delete it and fetch again") from err
     n = 0
     try:
@@ -266,8 +285,9 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
                 raise
             os.replace(tmp, target)
             n += 1
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:  # cut short part-way through
-        raise DataError(f"{archive}: ends early or is damaged ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+        arc.check_whole()
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, zlib.error) as err:  # cut or damaged
+        raise DataError(f"{archive}: ends early or is damaged ({_one_line(err)}); "
                         f"delete it and fetch again") from err
     finally:
         arc.close()

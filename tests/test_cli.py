@@ -46,14 +46,16 @@ def test_bad_set_override(tmp_path, capsys):
     assert "expected model.KEY=VALUE" in capsys.readouterr().err
 
 
-def test_set_and_presets_read_1e_3_as_a_number():
+def test_set_and_presets_read_1e_3_as_a_number(tmp_path):
     """PyYAML follows YAML 1.1, where a float needs a dot: `1e-3` would reach the optimizer as text."""
     assert load_preset("ptb", "quick", ["model.lr=1e-3"]).model["lr"] == 0.001
     assert load_preset("ptb", "quick", ["model.lr='1e-3'"]).model["lr"] == "1e-3"  # quoted: a string
+    (tmp_path / "mine.yaml").write_text("model:\n  lr: 1e-3\n  weight_decay: 5E-5\n")
+    assert load_preset("ptb", str(tmp_path / "mine.yaml")).model == {"lr": 0.001, "weight_decay": 5e-5}
 
 
 def test_bad_presets_and_set_values_are_one_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"--set value '\[1,2' is not a YAML value"):
+    with pytest.raises(ConfigError, match=r"--set 'model.lr=\[1,2': '\[1,2' is not a YAML value"):
         load_preset("ptb", "quick", ["model.lr=[1,2"])
     (tmp_path / "typo.yaml").write_text("extends: smal\n")
     with pytest.raises(ConfigError, match=r"typo\.yaml: `extends: smal`: no .*smal\.yaml; known: .*typo"):
@@ -61,6 +63,18 @@ def test_bad_presets_and_set_values_are_one_line(tmp_path):
     (tmp_path / "flat.yaml").write_text("model: 5\n")
     with pytest.raises(ConfigError, match=r"flat\.yaml: `model:` must hold KEY: VALUE lines, got 5"):
         load_preset("ptb", str(tmp_path / "flat.yaml"))
+
+
+def test_resume_into_an_older_folder_of_other_settings_is_refused(tmp_path, data_root, capsys):
+    """A folder from before config.yaml was kept: its results row says what it ran."""
+    other = tmp_path / "older"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "result.json").write_text('{"row": {"task": "ptb", "config_hash": "deadbeef00", "seed": "0", '
+                                       '"dropout": "on", "test_ppl": "1.0"}}\n')
+    assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--seed", "0", "--dropout", "on", "--data-root",
+                 str(data_root), "--run-dir", str(other), "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{other} holds a run of other settings (config_hash 'deadbeef00' there" in err and "seed" not in err
 
 
 def test_resume_into_a_folder_of_other_settings_is_refused(tmp_path, data_root, capsys):
@@ -177,10 +191,14 @@ def test_an_ensemble_has_no_paper_figure_and_its_last_and_best_checkpoints_pool_
     append_row(tmp_path, {**base, "seed": "0", "test_ppl": "84.0"})
     for checkpoint, ppl in (("last", "80.0"), ("best", "78.0")):
         append_row(tmp_path, {**base, "seed": "0+1", "ensemble": "2", "checkpoint": checkpoint, "test_ppl": ppl})
+    # An older row: no `checkpoint` column, best files named in run_dir, members in the other order.
+    append_row(tmp_path, {**base, "seed": "1+0", "ensemble": "2", "test_ppl": "77.0", "finished_utc": "2026-12-04",
+                          "run_dir": "b/checkpoints/best-epoch010.ckpt a/checkpoints/best-epoch011.ckpt"})
     board = {r["ensemble"]: r for r in read_rows(build(tmp_path, plots=False))}
     assert board[""]["paper"] == "82.7"  # Table 1's medium regularized LSTM: one model, beside one model
     assert (board["2"]["mean"], board["2"]["paper"], board["2"]["diff"]) == ("80.00", "", "")
-    assert (board["2, best checkpoints"]["mean"], board["2, best checkpoints"]["seeds"]) == ("78.00", "1")
+    # 1+0 is 0+1 (one set of members, the latest row), and its files say best though no column does.
+    assert (board["2, best checkpoints"]["mean"], board["2, best checkpoints"]["seeds"]) == ("77.00", "1")
 
 
 def test_leaderboard_names_the_line_of_a_value_that_is_not_a_number(tmp_path, capsys):

@@ -84,6 +84,28 @@ def test_a_cut_short_archive_is_one_line_and_never_becomes_the_recorded_sum(tmp_
     assert not list(folder.rglob(".*.part"))
 
 
+@pytest.mark.parametrize("damage", ["plain tar without its end", "tgz with a flipped byte", "tgz without its trailer"])
+def test_a_tar_that_tarfile_reads_quietly_is_still_caught(tmp_path, damage):
+    import os
+
+    for i in range(2):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(500))
+    name = "a.tar" if damage.startswith("plain") else "a.tgz"
+    with tarfile.open(tmp_path / name, "w" if name == "a.tar" else "w:gz") as tar:
+        for i in range(2):
+            tar.add(tmp_path / f"f{i}", f"corpus/f{i}")
+    data = bytearray((tmp_path / name).read_bytes())
+    if damage == "plain tar without its end":
+        data = data[:2048]  # both members whole, then nothing: tarfile stops there without a word
+    elif damage == "tgz with a flipped byte":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[:-8]  # the gzip CRC and length
+    (tmp_path / name).write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{name}: (ends early or is damaged|cannot be unpacked) .*delete it"):
+        fetch._extract(tmp_path / name, {"corpus/": "corpus"}, tmp_path / "out")
+
+
 def test_a_tgz_cut_mid_member_leaves_no_cut_off_file(tmp_path):
     import os
 

@@ -73,6 +73,11 @@ def test_translation_eval_by_path_matches_the_runs_own_test(translation):
     assert f"{data / 'news.en'} sha256:" in ev["eval_data"] and ev["config_hash"] == row["config_hash"]
     # The evaluation's outputs are the run's, hypothesis for hypothesis.
     assert _outputs(next((run_dir / "eval").glob("last-news-*")), "test_news") == _outputs(run_dir, "test_news")
+    # A folder of the user's that holds outputs (here the run's own) is refused, not cleared.
+    before = sorted(p.read_bytes() for p in (run_dir / "outputs").glob("*.jsonl"))
+    assert main(["eval", str(run_dir), "--data-root", str(root / "nowhere"), "--results-dir", str(root / "evals"),
+                 "--test", str(data / "news.en"), str(data / "news.fr"), "--out", str(run_dir)]) == 2
+    assert sorted(p.read_bytes() for p in (run_dir / "outputs").glob("*.jsonl")) == before and before
 
 
 def test_bench_translate_prints_what_the_run_wrote_and_reports_empty_lines(translation, tmp_path, capsys):
