@@ -294,6 +294,17 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
     return n
 
 
+def unfinished(ds: LargeDataset, data_root: Path) -> bool:
+    """A fetch of `ds` that stopped part-way: its archives are kept in .downloads/, and one has not
+    yet unpacked whole (SHA256SUMS records each archive once it has). A folder put in place by hand
+    has no .downloads/ and is taken as it is."""
+    folder = Path(data_root) / ds.name
+    if not (folder / ".downloads").is_dir():
+        return False
+    known = read_sums(folder / "SHA256SUMS") if (folder / "SHA256SUMS").is_file() else {}
+    return any(a.url.rsplit("/", 1)[-1] not in known for a in ds.archives)
+
+
 def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout: float = 60.0) -> Path:
     folder = Path(data_root) / ds.name
     sums_file = folder / "SHA256SUMS"

@@ -318,7 +318,7 @@ class SpeechDataModule(TaskDataModule):
         folder = self.data_root / self.corpus
         if self.corpus == "an4":
             audio = [a for a in folder.glob("wav/*/*/*") if a.suffix in AUDIO_SUFFIXES]
-            if not audio:
+            if not audio or fetch.unfinished(sources.AN4, self.data_root):  # none yet, or a fetch that stopped
                 fetch.download_large(sources.AN4, self.data_root)  # 64 MB: checked, then labelled
             elif (folder / "etc").is_dir() and any(not a.with_suffix(".phn").is_file() for a in audio):
                 try:  # audio without labels (from GitHub, or a stopped labelling): what is labelled is kept

@@ -120,6 +120,20 @@ def test_a_tgz_cut_mid_member_leaves_no_cut_off_file(tmp_path):
     assert not list((tmp_path / "out").rglob("*big.bin*"))  # no cut-off file, and no part of one left
 
 
+def test_a_fetch_that_stopped_part_way_is_known_and_a_folder_put_by_hand_is_not(tmp_path):
+    ds = coco_archives(tmp_path / "publisher")
+    folder = fetch.download_large(ds, tmp_path / "root", yes=True)
+    assert not fetch.unfinished(ds, tmp_path / "root")
+    sums = fetch.read_sums(folder / "SHA256SUMS")
+    del sums["val2014.zip"]  # as if stopped while unpacking it: recorded only once unpacked
+    (folder / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in sums.items()))
+    assert fetch.unfinished(ds, tmp_path / "root")
+    fetch.download_large(ds, tmp_path / "root", yes=True)  # the kept archive unpacks again and is recorded
+    assert not fetch.unfinished(ds, tmp_path / "root")
+    (tmp_path / "by-hand" / "coco" / "images").mkdir(parents=True)
+    assert not fetch.unfinished(ds, tmp_path / "by-hand")
+
+
 def test_wmt14_concatenates_corpora_line_aligned(tmp_path):
     src = tmp_path / "publisher"
     src.mkdir()
