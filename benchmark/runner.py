@@ -249,7 +249,7 @@ def plan(preset: Preset, opts: RunOptions) -> Run:
     if not opts.resume and (any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()):
         raise ConfigError(f"{r.run_dir} already holds an earlier run: pass --resume to continue it (a finished "
                           f"run is skipped), or --run-dir to start a new run elsewhere")
-    if opts.resume:
+    if opts.resume and opts.run_dir:  # a folder named by run_name() carries the hash, seed and arm already
         check_same_settings(r)
     return r
 
