@@ -43,7 +43,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
         raise ConfigError("an ensemble needs at least 2 --runs")
     read_rows(Path(results_dir) / RUNS_FILE)  # a damaged results file fails now, not after the scoring
     # In seed order, so that one set of members given in any order is one ensemble (its `seed`, e.g. 0+1+2).
-    members = sorted((_member(Path(r), which) for r in runs), key=lambda m: _seed_order(m[1].get("seed")))
+    members = sorted((_member(Path(r), which) for r in runs), key=lambda m: int(m[1]["seed"]))
     for t, _ in members:
         if t.spec.name != task:
             raise ConfigError(f"{t.path}: a {t.spec.name} model, not {task}")
@@ -71,16 +71,12 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     return row
 
 
-def _seed_order(seed: Any) -> tuple[int, str]:
-    return (int(seed), "") if str(seed).isdigit() else (1 << 62, str(seed))
-
-
 def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
 
 
 def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, tuple[list[float], float]],
-         ckpts: list[Path], seconds: float, command: str, which: str = "last", device: str = "") -> dict[str, Any]:
+         ckpts: list[Path], seconds: float, command: str, checkpoint: str = "last", device: str = "") -> dict[str, Any]:
     """The ensemble's results row: its scores beside its members', measured the same way. `git_commit`
     is the code that scored it; the members' training commits are `members_git_commit`."""
     dropouts = sorted({r["dropout"] for r in rows})
@@ -94,7 +90,7 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
         "dropout_rate": arms[0][1] if len(arms) == 1 else "mixed",
         "seed": "+".join(str(r["seed"]) for r in rows),
         "ensemble": len(rows),
-        "checkpoint": which,  # the members' files: last, best (by validation), other or mixed; they pool apart
+        "checkpoint": checkpoint,  # the members' files: last, best (by validation), other or mixed; they pool apart
         "overrides": rows[0].get("overrides", ""),
         "config_hash": rows[0].get("config_hash", ""),
         **{k: f"{v[1]:.4f}" for k, v in scores.items()},

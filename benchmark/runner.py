@@ -246,21 +246,20 @@ def plan(preset: Preset, opts: RunOptions) -> Run:
     rates = apply_dropout(preset, opts.dropout)
     run_dir = Path(opts.run_dir or Path(opts.runs_dir) / run_name(preset, opts.dropout, opts.seed, chash))
     r = Run(preset, opts, registry.get(preset.task), dm, chash, rates, run_dir, cli_trainer)
-    if not opts.resume and (any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()):
+    started = any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()
+    if started and not opts.resume:
         raise ConfigError(f"{r.run_dir} already holds an earlier run: pass --resume to continue it (a finished "
                           f"run is skipped), or --run-dir to start a new run elsewhere")
-    if opts.resume and opts.run_dir:  # a folder named by run_name() carries the hash, seed and arm already
+    if started and opts.run_dir:  # a folder named by run_name() carries the hash, seed and arm already
         check_same_settings(r)
     return r
 
 
 def check_same_settings(r: Run) -> None:
-    """--resume continues or skips only a run of these very settings. A folder named for its hash
-    always holds one; `--run-dir` can name any folder, and a result of other settings (or a
+    """--resume continues or skips a started run only if it has these very settings. A folder named
+    for its hash always holds one; `--run-dir` can name any folder, and a result of other settings (or a
     checkpoint trained with them) must not come back under this run's name."""
     path = r.run_dir / CONFIG_FILE
-    if not (any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()):
-        return
     if path.is_file():
         try:
             stored = yaml.safe_load(path.read_text()) or {}
