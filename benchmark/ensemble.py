@@ -82,6 +82,9 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
     dropouts = sorted({r["dropout"] for r in rows})
     # Members trained with one regularizer at one set of rates pool with its rows; others are "mixed".
     arms = sorted({(row_regularizer(r), r.get("dropout_rate", "")) for r in rows})
+    # The members' world size: with config_hash, what the row pools by (leaderboard._hash). The
+    # ensemble itself is scored in one process.
+    devices = sorted({str(r.get("devices") or 1) for r in rows})
     return {
         "task": task,
         "preset": preset,
@@ -99,7 +102,7 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
         "wall_s": f"{seconds:.1f}",
         "device": device,
         "precision": "32-true",  # ensemble_eval scores without a Trainer or autocast, whatever the members trained in
-        "devices": 1,
+        "devices": devices[0] if len(devices) == 1 else "mixed",
         "host": platform.node(),
         "git_commit": git_commit(),
         "members_git_commit": " ".join(str(r.get("git_commit", "")) for r in rows),

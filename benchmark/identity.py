@@ -14,7 +14,9 @@ other settings. Covered:
                               the device count included: DDP changes the global batch of most tasks
                               (the leaderboard also keys rows by the world size they ran with)
     data files                names and sizes of every file the DataModule reads (`data_files()`),
-                              so a re-encoded copy of a data set does not pool with the publisher's
+                              so a re-encoded copy of a data set does not pool with the publisher's;
+                              not hidden files, nor the aligner's report of what it skipped (it
+                              names absolute paths: its size would tie the hash to the folder)
 
 Not covered: the code (each row names its commit), the machine (`device`, `host`).
 """
@@ -25,6 +27,8 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from datamodules.align import REPORT
 
 # Trainer settings that change where and how fast a run goes, not what it computes.
 PLACEMENT_KEYS = {"accelerator", "strategy", "enable_progress_bar", "enable_model_summary", "logger", "callbacks",
@@ -39,8 +43,8 @@ def data_fingerprint(paths: list[Path], root: Path) -> str:
     that does not exist yet counts as missing (its download changes the fingerprint)."""
     h = hashlib.sha256()
     for path in sorted({Path(p) for p in paths}):
-        # Hidden entries (a download's temporary folder, .DS_Store) are not data.
-        files = sorted(f for f in path.rglob("*") if f.is_file() and not any(
+        # Hidden entries (a download's temporary folder, .DS_Store) are not data, nor is a report.
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.name != REPORT and not any(
             part.startswith(".") for part in f.relative_to(path).parts)) if path.is_dir() else [path]
         for f in files:
             try:

@@ -4,8 +4,11 @@ and one learning-curve plot per task and preset, all in the same results folder.
 Rows pool only when they share a `config_hash` (benchmark/identity.py): the same model, data,
 trainer settings, precision and data files. Per task and preset the newest hash is the current
 setting; rows of older hashes (or from before hashes existed) are listed as superseded and never
-pooled. Only runs of a preset as named count (rows with `overrides` stay in runs.csv, off the
-board); a seed run twice counts by its latest row.
+pooled, except where a preset has no hashed rows at all: then they are its current rows, and no
+effect is claimed from several of their seeds (they may mix versions of the preset). Only runs of
+a preset as named count (rows with `overrides` stay in runs.csv, off the board); a seed run twice
+counts by its latest row. A metric that is not finite (a diverged run's perplexity) is left out of
+means, spreads and pairs, and counted where it was left out.
 
 Regularizers (`bench run --regularizer`): the `dropout` axis is an arm: `off`, `on` (the paper's
 dropout, `zaremba`), or another regularizer at its rates; every arm pairs with the same `off` runs.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
@@ -42,10 +46,10 @@ MARKDOWN_FILE = "LEADERBOARD.md"
 LEGACY = "legacy"  # the hash shown for rows written before runs had one
 COLUMNS = ["task", "preset", "config_hash", "status", "dropout", "regularizer", "rates", "ensemble", "metric", "mean", "std", "seeds",
            "best_mean", "best_std", "paper_metric", "paper", "diff", "diff_pct", "split_metric", "train", "valid", "test", "epochs",
-           "best_epoch", "wall_s", "tokens_per_s", "device", "host", "precision", "devices", "env", "commit",
+           "best_epoch", "nonfinite", "wall_s", "tokens_per_s", "device", "host", "precision", "devices", "env", "commit",
            "date", "command"]
 EFFECT_COLUMNS = ["task", "preset", "config_hash", "regularizer", "rates", "metric", "better", "pairs", "off_mean", "on_mean", "diff",
-                  "ci_low", "ci_high", "verdict", "bootstrap", "env", "pairs_across_envs"]
+                  "ci_low", "ci_high", "verdict", "nonfinite_pairs", "bootstrap", "env", "pairs_across_envs"]
 class TaskMetrics:
     """A task's headline and learning-curve metrics (its registry entry) and a preset's paper numbers."""
 
@@ -73,8 +77,16 @@ def _fmt(x: float | None, like: float | None = None) -> str:
     return f"{x:.4f}" if abs(x if like is None else like) <= 1 else f"{x:.2f}"
 
 
-def _mean(rows: list[dict], key: str) -> float | None:
+def _values(rows: list[dict], key: str) -> tuple[list[float], int]:
+    """The finite values of `key` over the rows that have it, and how many were not finite (inf or
+    nan: a run that diverged), which no mean or interval can take in."""
     values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    finite = [v for v in values if math.isfinite(v)]
+    return finite, len(values) - len(finite)
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values, _ = _values(rows, key)
     return mean(values) if values else None
 
 
@@ -134,7 +146,7 @@ def _envs(rows: list[dict[str, str]]) -> str:
 
 
 def _stat(rows: list[dict], key: str) -> tuple[str, str, list[float]]:
-    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    values, _ = _values(rows, key)
     if not values:
         return "", "", values
     return _fmt(mean(values)), _fmt(stdev(values), like=mean(values)) if len(values) > 1 else "", values
@@ -147,7 +159,8 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
         tm = TaskMetrics(task, preset)
         dropout, reg = rows[0]["dropout"], regularizer(rows[0])
         ours, std, values = _stat(rows, tm.headline)
-        if not values:
+        nonfinite = _values(rows, tm.headline)[1]
+        if not values and not nonfinite:
             continue
         best, best_std, _ = _stat(rows, f"best_{tm.headline}")
         # The paper's figure is one model's: an ensemble is not compared with it.
@@ -167,7 +180,7 @@ def board_rows(runs: list[dict[str, str]]) -> list[dict]:
             "diff_pct": "" if diff is None else f"{100 * diff / ref:+.1f}",
             "split_metric": tm.curve,
             **{s: _fmt(_mean(rows, f"{s}_{tm.curve}")) for s in ("train", "valid", "test")},
-            "epochs": last.get("epochs", ""), "best_epoch": last.get("best_epoch", ""),
+            "epochs": last.get("epochs", ""), "best_epoch": last.get("best_epoch", ""), "nonfinite": nonfinite or "",
             "wall_s": f"{wall:.0f}" if wall else "", "tokens_per_s": f"{rate:.0f}" if rate else "",
             "device": last.get("device", ""), "host": last.get("host", ""), "precision": last.get("precision", ""),
             "devices": last.get("devices", ""), "env": _envs(rows), "commit": last.get("git_commit", ""),
@@ -230,6 +243,10 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
     out, tm = [], TaskMetrics(task, preset)
     for metric in (tm.headline, f"best_{tm.headline}"):
         paired = [{int(r["seed"]): r for r in rows if r.get(metric)} for rows in (on, off)]
+        # A pair with a diverged run (inf or nan) has no difference to average: left out, and counted.
+        both = set(paired[0]) & set(paired[1])
+        dropped = {s for s in both if not all(math.isfinite(float(arm[s][metric])) for arm in paired)}
+        paired = [{s: r for s, r in arm.items() if s not in dropped} for arm in paired]
         effect = stats.paired_effect(*({s: float(r[metric]) for s, r in arm.items()} for arm in paired))
         if effect is None:
             continue
@@ -246,7 +263,10 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
             "off_mean": _fmt(effect.off), "on_mean": _fmt(effect.on),
             **{k: _fmt(v, like=effect.off) for k, v in (("diff", effect.diff), ("ci_low", effect.low),
                                                         ("ci_high", effect.high))},
-            "verdict": effect.verdict(lower, subject=_name(on[0])),
+            "verdict": ("no claim: rows from before settings hashes may mix versions of the preset"
+                        if chash.startswith(LEGACY) and effect.pairs > 1
+                        else effect.verdict(lower, subject=_name(on[0]))),
+            "nonfinite_pairs": len(dropped) or "",
             "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
             "env": _envs([paired[i][s] for s in seeds for i in (0, 1)]),
             "pairs_across_envs": across,
@@ -279,9 +299,10 @@ def _table(trs: list[dict]) -> list[str]:
         setting = r["preset"] + (f" (ensemble of {r['ensemble']})" if r["ensemble"] else "")
         setting += " (legacy: before settings hashes)" if r["config_hash"] == LEGACY else f" `{r['config_hash']}`"
         ours = r["mean"] + (f" ± {r['std']}" if r["std"] else "")
+        seeds = f"{r['seeds']}" + (f" (+{r['nonfinite']} diverged: not finite)" if r.get("nonfinite") else "")
         best = r["best_mean"] + (f" ± {r['best_std']}" if r["best_std"] else "")
         best += f" (epoch {r['best_epoch']})" if r["best_mean"] and r["best_epoch"] and not r["std"] else ""
-        lines.append(f"| {setting} | {r['dropout']} | {reg} | {r['seeds']} | **{ours}** | {best} | {r['paper']} | "
+        lines.append(f"| {setting} | {r['dropout']} | {reg} | {seeds} | **{ours}** | {best} | {r['paper']} | "
                      f"{r['diff']} | {r['train']} | {r['valid']} | {r['test']} | {r['epochs']} | {r['wall_s']} | "
                      f"{r['device']} |")
     return lines
@@ -294,6 +315,9 @@ def _effect_lines(effects: list[dict]) -> list[str]:
         what = "dropout" if e["regularizer"] == ZAREMBA else f"{e['regularizer']} ({e['rates']})"
         lines.append(f"- {e['preset']} {what} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
                      f"over {e['pairs']} paired seed(s): {e['verdict']}.")
+        if e.get("nonfinite_pairs"):
+            lines.append(f"  - {e['nonfinite_pairs']} more pair(s) left out: a run's {e['metric']} is not finite "
+                         "(it diverged)")
         if " environments" in e["env"]:
             across = int(e.get("pairs_across_envs") or 0)
             split = (f"; {across} of {e['pairs']} pairs ran on and off in different environments" if across
@@ -452,7 +476,7 @@ def plot_regularizers(runs: list[dict[str, str]], results_dir: Path) -> list[Pat
         fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2, 4.2))
         labels = []
         for x, (name, rows) in enumerate(columns):
-            values = [float(r[tm.headline]) for r in rows if r.get(tm.headline)]
+            values = _values(rows, tm.headline)[0]
             label, rates = arm_parts(name)
             labels.append("\n".join([label, *rates, f"{len(values)} seed(s)"]))
             if not values:
@@ -478,7 +502,9 @@ def check_values(path: Path, runs: list[dict[str, str]]) -> None:
     """What the board computes with must be numbers: a hand-edited `n/a` is a line to fix, not a traceback."""
     for i, row in enumerate(runs, start=1):
         seed = row.get("seed", "")
-        if not all(part.isdigit() for part in seed.split("+")):  # an ensemble's members: 0+1+2
+        # An ensemble's members: 0+1+2. A `bench eval` row (off the board) of a checkpoint trained
+        # elsewhere has no seed.
+        if not row.get("evaluation") and not all(part.isdigit() for part in seed.split("+")):
             raise DataError(f"{path}: data line {i} has seed {seed!r}, not a whole number; fix or delete that line")
         for key, value in row.items():
             if value and (key.startswith(NUMERIC_PREFIXES) or key in ("wall_s", "tokens_per_s")):

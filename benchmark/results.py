@@ -111,25 +111,33 @@ def locked(path: Path) -> Iterator[None]:
 def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a results CSV. A damaged last line (a write cut short by hand-editing or a full
     disk) is left out with a warning; damage anywhere else is an error naming the line."""
+    rows, header, damaged = _read(path)
+    if damaged is not None:
+        log.warning("%s: its last line is damaged (%d fields, the header has %d) and is left out; "
+                    "rerun that run or delete the line", path, len(damaged), len(header))
+    return rows
+
+
+def _read(path: Path) -> tuple[list[dict[str, str]], list[str], list[str] | None]:
+    """(the rows, the header, the damaged last line's fields or None)."""
     if not path.exists():
-        return []
+        return [], [], None
     try:
         with open(path, newline="") as f:
             records = list(csv.reader(f))
     except (csv.Error, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable results CSV ({err}); move it aside to start a new one") from err
     if not records:
-        return []
+        return [], [], None
     header, body = records[0], [r for r in records[1:] if r]
     bad = [i for i, r in enumerate(body) if len(r) != len(header)]
+    damaged = None
     if bad and bad[-1] == len(body) - 1:
-        log.warning("%s: its last line is damaged (%d fields, the header has %d) and is left out; "
-                    "rerun that run or delete the line", path, len(body[-1]), len(header))
-        body, bad = body[:-1], bad[:-1]
+        damaged, body, bad = body[-1], body[:-1], bad[:-1]
     if bad:
         raise DataError(f"{path}: data line {bad[0] + 1} has {len(body[bad[0]])} fields, the header has "
                         f"{len(header)}; fix or delete that line")
-    return [dict(zip(header, r)) for r in body]
+    return [dict(zip(header, r)) for r in body], header, damaged
 
 
 def _mode_of(path: Path) -> int:
@@ -166,8 +174,17 @@ def append_row(results_dir: Path, row: dict[str, Any], replaces: str | None = No
     killed between writing its row and marking its folder finished, then resumed, has one row."""
     path = Path(results_dir) / RUNS_FILE
     with locked(path):
-        rows = read_rows(path)
-        if replaces is not None:
+        rows, header, damaged = _read(path)
+        if damaged is not None:
+            # Rewriting the file would drop the line for good: its text goes to a file beside it first.
+            aside = path.with_name(path.name + ".damaged")
+            with open(aside, "a", newline="") as f:
+                csv.writer(f).writerow(damaged)
+                f.flush()
+                os.fsync(f.fileno())
+            log.warning("%s: its last line was damaged (%d fields, the header has %d); it is kept in %s, "
+                        "fix it there and paste it back", path, len(damaged), len(header), aside)
+        if replaces is not None and str(row[replaces]):  # an empty value would match every row without one
             rows = [r for r in rows if r.get(replaces) != str(row[replaces])]
         first = list(rows[0].keys()) if rows else list(row.keys())
         write_rows_atomic(path, rows + [row], first)

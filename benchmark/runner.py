@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -289,17 +291,48 @@ def finished(r: Run) -> dict[str, Any] | None:
                         r.run_dir, done.get("git_commit"))
         else:
             log.info("%s finished earlier (its row is in %s): skipped", r.run_dir, RUNS_FILE)
+        if _is_rank_zero():
+            _row_into(r, done)
         return {**done, "skipped": "older code" if stale else True}
     last = r.ckpt_dir / "last.ckpt"
     for partial in r.ckpt_dir.glob(".*.tmp"):  # a checkpoint write the kill cut short; last.ckpt is whole
         log.info("%s: removing %s, a checkpoint write that was cut short", r.ckpt_dir, partial.name)
         partial.unlink(missing_ok=True)
     if last.exists():
-        check_checkpoint(last)
+        ckpt = check_checkpoint(last)
+        if _is_rank_zero():
+            _drop_orphan_best(r.ckpt_dir, ckpt)
         r.resume_from = str(last)
     else:
         log.info("%s holds no last.ckpt: starting %s from scratch", r.ckpt_dir, r.name)
     return None
+
+
+def _row_into(r: Run, row: dict[str, Any]) -> None:
+    """A finished run skipped by --resume still belongs in this sweep's results folder: one named for
+    the first time (a new folder, a moved-aside runs.csv) gets its row, outputs and curves."""
+    results = Path(r.opts.results_dir)
+    if not row.get("run_id") or any(x.get("run_id") == row["run_id"] for x in read_rows(results / RUNS_FILE)):
+        return
+    outputs = save_outputs(r.run_dir, results, r.name)
+    curves = save_curves(r.run_dir, results, r.name)
+    row = {**row, "outputs": outputs.relative_to(results).as_posix() if outputs else "",
+           "curves": curves.relative_to(results).as_posix() if curves else ""}
+    append_row(results, row, replaces="run_id")
+    log.info("%s: its row was not in %s, added", r.run_dir, results / RUNS_FILE)
+
+
+def _drop_orphan_best(ckpt_dir: Path, last: dict[str, Any]) -> None:
+    """Delete best-*.ckpt files that last.ckpt's checkpoint callback does not know: a kill after the
+    best of epoch E was saved and before last.ckpt was leaves one. Kept, the replayed epoch's best
+    would be saved beside it as best-epochE-v1, and the eval commands, which take the last best-*
+    by name, could load the abandoned attempt's weights."""
+    known = {Path(state["best_model_path"]).name for state in (last.get("callbacks") or {}).values()
+             if isinstance(state, dict) and state.get("best_model_path")}
+    for path in ckpt_dir.glob("best-*.ckpt"):
+        if path.name not in known:
+            log.info("%s: removing %s, saved by the attempt that was stopped before its last.ckpt", ckpt_dir, path.name)
+            path.unlink(missing_ok=True)
 
 
 def _is_rank_zero() -> bool:
@@ -418,14 +451,16 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
                         "metrics (--logger without csv?): the row has test metrics only", r.run_dir)
         fit_metrics = {**logged, **fit_metrics}
     last_epoch = r.trainer.current_epoch  # 1-based once fit ends
-    test_metrics = _test(r.trainer, r.model, r.dm, None, "")
-    best_epoch, best_metrics = _best_epoch(r.best), {}
-    # The best-by-validation checkpoint too: the headline scores the last epoch (the paper's fixed
-    # schedules), and the best shows how much of the gap early stopping would close.
-    if best_epoch is not None and best_epoch != last_epoch:
-        best_metrics = _test_best(r)
-    elif best_epoch is not None:
-        best_metrics = {f"best_{k}": v for k, v in test_metrics.items()}
+    with _stops_as_interrupted(r, f"run stopped while testing; training has ended and its checkpoints are in "
+                                  f"{r.ckpt_dir}: rerun with --resume to test it (no results row was written)"):
+        test_metrics = _test(r.trainer, r.model, r.dm, None, "")
+        best_epoch, best_metrics = _best_epoch(r.best), {}
+        # The best-by-validation checkpoint too: the headline scores the last epoch (the paper's fixed
+        # schedules), and the best shows how much of the gap early stopping would close.
+        if best_epoch is not None and best_epoch != last_epoch:
+            best_metrics = _test_best(r)
+        elif best_epoch is not None:
+            best_metrics = {f"best_{k}": v for k, v in test_metrics.items()}
     wall = time.perf_counter() - start
     if not r.trainer.is_global_zero:
         return None
@@ -453,16 +488,24 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
 
 
 def _fit(r: Run) -> None:
-    interrupted = RunInterrupted(f"run interrupted; its last epoch checkpoint is in {r.ckpt_dir}: rerun with "
-                                 f"--resume to continue (no results row was written)")
-    try:
+    with _stops_as_interrupted(r, f"run interrupted; its last epoch checkpoint is in {r.ckpt_dir}: rerun with "
+                                  f"--resume to continue (no results row was written)"):
         r.trainer.fit(r.model, datamodule=r.dm, ckpt_path=r.resume_from, weights_only=True)
-    except SystemExit:  # Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1)
+
+
+@contextmanager
+def _stops_as_interrupted(r: Run, message: str) -> Iterator[None]:
+    """Lightning answers Ctrl+C with a graceful shutdown and sys.exit(1), and SIGTERM (a cluster's
+    time limit, `kill`) with SIGTERMException, a SystemExit of status 0: either is this run stopped,
+    which the sweep reports and exits non-zero for, never a success."""
+    try:
+        yield
+    except SystemExit:
         if r.trainer.interrupted:
-            raise interrupted from None
+            raise RunInterrupted(message) from None
         raise
     if r.trainer.interrupted:
-        raise interrupted
+        raise RunInterrupted(message)
 
 
 def _test_best(r: Run) -> dict[str, float]:
@@ -493,8 +536,8 @@ def _best_epoch(best: ModelCheckpoint) -> int | None:
     """The 1-based epoch of the best-by-validation checkpoint (its file name holds the 0-based one)."""
     if not best.best_model_path:
         return None
-    stem = Path(best.best_model_path).stem  # best-epoch007
-    digits = stem.rsplit("epoch", 1)[-1]
+    stem = Path(best.best_model_path).stem  # best-epoch007, or best-epoch007-v1 beside an older file
+    digits = stem.rsplit("epoch", 1)[-1].split("-v")[0]
     return int(digits) + 1 if digits.isdigit() else None
 
 

@@ -375,7 +375,7 @@ class Manifest:
 
     def close(self) -> None:  # rewritten compactly: one line per label that still stands
         self.file.close()
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # two runs may label at once (--jobs)
         tmp.write_text("".join(f"{rel}\t{key}\n" for rel, key in sorted(self.keys.items())))
         os.replace(tmp, self.path)
 
@@ -435,7 +435,7 @@ def align_corpus(root: Path, out: Path | None = None, layout: str | None = None,
             pool.terminate()
         manifest.close()
         report = dest / REPORT
-        tmp = report.with_suffix(".tmp")
+        tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f, delimiter="\t", lineterminator="\n")
             w.writerow(["utterance", "path", "reason"])

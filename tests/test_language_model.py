@@ -206,6 +206,37 @@ def test_interrupted_run_writes_no_row(tmp_path, data_root):
     assert not (tmp_path / "results" / "runs.csv").exists()
 
 
+def test_a_run_stopped_by_sigterm_while_testing_ends_interrupted_not_finished(tmp_path, data_root):
+    """SIGTERM (a cluster's time limit, `kill`) reaches Lightning's loops as SIGTERMException, a
+    SystemExit of status 0: the run ends as interrupted, with no row, and the sweep exits non-zero."""
+    class Sigterm(L.Callback):
+        def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+
+    preset = tiny_preset()
+    preset.trainer.update(max_epochs=1, limit_val_batches=2, limit_test_batches=3)
+    with pytest.raises(BenchError, match="stopped while testing.*--resume to test it"):
+        run(preset, opts(tmp_path, data_root, callbacks=[Sigterm()]))
+    assert not (tmp_path / "results" / "runs.csv").exists()
+
+
+def test_a_best_checkpoint_last_ckpt_does_not_know_is_removed_on_resume(tmp_path):
+    from benchmark.runner import _best_epoch, _drop_orphan_best
+
+    for name in ("best-epoch004.ckpt", "best-epoch006.ckpt", "last.ckpt"):
+        (tmp_path / name).write_bytes(b"x")
+    # last.ckpt is epoch 5's: its checkpoint callback's best is epoch 4; epoch 6's best was saved
+    # by an attempt killed before it wrote last.ckpt.
+    last = {"callbacks": {"ModelCheckpoint{'monitor': 'valid_ppl'}": {"best_model_path": "/elsewhere/best-epoch004.ckpt"},
+                          "TokenThroughput": {"tokens": 10}}}
+    _drop_orphan_best(tmp_path, last)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-epoch004.ckpt", "last.ckpt"]
+
+    class Best:
+        best_model_path = "x/best-epoch006-v1.ckpt"
+    assert _best_epoch(Best()) == 7
+
+
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_mixed_precision_trains_on_cpu(tmp_path, data_root, precision):
     preset = tiny_preset()

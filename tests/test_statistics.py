@@ -109,3 +109,20 @@ def test_the_bootstrap_scores_an_unk_as_the_rows_do(tmp_path):
     result = stats.bleu_bootstrap(tmp_path / "off.jsonl.gz", tmp_path / "on.jsonl.gz")
     assert result.on == pytest.approx(text_metrics.bleu(on, refs)[0].score)
     assert result.off == pytest.approx(text_metrics.bleu(off, refs)[0].score)
+
+
+def test_the_data_fingerprint_leaves_out_the_aligners_report(tmp_path):
+    """align-report.tsv lists the utterances the aligner skipped by absolute path: were it hashed, a
+    checkout moved to another folder would change every speech run's settings hash (and folder)."""
+    from benchmark.identity import data_fingerprint
+    from datamodules.align import REPORT
+
+    corpus = tmp_path / "an4"
+    (corpus / "wav").mkdir(parents=True)
+    (corpus / "wav" / "a.phn").write_text("0 10 sil\n")
+    before = data_fingerprint([corpus], tmp_path)
+    (corpus / REPORT).write_text(f"utterance\tpath\treason\nx\t{tmp_path}/an4/wav/x.flac\tno path\n")
+    (corpus / ".align-labels.tsv.123.tmp").write_text("half written")
+    assert data_fingerprint([corpus], tmp_path) == before
+    (corpus / "wav" / "b.phn").write_text("0 10 sil\n")
+    assert data_fingerprint([corpus], tmp_path) != before  # data it reads still counts

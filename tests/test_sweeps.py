@@ -90,6 +90,22 @@ def test_sweep_resumes_where_it_stopped(tmp_path, data_root, capsys):
     assert "already holds an earlier run: pass --resume" in capsys.readouterr().err
 
 
+def test_a_resumed_sweep_puts_skipped_runs_rows_into_a_new_results_folder(tmp_path, data_root, capsys):
+    """`make bench RESULTS_DIR=elsewhere` after a finished `make bench` skips every run: their rows,
+    outputs and curves still go to the folder named, once."""
+    args = ("--task", "ptb", "--preset", "small", "--dropout", "on,off", "--data-root", str(data_root), *TINY)
+    assert bench(tmp_path, *args) == 0
+    first = read_rows(tmp_path / "results" / "runs.csv")
+    other = ["--results-dir", str(tmp_path / "other"), "--resume"]
+    for _ in range(2):
+        assert bench(tmp_path, *args, *other) == 0
+        assert "skipped (finished earlier)" in capsys.readouterr().out
+        rows = read_rows(tmp_path / "other" / "runs.csv")
+        assert [(r["run_id"], r["test_ppl"]) for r in rows] == [(r["run_id"], r["test_ppl"]) for r in first]
+        assert all((tmp_path / "other" / r["curves"]).is_file() for r in rows)
+    assert read_rows(tmp_path / "results" / "runs.csv") == first
+
+
 def test_damaged_last_line_is_left_out_and_said(tmp_path, caplog):
     path = tmp_path / "runs.csv"
     path.write_text("task,test_ppl,seed\nptb,100.0,0\nptb,101.0,1\nptb,10")
@@ -99,6 +115,64 @@ def test_damaged_last_line_is_left_out_and_said(tmp_path, caplog):
     path.write_text("task,test_ppl,seed\nptb,100\nptb,101.0,1\n")
     with pytest.raises(Exception, match="data line 1 has 2 fields"):
         read_rows(path)
+
+
+def test_a_damaged_last_line_is_kept_aside_when_a_row_is_appended(tmp_path, caplog):
+    path = tmp_path / "runs.csv"
+    path.write_text("task,test_ppl,seed\nptb,100.0,0\nptb,101.0,1,hand-edited\n")
+    append_row(tmp_path, {"task": "ptb", "test_ppl": "102.0", "seed": "2"})
+    assert [r["seed"] for r in read_rows(path)] == ["0", "2"]
+    assert (tmp_path / "runs.csv.damaged").read_text() == "ptb,101.0,1,hand-edited\n"  # not lost
+    assert "kept in" in caplog.text and "runs.csv.damaged" in caplog.text
+
+
+def test_a_row_with_an_empty_run_id_replaces_no_other_row(tmp_path):
+    append_row(tmp_path, {"task": "ptb", "seed": "0", "run_id": "", "ensemble": "2"})
+    append_row(tmp_path, {"task": "ptb", "seed": "1", "run_id": "abc"})
+    append_row(tmp_path, {"task": "ptb", "seed": "2", "run_id": ""}, replaces="run_id")
+    assert [r["seed"] for r in read_rows(tmp_path / "runs.csv")] == ["0", "1", "2"]
+    append_row(tmp_path, {"task": "ptb", "seed": "3", "run_id": "abc"}, replaces="run_id")
+    assert [r["seed"] for r in read_rows(tmp_path / "runs.csv")] == ["0", "2", "3"]
+
+
+def test_a_diverged_seed_is_left_out_of_means_and_pairs_and_counted(tmp_path):
+    """A run whose perplexity overflowed (inf, nan) cannot enter a mean or an interval: the board
+    pools the finite seeds and says how many it left out, instead of a traceback."""
+    rows = [("on", 0, "84.0"), ("on", 1, "86.0"), ("on", 2, "inf"), ("on", 3, "85.0"),
+            ("off", 0, "90.0"), ("off", 1, "93.0"), ("off", 2, "91.0"), ("off", 3, "nan")]
+    for dropout, seed, ppl in rows:
+        append_row(tmp_path, {"task": "ptb", "preset": "medium", "config_hash": "h1", "dropout": dropout,
+                              "seed": seed, "test_ppl": ppl, "finished_utc": f"2026-12-0{seed + 1}"})
+    # A `bench eval` row of a checkpoint trained elsewhere has no seed; it is off the board and blocks nothing.
+    append_row(tmp_path, {"task": "ptb", "preset": "medium", "seed": "", "evaluation": "test", "test_ppl": "88.0"})
+    board = {r["dropout"]: r for r in read_rows(build(tmp_path, plots=False))}
+    assert (board["on"]["mean"], board["on"]["seeds"], board["on"]["nonfinite"]) == ("85.00", "3", "1")
+    assert (board["off"]["mean"], board["off"]["seeds"], board["off"]["nonfinite"]) == ("91.33", "3", "1")
+    effect = next(r for r in read_rows(tmp_path / "effects.csv") if r["metric"] == "test_ppl")
+    assert (effect["pairs"], effect["nonfinite_pairs"], effect["diff"]) == ("2", "2", "-6.50")  # seeds 0, 1
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "3 (+1 diverged: not finite)" in md and "2 more pair(s) left out" in md
+
+
+def test_rows_from_before_settings_hashes_pair_with_no_claim(tmp_path):
+    for dropout, ppls in (("on", ("80.0", "81.0", "82.0")), ("off", ("90.0", "91.0", "92.0"))):
+        for seed, ppl in enumerate(ppls):
+            append_row(tmp_path, {"task": "ptb", "preset": "medium", "dropout": dropout, "seed": seed,
+                                  "test_ppl": ppl})
+    effect = next(r for r in read_rows(build(tmp_path, plots=False).parent / "effects.csv")
+                  if r["metric"] == "test_ppl")
+    assert effect["pairs"] == "3" and effect["verdict"].startswith("no claim: rows from before settings hashes")
+
+
+def test_an_ensemble_row_pools_by_its_members_world_size():
+    from benchmark.ensemble import _row
+
+    members = [{"task": "ptb", "preset": "medium", "dropout": "on", "seed": s, "config_hash": "h1", "devices": "2"}
+               for s in (0, 1)]
+    row = _row("ptb", "medium", members, {"test_ppl": ([80.0, 81.0], 78.0)}, [Path("a"), Path("b")], 1.0, "bench")
+    assert row["devices"] == "2"  # with config_hash h1: the pool h1@2 its members are in
+    assert _row("ptb", "medium", [members[0], {**members[1], "devices": "1"}], {"test_ppl": ([80.0, 81.0], 78.0)},
+                [Path("a"), Path("b")], 1.0, "bench")["devices"] == "mixed"
 
 
 def write_metrics_csv(run_dir: Path, train: list[float], valid: list[float]) -> None:
