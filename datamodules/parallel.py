@@ -338,7 +338,7 @@ class ParallelTextDataModule(StreamsDataModule):
             self.src_vocab = WordVocab.build((s for s, _ in words["train"]), self.vocab_sizes[0], self.min_count)
             self.tgt_vocab = WordVocab.build((t for _, t in words["train"]), self.vocab_sizes[1], self.min_count)
         for name in words:
-            self.sets[name] = [Pair(self.src_vocab.encode(s), self.tgt_vocab.encode(t), rs, rt)
+            self.sets[name] = [Pair(self.src_vocab.encode(s), self.tgt_vocab.encode(t), rs, self._reference(rt))
                                for (s, t), (rs, rt) in zip(words[name], raw[name])]
         log.info("translation %s: %s pairs; vocabularies %d source / %d target words", self.langpair,
                  {k: len(v) for k, v in self.sets.items()}, len(self.src_vocab), len(self.tgt_vocab))
@@ -350,8 +350,13 @@ class ParallelTextDataModule(StreamsDataModule):
         self.src_vocab, self.tgt_vocab = WordVocab(self.restored["src_itos"]), WordVocab(self.restored["tgt_itos"])
         tok_src, tok_tgt = self.tokenizers()
         for name, spec in self.test_sets.items():
-            self.sets[f"test_{name}"] = [Pair(self.src_vocab.encode(tok_src(s)), self.tgt_vocab.encode(tok_tgt(t)), s, t)
-                                         for s, t in self._read(spec)]
+            self.sets[f"test_{name}"] = [Pair(self.src_vocab.encode(tok_src(s)), self.tgt_vocab.encode(tok_tgt(t)), s,
+                                              self._reference(t)) for s, t in self._read(spec)]
+
+    def _reference(self, text: str) -> str:
+        """The reference as BLEU sees it: lower-cased when the model's words are (BLEU is
+        case-sensitive, so a cased reference would count every capital as a miss)."""
+        return text.lower() if self.lowercase else text
 
     def tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
         return Tokenizer(self.src_lang, self.lowercase), Tokenizer(self.tgt_lang, self.lowercase)

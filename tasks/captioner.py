@@ -25,7 +25,7 @@ from datamodules.vocab import WordVocab
 from tasks.nn import decoding, text_metrics
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.regularizers import Regularization, WordEmbedding
-from tasks.text_generation import Decoded, TextGenerator, beam_column, beam_suffix
+from tasks.text_generation import Decoded, TextGenerator, beam_column, score_names
 
 
 class Captioner(TextGenerator):
@@ -142,7 +142,8 @@ class Captioner(TextGenerator):
             hyps = [r.hyps[j] for r in rows]
             for n in orders:
                 score, sig = text_metrics.bleu(hyps, refs, max_order=n)
-                self.log(f"{stage}_bleu{n}{beam_suffix(beam)}", score.score, prog_bar=stage == "valid")
+                for name in score_names(stage, f"bleu{n}", beam, beams):
+                    self.log(name, score.score, prog_bar=stage == "valid")
                 if n == 4:
                     self.bleu_signatures[stage] = sig
         self.write_samples(stage, ["references", *map(beam_column, beams)], [[" | ".join(r.refs), *r.hyps] for r in rows])

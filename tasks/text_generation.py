@@ -252,6 +252,14 @@ def beam_suffix(beam: int) -> str:
     return "_greedy" if beam == 1 else ""
 
 
+def score_names(stage: str, metric: str, beam: int, beams: tuple[int, ...]) -> list[str]:
+    """What one decoding's score is logged as: `test_bleu` for beam search, `test_bleu_greedy` for
+    greedy. A test run with `beam: 1` decodes greedily only, so that decoding is the headline too:
+    without it the leaderboard would find no headline for the run."""
+    name = f"{stage}_{metric}"
+    return [name + beam_suffix(beam)] + ([name] if beams == (1,) and stage.startswith("test") else [])
+
+
 def beam_column(beam: int) -> str:
     return "greedy" if beam == 1 else f"beam {beam}"
 

@@ -319,6 +319,9 @@ def test_a_run_steps_the_half_epoch_schedule_by_its_own_batches(tmp_path):
                       weights_only=True)
     # 2 epochs: 1 at 0.7, then halved at 1, 1.5 and (after the last step) 2 epochs
     assert ckpt["lr_schedulers"][0]["last_epoch"] == int(row["steps"]) > 2
+    # beam: 1 decodes greedily only: that decoding is the headline too, or the leaderboard finds none.
+    for metric in ("bleu", "bleu_tok", "chrf", "news_bleu"):
+        assert row[f"test_{metric}"] == row[f"test_{metric}_greedy"] != "", metric
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.7 / 8)
     # Stopped by a step count (--max-steps, a dry run) the schedule still counts epochs in batches.
     preset.trainer["max_steps"] = int(row["steps"]) // 2
@@ -377,6 +380,20 @@ def test_named_sacrebleu_test_set_reads_sacrebleus_files(tmp_path, monkeypatch):
     monkeypatch.setattr(sbu, "get_source_file", offline)
     with pytest.raises(DataError, match=r"sacrebleu test set 'wmt14/full' \(en-fr\) unavailable.*by path instead"):
         read_corpus({"sacrebleu": "wmt14/full"}, tmp_path, "en-fr")
+
+
+def test_lowercased_words_are_scored_against_lowercased_references(tmp_path):
+    """BLEU is case-sensitive: with `lowercase: true` the model can only write lower case, so the
+    references it is scored against are lower-cased too."""
+    write_tab(tmp_path / "tab.txt")
+    (tmp_path / "news.en").write_text("\n".join(EN) + "\n")
+    (tmp_path / "news.fr").write_text("\n".join(FR) + "\n")
+    for lowercase in (False, True):
+        preset = tiny_translation_preset(tmp_path, lowercase=lowercase)
+        dm = ParallelTextDataModule(tmp_path, **preset.data)
+        dm.setup()
+        refs = [p.ref_text for p in dm.sets["test_news"]]
+        assert ("Je suis ici ." in refs) != lowercase and ("je suis ici ." in refs) == lowercase
 
 
 def test_validation_decodes_every_nth_epoch_and_the_last(tmp_path):
