@@ -11,6 +11,12 @@ preset's windows and with the evaluation windows the DataModule now uses. `--mal
 with freed memory kept in the process, as `bench run` sets it (benchmark/allocator.py); `default`
 with glibc as it is. The minor page faults per step say how much of the step the kernel spent
 mapping and zero-filling fresh pages, time the profiler books to the operator that first writes them.
+
+Two tables need no profiler (which adds page faults of its own on some machines): the step's phases
+timed with a clock, and the floor the step's math sets, each operation it cannot do without timed
+alone on the step's shapes (the output layer's three matrix products, the LSTM forward and backward,
+log-softmax and its backward). The step's time over that floor is the most any change that keeps
+the math (less allocation, fewer passes, less Python, no Lightning) could gain on this machine.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -71,6 +78,74 @@ def step_profile(dm: ptb.PTBDataModule, model: LanguageModel, steps: int, warmup
     return table, ms, faults
 
 
+def phases(dm: ptb.PTBDataModule, model: LanguageModel, steps: int, warmup: int = 10) -> dict[str, float]:
+    """ms per step of each phase of the same step as `step_profile`, by the clock, no profiler."""
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    batches = iter(dm.train_dataloader())
+    total = dict.fromkeys(("forward and loss", "backward", "clip", "SGD"), 0.0)
+    for i in range(warmup + steps):
+        x, y = next(batches)
+        t0 = time.perf_counter()
+        loss = model._nll((x, y), "train") * y.size(0)
+        opt.zero_grad(set_to_none=True)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        t3 = time.perf_counter()
+        opt.step()
+        t4 = time.perf_counter()
+        if i >= warmup:
+            for k, dt in zip(total, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                total[k] += dt
+    return {k: v * 1000 / steps for k, v in total.items()}
+
+
+def math_floor(dm: ptb.PTBDataModule, model: LanguageModel, reps: int = 50) -> dict[str, float]:
+    """ms per step of each operation the step's math needs, forward and backward, timed alone on the
+    step's shapes: what no change that keeps the math can avoid."""
+    T, B = dm.bptt, dm.batch_size
+    H, V = model.head.in_features, model.head.out_features
+    lstm = model.rnn.lstm
+    x = torch.randn(T, B, H, requires_grad=True)
+    h = torch.randn(T * B, H, requires_grad=True)
+    logits = torch.randn(T * B, V, requires_grad=True)
+    y = torch.randint(V, (T * B,))
+    g_out, g_rnn = torch.randn(T * B, V), torch.randn(T, B, H)
+
+    def fresh(*tensors: torch.Tensor) -> None:  # as the step's zero_grad(set_to_none): no accumulation
+        for t in tensors:
+            t.grad = None
+
+    def head() -> None:
+        fresh(h, model.head.weight, model.head.bias)
+        F.linear(h, model.head.weight, model.head.bias).backward(g_out)
+
+    def rnn() -> None:
+        fresh(x, *lstm.parameters())
+        out, _ = lstm(x)
+        out.backward(g_rnn)
+
+    def loss() -> None:
+        fresh(logits)
+        F.nll_loss(F.log_softmax(logits, -1), y).backward()
+
+    floor = {}
+    for name, fn in (("output layer: 3 matrix products", head), ("LSTM (oneDNN), 2 layers", rnn),
+                     ("log-softmax and NLL", loss)):
+        for _ in range(5):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        floor[name] = (time.perf_counter() - t0) * 1000 / reps
+    gflop = 3 * 2 * T * B * H * V / 1e9
+    floor["output layer: GFLOP/s"] = gflop / (floor["output layer: 3 matrix products"] / 1000)
+    model.zero_grad(set_to_none=True)
+    return floor
+
+
 @torch.no_grad()
 def test_stream(dm: ptb.PTBDataModule, model: LanguageModel, window: int) -> tuple[float, float]:
     """(perplexity, seconds) of the test split as one column read in `window`-token windows."""
@@ -106,6 +181,20 @@ def main() -> None:
         lines += [f"## Output layer and loss {'fused' if fused else 'as two steps (the default)'}: {ms:.1f} ms and "
                   f"{faults:.0f} minor page faults per step\n", "```", table.rstrip(), "```\n"]
         print(f"fused={fused}: {ms:.1f} ms/step, {faults:.0f} faults/step", flush=True)
+    dm, model = build(args.data_root, args.preset, False)
+    phase = phases(dm, model, 4 * args.steps)
+    floor = math_floor(dm, model)
+    step_ms, floor_ms = sum(phase.values()), sum(v for k, v in floor.items() if "GFLOP" not in k)
+    lines += [f"## The default step by the clock ({4 * args.steps} steps, no profiler), and its math alone\n",
+              "| phase | ms per step |", "|---|---:|", *(f"| {k} | {v:.2f} |" for k, v in phase.items()),
+              f"| **step** | **{step_ms:.2f}** |\n",
+              "| the math's floor, each operation alone, forward and backward | ms per step |", "|---|---:|",
+              *(f"| {k} | {v:.2f} |" for k, v in floor.items() if "GFLOP" not in k),
+              f"| **floor** | **{floor_ms:.2f}** |\n",
+              f"The output layer's products run at {floor['output layer: GFLOP/s']:.0f} GFLOP/s. The step takes "
+              f"{step_ms / floor_ms:.2f}x its floor: the most that a change keeping the math could speed this "
+              "loop on this machine.\n"]
+    print(f"phases {phase}, floor {floor}, step/floor {step_ms / floor_ms:.2f}", flush=True)
     dm, model = build(args.data_root, args.preset, True)
     short = test_stream(dm, model, dm.bptt)
     long = test_stream(dm, model, ptb.EVAL_WINDOW_TOKENS)
