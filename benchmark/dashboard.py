@@ -29,7 +29,7 @@ OTHER_COLORS = [("#2ca02c", "rgba(44,160,44,0.12)"), ("#9467bd", "rgba(148,103,1
                 ("#bcbd22", "rgba(188,189,34,0.12)"), ("#7f7f7f", "rgba(127,127,127,0.12)")]
 KNOWN = ("variational", "locked", "weight_drop", "embedding", "zoneout", "recurrent", "zaremba", "awd")
 SAMPLES = 3  # test outputs shown per run
-BOARD_COLUMNS = [("dropout", "dropout"), ("regularizer", "regularizer"), ("rates", "rates"), ("ensemble", "ensemble of"), ("seeds", "seeds"), ("mean", "headline (last epoch)"), ("std", "± std"),
+BOARD_COLUMNS = [("dropout", "dropout"), ("regularizer", "regularizer"), ("rates", "rates"), ("ensemble", "ensemble of"), ("seeds", "seeds"), ("nonfinite", "diverged (left out)"), ("mean", "headline (last epoch)"), ("std", "± std"),
                  ("best_mean", "best-valid checkpoint"), ("paper", "paper"), ("diff", "Δ paper"),
                  ("train", "train"), ("valid", "valid"), ("test", "test"), ("epochs", "epochs"),
                  ("wall_s", "wall s"), ("device", "device"), ("commit", "commit")]
@@ -155,7 +155,9 @@ def build_page(results_dir: Path) -> Path:
                 what = "" if e["regularizer"] == leaderboard.ZAREMBA else f"{e['regularizer']}: "
                 parts.append(f"<p class=\"effect\">{html.escape(what + e['metric'])} ({e['better']} is better): on − off = "
                              f"<b>{html.escape(e['diff'])}</b>{html.escape(ci)} over {e['pairs']} paired seed(s): "
-                             f"{html.escape(e['verdict'])}.</p>")
+                             f"{html.escape(e['verdict'])}."
+                             + (f" {e['nonfinite_pairs']} more pair(s) left out: a run diverged (not finite)."
+                                if e.get("nonfinite_pairs") else "") + "</p>")
             # The first seed's outputs each way: the same test items, on against off.
             first = [min(rows, key=lambda r: int(r["seed"])) for rows in (by_arm["on"], by_arm["off"]) if rows]
             shown = samples(first, results_dir)

@@ -4,8 +4,9 @@ and one learning-curve plot per task and preset, all in the same results folder.
 Rows pool only when they share a `config_hash` (benchmark/identity.py): the same model, data,
 trainer settings, precision and data files. Per task and preset the newest hash is the current
 setting; rows of older hashes (or from before hashes existed) are listed as superseded and never
-pooled, except where a preset has no hashed rows at all: then they are its current rows, and no
-effect is claimed from several of their seeds (they may mix versions of the preset). Only runs of
+pooled, except where a preset's newest row has no hash (a preset run only before hashes existed):
+then its hashless rows are the current ones, and no effect is claimed from several of their seeds
+(they may mix versions of the preset). Only runs of
 a preset as named count (rows with `overrides` stay in runs.csv, off the board); a seed run twice
 counts by its latest row. A metric that is not finite (a diverged run's perplexity) is left out of
 means, spreads and pairs, and counted where it was left out.
@@ -72,7 +73,7 @@ class TaskMetrics:
 def _fmt(x: float | None, like: float | None = None) -> str:
     """4 decimals for accuracies (<= 1), 2 for perplexities and BLEU; `like` picks by another value
     (a difference is written as precisely as the number it is the difference of)."""
-    if x is None:
+    if x is None or math.isnan(x):  # nan: no finite pair to average
         return ""
     return f"{x:.4f}" if abs(x if like is None else like) <= 1 else f"{x:.2f}"
 
@@ -248,6 +249,8 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
         dropped = {s for s in both if not all(math.isfinite(float(arm[s][metric])) for arm in paired)}
         paired = [{s: r for s, r in arm.items() if s not in dropped} for arm in paired]
         effect = stats.paired_effect(*({s: float(r[metric]) for s, r in arm.items()} for arm in paired))
+        if effect is None and dropped:  # every pair had a diverged run: say so rather than show nothing
+            effect = stats.Effect(0, math.nan, math.nan, math.nan, None, None)
         if effect is None:
             continue
         lower = stats.lower_is_better(metric)
@@ -263,7 +266,8 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
             "off_mean": _fmt(effect.off), "on_mean": _fmt(effect.on),
             **{k: _fmt(v, like=effect.off) for k, v in (("diff", effect.diff), ("ci_low", effect.low),
                                                         ("ci_high", effect.high))},
-            "verdict": ("no claim: rows from before settings hashes may mix versions of the preset"
+            "verdict": ("no finite pair: every paired seed has a run that diverged" if not effect.pairs else
+                        "no claim: rows from before settings hashes may mix versions of the preset"
                         if chash.startswith(LEGACY) and effect.pairs > 1
                         else effect.verdict(lower, subject=_name(on[0]))),
             "nonfinite_pairs": len(dropped) or "",

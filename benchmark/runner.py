@@ -26,6 +26,8 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.trainer.states import TrainerStatus
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from benchmark import allocator, environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
@@ -174,12 +176,20 @@ def progress_bar() -> L.Callback:
 
 
 def finished_row(run_dir: Path) -> dict[str, Any] | None:
+    record = _result_record(run_dir)
+    return None if record is None else record["row"]
+
+
+def _result_record(run_dir: Path) -> dict[str, Any] | None:
+    """result.json: the row, the data settings and (since 2026-12-03) the results folder it went to."""
     path = Path(run_dir) / RESULT_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())["row"]
-    except (OSError, ValueError, KeyError) as err:
+        record = json.loads(path.read_text())
+        record["row"]
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: unreadable ({err}); delete it to run {run_dir} again") from err
 
 
@@ -304,15 +314,21 @@ def finished(r: Run) -> dict[str, Any] | None:
             _drop_orphan_best(r.ckpt_dir, ckpt)
         r.resume_from = str(last)
     else:
+        if _is_rank_zero():
+            _drop_orphan_best(r.ckpt_dir, {})  # the first attempt died before its first last.ckpt
         log.info("%s holds no last.ckpt: starting %s from scratch", r.ckpt_dir, r.name)
     return None
 
 
 def _row_into(r: Run, row: dict[str, Any]) -> None:
-    """A finished run skipped by --resume still belongs in this sweep's results folder: one named for
-    the first time (a new folder, a moved-aside runs.csv) gets its row, outputs and curves."""
+    """A finished run skipped by --resume into another results folder than the one its row went to
+    (`make bench RESULTS_DIR=elsewhere` after a `make bench`) gets its row, outputs and curves there
+    too. Not into its own folder: a row moved from there to an archive stays moved."""
     results = Path(r.opts.results_dir)
-    if not row.get("run_id") or any(x.get("run_id") == row["run_id"] for x in read_rows(results / RUNS_FILE)):
+    wrote_to = (_result_record(r.run_dir) or {}).get("results_dir")
+    if not wrote_to or Path(wrote_to) == results.resolve() or not row.get("run_id"):
+        return  # older result.json files do not say where their row went
+    if any(x.get("run_id") == row["run_id"] for x in read_rows(results / RUNS_FILE)):
         return
     outputs = save_outputs(r.run_dir, results, r.name)
     curves = save_curves(r.run_dir, results, r.name)
@@ -454,11 +470,13 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
     with _stops_as_interrupted(r, f"run stopped while testing; training has ended and its checkpoints are in "
                                   f"{r.ckpt_dir}: rerun with --resume to test it (no results row was written)"):
         test_metrics = _test(r.trainer, r.model, r.dm, None, "")
+        _check_sigterm(r)
         best_epoch, best_metrics = _best_epoch(r.best), {}
         # The best-by-validation checkpoint too: the headline scores the last epoch (the paper's fixed
         # schedules), and the best shows how much of the gap early stopping would close.
         if best_epoch is not None and best_epoch != last_epoch:
             best_metrics = _test_best(r)
+            _check_sigterm(r)
         elif best_epoch is not None:
             best_metrics = {f"best_{k}": v for k, v in test_metrics.items()}
     wall = time.perf_counter() - start
@@ -482,7 +500,8 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
     row["curves"] = curves.relative_to(r.opts.results_dir).as_posix() if curves else ""
     path = append_row(r.opts.results_dir, row, replaces="run_id")
     # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
-    _write_atomic(r.run_dir / RESULT_FILE, json.dumps({"row": row, "data": r.preset.data}, indent=1) + "\n")
+    _write_atomic(r.run_dir / RESULT_FILE, json.dumps({"row": row, "data": r.preset.data, "results_dir": str(
+        Path(r.opts.results_dir).resolve())}, indent=1) + "\n")
     log.info("results row appended to %s", path)
     return row
 
@@ -491,6 +510,15 @@ def _fit(r: Run) -> None:
     with _stops_as_interrupted(r, f"run interrupted; its last epoch checkpoint is in {r.ckpt_dir}: rerun with "
                                   f"--resume to continue (no results row was written)"):
         r.trainer.fit(r.model, datamodule=r.dm, ckpt_path=r.resume_from, weights_only=True)
+        _check_sigterm(r)
+
+
+def _check_sigterm(r: Run) -> None:
+    """Lightning raises on SIGTERM only between batches; one that came during the last batch or
+    the epoch's end lets the stage finish, and the next trainer.test() forgets it: ask now."""
+    if r.trainer.received_sigterm:
+        r.trainer.state.status = TrainerStatus.INTERRUPTED
+        raise SIGTERMException  # what Lightning raises between batches; _stops_as_interrupted answers it
 
 
 @contextmanager

@@ -15,6 +15,7 @@ Everything is read with torch's `weights_only` unpickler (benchmark/checkpoints.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,17 @@ def checkpoint_path(path: Path, which: str = "last") -> Path:
         raise ConfigError(f"{path}: neither a checkpoint file nor a run folder (no checkpoints/ inside)")
     if which == "last":
         return folder / "last.ckpt"
-    best = sorted(folder.glob("best-*.ckpt"))
+    best = sorted(folder.glob("best-*.ckpt"), key=_epoch_and_version)
     if not best:
         raise ConfigError(f"{folder}: no best-*.ckpt (a run without validation); use --checkpoint last")
     return best[-1]
+
+
+def _epoch_and_version(path: Path) -> tuple[int, int, str]:
+    """best-epoch007-v1.ckpt -> (7, 1, name): Lightning's `-vN` marks a later save of the same epoch's
+    name, which sorts before the plain name as text."""
+    match = re.search(r"epoch(\d+)(?:-v(\d+))?$", path.stem)
+    return (int(match[1]), int(match[2] or 0), path.name) if match else (-1, 0, path.name)
 
 
 def task_of(ckpt: dict[str, Any], path: Path) -> registry.TaskSpec:

@@ -206,12 +206,18 @@ def test_interrupted_run_writes_no_row(tmp_path, data_root):
     assert not (tmp_path / "results" / "runs.csv").exists()
 
 
-def test_a_run_stopped_by_sigterm_while_testing_ends_interrupted_not_finished(tmp_path, data_root):
+@pytest.mark.parametrize("when", ["a batch", "the epoch's end"])
+def test_a_run_stopped_by_sigterm_while_testing_ends_interrupted_not_finished(tmp_path, data_root, when):
     """SIGTERM (a cluster's time limit, `kill`) reaches Lightning's loops as SIGTERMException, a
-    SystemExit of status 0: the run ends as interrupted, with no row, and the sweep exits non-zero."""
+    SystemExit of status 0, and only between batches: either way the run ends as interrupted, with
+    no row, and the sweep exits non-zero."""
     class Sigterm(L.Callback):
         def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+            if when == "a batch":
+                trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+
+        def on_test_epoch_end(self, trainer, pl_module):
+            trainer._signal_connector.received_sigterm = True
 
     preset = tiny_preset()
     preset.trainer.update(max_epochs=1, limit_val_batches=2, limit_test_batches=3)
@@ -231,10 +237,23 @@ def test_a_best_checkpoint_last_ckpt_does_not_know_is_removed_on_resume(tmp_path
                           "TokenThroughput": {"tokens": 10}}}
     _drop_orphan_best(tmp_path, last)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best-epoch004.ckpt", "last.ckpt"]
+    _drop_orphan_best(tmp_path, {})  # killed before its first last.ckpt: every best-* is the dead attempt's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
     class Best:
         best_model_path = "x/best-epoch006-v1.ckpt"
     assert _best_epoch(Best()) == 7
+
+
+def test_the_best_checkpoint_of_a_folder_is_its_latest_save_of_the_latest_epoch(tmp_path):
+    from benchmark.trained import checkpoint_path
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("best-epoch007.ckpt", "best-epoch007-v1.ckpt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"x")
+    assert checkpoint_path(tmp_path, "best").name == "best-epoch007-v1.ckpt"  # as text it sorts first
+    (tmp_path / "checkpoints" / "best-epoch010.ckpt").write_bytes(b"x")
+    assert checkpoint_path(tmp_path, "best").name == "best-epoch010.ckpt"
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])

@@ -104,6 +104,10 @@ def test_a_resumed_sweep_puts_skipped_runs_rows_into_a_new_results_folder(tmp_pa
         assert [(r["run_id"], r["test_ppl"]) for r in rows] == [(r["run_id"], r["test_ppl"]) for r in first]
         assert all((tmp_path / "other" / r["curves"]).is_file() for r in rows)
     assert read_rows(tmp_path / "results" / "runs.csv") == first
+    # A row moved from its own folder to an archive stays moved when the sweep is resumed there.
+    write_rows_atomic(tmp_path / "results" / "runs.csv", first[1:], list(first[0]))
+    assert bench(tmp_path, *args, "--resume") == 0
+    assert read_rows(tmp_path / "results" / "runs.csv") == first[1:]
 
 
 def test_damaged_last_line_is_left_out_and_said(tmp_path, caplog):
@@ -152,6 +156,14 @@ def test_a_diverged_seed_is_left_out_of_means_and_pairs_and_counted(tmp_path):
     assert (effect["pairs"], effect["nonfinite_pairs"], effect["diff"]) == ("2", "2", "-6.50")  # seeds 0, 1
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "3 (+1 diverged: not finite)" in md and "2 more pair(s) left out" in md
+    # Every pair with a diverged side: a row that says so, not silence.
+    for seed in (0, 1):
+        append_row(tmp_path, {"task": "ptb", "preset": "medium", "config_hash": "h1", "dropout": "on", "seed": seed,
+                              "test_ppl": "nan", "finished_utc": "2026-12-09"})
+    build(tmp_path, plots=False)
+    effect = next(r for r in read_rows(tmp_path / "effects.csv") if r["metric"] == "test_ppl")
+    assert (effect["pairs"], effect["nonfinite_pairs"], effect["diff"]) == ("0", "4", "")
+    assert effect["verdict"] == "no finite pair: every paired seed has a run that diverged"
 
 
 def test_rows_from_before_settings_hashes_pair_with_no_claim(tmp_path):
