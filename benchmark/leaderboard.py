@@ -143,6 +143,8 @@ def _envs(rows: list[dict[str, str]]) -> str:
     """The environment fingerprint the rows share (benchmark/environment.py), or how many they mix:
     rows from before fingerprints count as one "unrecorded" environment."""
     envs = sorted({r.get("env") or "unrecorded" for r in rows})
+    if not envs:  # an effect with no finite pair
+        return ""
     return envs[0] if len(envs) == 1 else f"{len(envs)} environments: {', '.join(envs)}"
 
 

@@ -327,7 +327,9 @@ def _row_into(r: Run, row: dict[str, Any]) -> None:
     results = Path(r.opts.results_dir)
     wrote_to = (_result_record(r.run_dir) or {}).get("results_dir")
     if not wrote_to or Path(wrote_to) == results.resolve() or not row.get("run_id"):
-        return  # older result.json files do not say where their row went
+        # A result.json from before 2026-12-03 does not say where its row went: copying it could
+        # bring back a row archived from that folder, so it is left out.
+        return
     if any(x.get("run_id") == row["run_id"] for x in read_rows(results / RUNS_FILE)):
         return
     outputs = save_outputs(r.run_dir, results, r.name)

@@ -59,7 +59,7 @@ def step_profile(dm: ptb.PTBDataModule, model: LanguageModel, steps: int, warmup
     """(the operator table, ms per step, minor page faults per step) over `steps` steps after `warmup`."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    batches = iter(dm.train_dataloader())
+    batches = endless(dm)
 
     def one() -> None:
         x, y = next(batches)

@@ -49,10 +49,10 @@ def table(results_dir: Path, task: str, preset: str, metric: str, extra: list[st
     lines = [f"| regularizer | seeds | {metric} | on − off, 95% CI | best-valid {metric} | "
              f"train {board[0]['split_metric']} |{''.join(f' {c} |' for c in extra)}",
              "|---|---|---|---|---|---|" + "---|" * len(extra)]
-    for r in sorted(board, key=lambda r: -float(r["mean"])):
+    for r in sorted(board, key=lambda r: -float(r["mean"]) if r["mean"] else float("inf")):  # "": every seed diverged
         e = effects.get(r["regularizer"]) if r["dropout"] == "on" else None
         ci = (f"{_signed(e['diff'])} [{_signed(e['ci_low'])}, {_signed(e['ci_high'])}] ({e['pairs']} pairs)"
-              if e else "")
+              if e and e["pairs"] != "0" else e["verdict"] if e else "")
         name = r["regularizer"] + (f" ({r['rates']})" if r["rates"] else "")
         cells = means.get((r["dropout"], r["regularizer"], r["rates"]), [""] * len(extra))
         lines.append(f"| {name} | {r['seeds']} | {r['mean']} ± {r['std']} | {ci} | {r['best_mean']} | {r['train']} |"

@@ -108,6 +108,11 @@ def test_a_resumed_sweep_puts_skipped_runs_rows_into_a_new_results_folder(tmp_pa
     write_rows_atomic(tmp_path / "results" / "runs.csv", first[1:], list(first[0]))
     assert bench(tmp_path, *args, "--resume") == 0
     assert read_rows(tmp_path / "results" / "runs.csv") == first[1:]
+    # A result.json from before it recorded its folder could be the archived row's: nothing is copied.
+    for done in (tmp_path / "runs").glob("*/result.json"):
+        done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items() if k != "results_dir"}))
+    assert bench(tmp_path, *args, "--results-dir", str(tmp_path / "third"), "--resume") == 0
+    assert not (tmp_path / "third" / "runs.csv").exists()
 
 
 def test_damaged_last_line_is_left_out_and_said(tmp_path, caplog):
@@ -163,7 +168,8 @@ def test_a_diverged_seed_is_left_out_of_means_and_pairs_and_counted(tmp_path):
     build(tmp_path, plots=False)
     effect = next(r for r in read_rows(tmp_path / "effects.csv") if r["metric"] == "test_ppl")
     assert (effect["pairs"], effect["nonfinite_pairs"], effect["diff"]) == ("0", "4", "")
-    assert effect["verdict"] == "no finite pair: every paired seed has a run that diverged"
+    assert effect["verdict"] == "no finite pair: every paired seed has a run that diverged" and effect["env"] == ""
+    assert "the pairs mix" not in (tmp_path / "LEADERBOARD.md").read_text()
 
 
 def test_rows_from_before_settings_hashes_pair_with_no_claim(tmp_path):
