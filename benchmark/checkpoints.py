@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,15 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tasks.nn.errors import BenchError
+
+BEST_NAME = re.compile(r"epoch(\d+)(?:-v(\d+))?$")  # best-epoch007, best-epoch007-v1 (a later save of that name)
+
+
+def best_epoch_and_version(path: Path | str) -> tuple[int, int] | None:
+    """best-epoch007-v1.ckpt -> (7, 1): the 0-based epoch in the name, and Lightning's `-vN`, which
+    marks a later save beside a file of the same name; None for another name."""
+    match = BEST_NAME.search(Path(path).stem)
+    return (int(match[1]), int(match[2] or 0)) if match else None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

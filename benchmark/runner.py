@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from benchmark import allocator, environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
-from benchmark.checkpoints import AtomicCheckpointIO, check_checkpoint
+from benchmark.checkpoints import AtomicCheckpointIO, best_epoch_and_version, check_checkpoint
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
 from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, save_curves, set_log_aside
 from tasks import registry
@@ -187,9 +187,10 @@ def _result_record(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        record["row"]
+        if not isinstance(record, dict) or "row" not in record:
+            raise ValueError("no results row in it")
         return record
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: unreadable ({err}); delete it to run {run_dir} again") from err
 
 
@@ -292,7 +293,8 @@ def check_same_settings(r: Run) -> None:
 def finished(r: Run) -> dict[str, Any] | None:
     """--resume: a finished run's row (kept even when the code has changed since, with a warning);
     otherwise None, and an interrupted run continues from its last.ckpt."""
-    done = finished_row(r.run_dir)
+    record = _result_record(r.run_dir) or {}
+    done = record.get("row")
     if done is not None:
         stale = code_changed_since(done.get("git_commit", ""))
         if stale:
@@ -302,7 +304,7 @@ def finished(r: Run) -> dict[str, Any] | None:
         else:
             log.info("%s finished earlier (its row is in %s): skipped", r.run_dir, RUNS_FILE)
         if _is_rank_zero():
-            _row_into(r, done)
+            _row_into(r, done, record.get("results_dir"))
         return {**done, "skipped": "older code" if stale else True}
     last = r.ckpt_dir / "last.ckpt"
     for partial in r.ckpt_dir.glob(".*.tmp"):  # a checkpoint write the kill cut short; last.ckpt is whole
@@ -320,12 +322,11 @@ def finished(r: Run) -> dict[str, Any] | None:
     return None
 
 
-def _row_into(r: Run, row: dict[str, Any]) -> None:
+def _row_into(r: Run, row: dict[str, Any], wrote_to: str | None) -> None:
     """A finished run skipped by --resume into another results folder than the one its row went to
     (`make bench RESULTS_DIR=elsewhere` after a `make bench`) gets its row, outputs and curves there
     too. Not into its own folder: a row moved from there to an archive stays moved."""
     results = Path(r.opts.results_dir)
-    wrote_to = (_result_record(r.run_dir) or {}).get("results_dir")
     if not wrote_to or Path(wrote_to) == results.resolve() or not row.get("run_id"):
         # A result.json from before 2026-12-03 does not say where its row went: copying it could
         # bring back a row archived from that folder, so it is left out.
@@ -566,9 +567,8 @@ def _best_epoch(best: ModelCheckpoint) -> int | None:
     """The 1-based epoch of the best-by-validation checkpoint (its file name holds the 0-based one)."""
     if not best.best_model_path:
         return None
-    stem = Path(best.best_model_path).stem  # best-epoch007, or best-epoch007-v1 beside an older file
-    digits = stem.rsplit("epoch", 1)[-1].split("-v")[0]
-    return int(digits) + 1 if digits.isdigit() else None
+    found = best_epoch_and_version(best.best_model_path)
+    return found[0] + 1 if found else None
 
 
 def save_outputs(run_dir: Path, results_dir: Path, name: str) -> Path | None:

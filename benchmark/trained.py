@@ -15,13 +15,12 @@ Everything is read with torch's `weights_only` unpickler (benchmark/checkpoints.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmark import allocator
-from benchmark.checkpoints import check_checkpoint
+from benchmark.checkpoints import best_epoch_and_version, check_checkpoint
 from datamodules.base import TaskDataModule
 from tasks import registry
 from tasks.base import RUN_INFO_KEY, TaskModule
@@ -63,17 +62,12 @@ def checkpoint_path(path: Path, which: str = "last") -> Path:
         raise ConfigError(f"{path}: neither a checkpoint file nor a run folder (no checkpoints/ inside)")
     if which == "last":
         return folder / "last.ckpt"
-    best = sorted(folder.glob("best-*.ckpt"), key=_epoch_and_version)
+    # By epoch and `-vN`: as text, best-epoch007-v1 (the later save) sorts before best-epoch007.
+    best = sorted(folder.glob("best-*.ckpt"), key=lambda p: (best_epoch_and_version(p) or (-1, 0), p.name))
     if not best:
         raise ConfigError(f"{folder}: no best-*.ckpt (a run without validation); use --checkpoint last")
     return best[-1]
 
-
-def _epoch_and_version(path: Path) -> tuple[int, int, str]:
-    """best-epoch007-v1.ckpt -> (7, 1, name): Lightning's `-vN` marks a later save of the same epoch's
-    name, which sorts before the plain name as text."""
-    match = re.search(r"epoch(\d+)(?:-v(\d+))?$", path.stem)
-    return (int(match[1]), int(match[2] or 0), path.name) if match else (-1, 0, path.name)
 
 
 def task_of(ckpt: dict[str, Any], path: Path) -> registry.TaskSpec:
