@@ -15,7 +15,7 @@ from benchmark.logs import configure_logging
 from datamodules import download as fetch
 from datamodules.sources import SOURCES
 from tasks import registry
-from tasks.nn.errors import BenchError, ConfigError
+from tasks.nn.errors import BenchError, ConfigError, DataError
 
 DEFAULT_DATA_ROOT = os.environ.get("RNNREG_DATA_ROOT", "data")
 # A user's own rows: apart from results/, the project's published reference (made with
@@ -378,6 +378,13 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         folder = fetch.download_large(spec, args.data_root, yes=args.yes)
     else:
         folder = fetch.download(spec, args.data_root)
+        # Files already there are not fetched again: say if one is not the publisher's.
+        changed = [name for name, digest in spec.sha256.items() if fetch.sha256_of(folder / name) != digest]
+        if changed:
+            more = f" ({len(changed) - 1} more files too)" if len(changed) > 1 else ""
+            raise DataError(f"{folder / changed[0]}: not the publisher's file (its sha256 differs from the one "
+                            f"{spec.homepage} publishes){more}; delete what you want fetched again and rerun "
+                            f"`bench fetch {args.dataset}`")
     print(f"{args.dataset}: ready in {folder}")
     return 0
 
@@ -508,7 +515,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from benchmark import infer
 
     t = _load_for(args, "ptb")
-    ids, words, unknown = infer.ptb_ids(t, "\n".join(_read_lines(args.input)))
+    ids, words, unknown = infer.ptb_ids(t, "\n".join(_read_lines(args.input)), str(args.input or "stdin"))
     ppl = infer.perplexity(t, ids)
     print(f"perplexity {ppl:.2f} over {words} words (<eos> counted; {unknown} outside the vocabulary, read as <unk>)")
     return 0

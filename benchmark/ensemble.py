@@ -36,7 +36,10 @@ def _member(path: Path, which: str) -> tuple[trained.Trained, dict[str, Any]]:
 
 
 def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path, which: str = "last",
-                 batch_size: int | None = None, command: str = "") -> dict[str, Any]:
+                 batch_size: int | None = None, command: str = "", repeats_ok: bool = False) -> dict[str, Any]:
+    """Score the average of the members' distributions; append and return its row. `repeats_ok`:
+    let one run stand for several members, which only a check of the mixture wants (a distribution
+    averaged with itself is itself); an ensemble of it would count one model as two."""
     if not registry.get(task).can(registry.Can.ENSEMBLE):
         raise ConfigError(f"task {task} cannot ensemble yet (its registry entry lacks Can.ENSEMBLE)")
     if len(runs) < 2:
@@ -48,9 +51,15 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
         if t.spec.name != task:
             raise ConfigError(f"{t.path}: a {t.spec.name} model, not {task}")
     rows = [row for _, row in members]
-    presets = {(r["preset"], r.get("overrides", ""), r.get("config_hash", "")) for r in rows}
+    # On and off runs, and every regularizer's, share a settings hash (dropout is the paired variable):
+    # the arm keeps them apart, so that the row pools with its members' own.
+    presets = {(r["preset"], r.get("overrides", ""), r.get("config_hash", ""), r["dropout"], row_regularizer(r),
+                r.get("dropout_rate", "")) for r in rows}
     if len(presets) > 1:
-        raise ConfigError(f"members come from different settings {sorted(presets)}; ensemble runs of one preset")
+        raise ConfigError(f"members come from different settings or arms {sorted(presets)} (preset, overrides, "
+                          f"settings hash, dropout, regularizer, rates); ensemble runs of one")
+    if not repeats_ok:
+        _refuse_repeats(members)
     first = members[0][0]
     for t, _ in members[1:]:
         if not _same_state(t.state, first.state):
@@ -71,6 +80,26 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     return row
 
 
+def _refuse_repeats(members: list[tuple[trained.Trained, dict[str, Any]]]) -> None:
+    """One training run given twice (the same file, a copy of its folder, or a second run of the same
+    seed and settings, bit for bit the same model on one machine) is one model, not two."""
+    seen: dict[tuple[str, Any], Path] = {}
+    for t, row in members:
+        # A seed repeats a model only on the same world size and precision (the settings hash takes
+        # the asked device count, which may be "auto").
+        seed = str(row.get("seed", ""))
+        for kind, value in (("file", t.path.resolve()), ("run", row.get("run_id") or t.info.get("run_id")),
+                            ("seed", seed and (seed, str(row.get("devices", "")), row.get("precision", "")))):
+            if value in (None, ""):
+                continue
+            if (kind, value) in seen:
+                what = {"file": "the same checkpoint", "run": f"the same run (run_id {value})",
+                        "seed": f"seed {seed} of the same settings"}[kind]
+                raise ConfigError(f"{t.path}: {what} as {seen[kind, value]}; an ensemble averages independently "
+                                  f"trained models: give each run once (train another seed with `bench run --seed N`)")
+            seen[kind, value] = t.path
+
+
 def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
 
@@ -79,18 +108,16 @@ def _row(task: str, preset: str, rows: list[dict[str, Any]], scores: dict[str, t
          ckpts: list[Path], seconds: float, command: str, checkpoint: str = "last", device: str = "") -> dict[str, Any]:
     """The ensemble's results row: its scores beside its members', measured the same way. `git_commit`
     is the code that scored it; the members' training commits are `members_git_commit`."""
-    dropouts = sorted({r["dropout"] for r in rows})
-    # Members trained with one regularizer at one set of rates pool with its rows; others are "mixed".
-    arms = sorted({(row_regularizer(r), r.get("dropout_rate", "")) for r in rows})
+    # run_ensemble admits members of one arm only (dropout, regularizer, rates): the row is that arm's.
     # The members' world size: with config_hash, what the row pools by (leaderboard._hash). The
     # ensemble itself is scored in one process.
     devices = sorted({str(r.get("devices") or 1) for r in rows})
     return {
         "task": task,
         "preset": preset,
-        "dropout": dropouts[0] if len(dropouts) == 1 else "mixed",
-        "regularizer": arms[0][0] if len(arms) == 1 else "mixed",
-        "dropout_rate": arms[0][1] if len(arms) == 1 else "mixed",
+        "dropout": rows[0]["dropout"],
+        "regularizer": row_regularizer(rows[0]),
+        "dropout_rate": rows[0].get("dropout_rate", ""),
         "seed": "+".join(str(r["seed"]) for r in rows),
         "ensemble": len(rows),
         "checkpoint": checkpoint,  # the members' files: last, best (by validation), other or mixed; they pool apart

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import lightning as L
 from benchmark import environment, trained
 from benchmark.config import test_set_name
 from benchmark.results import RUNS_FILE, append_row, read_rows
-from benchmark.runner import device_name, git_commit, progress_bar, save_outputs
+from benchmark.runner import device_name, git_commit, precision_label, progress_bar, save_outputs
 from datamodules.download import sha256_of
 from tasks.nn.errors import ConfigError
 
@@ -71,7 +72,7 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     # for the files' contents too: two test sets of one file name (a/test.en, b/test.en) keep apart.
     home = t.path.parent.parent if t.path.parent.name == "checkpoints" else t.path.parent
     data_id = f"{'+'.join(given)}-{hashlib.sha256(''.join(sums.values()).encode()).hexdigest()[:8]}" if given else "preset"
-    out = Path(out_dir) if out_dir else home / EVAL_DIR / f"{ckpt_name}-{data_id}"
+    out = Path(out_dir).resolve() if out_dir else home / EVAL_DIR / f"{ckpt_name}-{data_id}"
     earlier = sorted((out / "outputs").glob("*.jsonl"))  # they would be bundled with this evaluation's
     if earlier and out_dir:  # a folder the user named may be a run's own: never cleared
         raise ConfigError(f"--out {out}: already holds outputs ({earlier[0]}); give a folder of its own, or "
@@ -88,11 +89,16 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     seconds = time.perf_counter() - start
     metrics = {k: float(v) for d in results for k, v in d.items()}
     info, row_of_run = t.info, trained.run_row(t.path)
+    finished = datetime.now(timezone.utc)
     row = {
         "task": spec.name,
         "preset": info.get("preset", row_of_run.get("preset", "")),
         "dropout": info.get("dropout", row_of_run.get("dropout", "")),
+        "regularizer": info.get("regularizer", row_of_run.get("regularizer", "")),
+        "dropout_rate": row_of_run.get("dropout_rate", ""),
         "seed": info.get("seed", row_of_run.get("seed", "")),
+        # Not `run_id`: a training row replaces the rows holding its run_id (benchmark.results.append_row).
+        "trained_run_id": info.get("run_id", row_of_run.get("run_id", "")),
         "evaluation": f"{ckpt_name} checkpoint",
         "overrides": info.get("overrides", row_of_run.get("overrides", "")),
         "config_hash": info.get("config_hash", row_of_run.get("config_hash", "")),
@@ -101,19 +107,22 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
         "eval_data": "; ".join(f"{f} sha256:{sums[f]}" for f in files) or "the preset's test sets",
         "wall_s": f"{seconds:.1f}",
         "device": device_name(trainer),
-        "precision": precision,
+        "precision": precision_label(trainer),  # what it ran in: Lightning makes 16-mixed bf16 on a CPU
         "devices": 1,
         "host": platform.node(),
         "git_commit": git_commit(),
         "trained_commit": info.get("git_commit", row_of_run.get("git_commit", "")),
-        "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "finished_utc": finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "run_dir": str(t.path),
         "command": command,
     }
     env, pkgs = environment.fingerprint(trainer.strategy.root_device)
     environment.save_package_list(Path(results_dir), env["env_packages"], pkgs)
     row.update(env)
-    saved = save_outputs(out, Path(results_dir), f"eval-{out.parent.parent.name}-{out.name}")
+    # One file per evaluation: a later one of the same checkpoint and files (another precision, newer
+    # code) must not replace the hypotheses an earlier row points at.
+    saved = save_outputs(out, Path(results_dir), f"eval-{home.name}-{out.name}-{finished:%Y%m%dT%H%M%S}-"
+                                                 f"{uuid.uuid4().hex[:6]}")
     row["outputs"] = saved.relative_to(results_dir).as_posix() if saved else ""
     append_row(results_dir, row)
     return row

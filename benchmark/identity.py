@@ -16,19 +16,30 @@ other settings. Covered:
     data files                names and sizes of every file the DataModule reads (`data_files()`),
                               so a re-encoded copy of a data set does not pool with the publisher's;
                               not hidden files, nor the aligner's report of what it skipped (it
-                              names absolute paths: its size would tie the hash to the folder)
+                              names absolute paths: its size would tie the hash to the folder).
+                              A file whose publisher gives its sha256 (PTB, Tatoeba, Multi30k, WMT
+                              dev, the TIMIT sample) is checked against it, and a changed copy of
+                              the same size (edited, cut and padded, placed by hand) is marked, so
+                              it hashes apart; the publisher's own copy hashes as by name and size.
 
 Not covered: the code (each row names its commit), the machine (`device`, `host`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from datamodules.align import REPORT
+from datamodules.download import Dataset, sha256_of
+from datamodules.sources import SOURCES
+from tasks.nn.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # Trainer settings that change where and how fast a run goes, not what it computes.
 PLACEMENT_KEYS = {"accelerator", "strategy", "enable_progress_bar", "enable_model_summary", "logger", "callbacks",
@@ -38,10 +49,51 @@ DATA_PLACEMENT_KEYS = {"bad_records"}
 HASH_CHARS = 10
 
 
+@functools.cache
+def _published() -> dict[str, tuple[str, str]]:
+    """'<data set folder>/<file>' -> (its `bench fetch` name, the publisher's sha256)."""
+    return {f"{ds.name}/{name}": (key, digest) for key, ds in SOURCES.items() if isinstance(ds, Dataset)
+            for name, digest in ds.sha256.items()}
+
+
+@functools.cache
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_of(path)  # keyed by size and time too: a file replaced in place is read again
+
+
+def changed_copy(path: Path, rel: str) -> str | None:
+    """If `path`, found at `rel` under a data root, is a publisher's file with other contents: the
+    `bench fetch` name of its data set; else None."""
+    if rel not in _published():
+        return None
+    key, digest = _published()[rel]
+    try:
+        st = path.stat()
+        got = _digest(path, st.st_size, st.st_mtime_ns)
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read to check it against its publisher's sha256 ({err.strerror or err})")
+    return None if got == digest else key
+
+
+def _tell(changed: dict[str, list[Path]]) -> None:
+    """One warning per data set and set of changed files, however many runs hash them."""
+    for key, files in changed.items():
+        if (key, tuple(files)) in _told:
+            continue
+        _told.add((key, tuple(files)))
+        more = f" and {len(files) - 1} more of its files" if len(files) > 1 else ""
+        log.warning("%s%s: not the publisher's (their sha256 differs): runs on them get settings hashes of their "
+                    "own and never pool with runs on the publisher's copy; to use that, delete them and run "
+                    "`bench fetch %s`", files[0], more, key)
+
+
+_told: set[tuple[str, tuple[Path, ...]]] = set()
+
+
 def data_fingerprint(paths: list[Path], root: Path) -> str:
     """sha256 over (path relative to the data root, size) of every file under `paths`; a path
     that does not exist yet counts as missing (its download changes the fingerprint)."""
-    h = hashlib.sha256()
+    h, changed = hashlib.sha256(), {}  # data set -> its changed files
     for path in sorted({Path(p) for p in paths}):
         # Hidden entries (a download's temporary folder, .DS_Store) are not data, nor is a report.
         files = sorted(f for f in path.rglob("*") if f.is_file() and f.name != REPORT and not any(
@@ -52,7 +104,13 @@ def data_fingerprint(paths: list[Path], root: Path) -> str:
             except ValueError:
                 rel = f.as_posix()
             size = f.stat().st_size if f.is_file() else -1
-            h.update(f"{rel}\t{size}\n".encode())
+            key = changed_copy(f, rel) if size >= 0 else None
+            mark = ""
+            if key is not None:  # the publisher's own copy hashes as by name and size alone
+                changed.setdefault(key, []).append(f)
+                mark = "\tchanged"
+            h.update(f"{rel}\t{size}{mark}\n".encode())
+    _tell(changed)
     return h.hexdigest()
 
 

@@ -113,13 +113,13 @@ def phones(t: Trained, audio: Path) -> tuple[list[str], list[str]]:
 
 
 # -- language model ------------------------------------------------------------------------------------------
-def ptb_ids(t: Trained, text: str) -> tuple[torch.Tensor, int, int]:
+def ptb_ids(t: Trained, text: str, source: str = "the input") -> tuple[torch.Tensor, int, int]:
     """Token ids of text read as PTB's reader reads its files (one sentence a line, <eos> after
     each), the word count and how many were outside the vocabulary (read as <unk>)."""
     vocab = WordVocab(t.state["itos"], specials=())
     tokens = tokens_of(text)
     if not any(tok != EOS for tok in tokens):
-        raise DataError("no words to score")
+        raise DataError(f"{source}: no words to score")
     unknown = sum(1 for tok in tokens if tok not in vocab.stoi)
     return torch.tensor(vocab.encode(tokens)), len(tokens), unknown
 
@@ -146,7 +146,10 @@ def sample(t: Trained, words: int, temperature: float = 1.0, seed: int = 0, prom
         raise DataError(f"temperature must be > 0, got {temperature}")
     vocab = WordVocab(t.state["itos"], specials=())
     gen = torch.Generator().manual_seed(seed)
-    context = [vocab.stoi[EOS], *vocab.encode(prompt.split())]
+    unknown = [w for w in prompt.split() if w not in vocab.stoi]
+    if unknown and vocab.unk is not None:  # PTB is lower-case, numbers are N: "The" is a word the model never saw
+        warn(f"prompt: {len(unknown)} word(s) outside the model's vocabulary, read as {UNK}: {' '.join(unknown[:8])}")
+    context = [vocab.stoi[EOS], *vocab.encode(prompt.split(), source="prompt")]
     logits, state = t.model(torch.tensor(context).unsqueeze(1))
     out = list(prompt.split())
     for _ in range(words):

@@ -594,14 +594,20 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def results_row(r: Run, metrics: dict[str, float], wall: float) -> dict[str, Any]:
-    """One line of results/runs.csv: what ran, where, how fast, and the command to repeat it."""
-    trainer, opts = r.trainer, r.opts
+def precision_label(trainer: L.Trainer) -> str:
+    """The precision a trainer really ran in: Lightning turns `16-mixed` into bf16 on a CPU, and
+    there an LSTM without a oneDNN kernel for the type stays in fp32."""
     precision = str(trainer.precision)
     if precision.startswith(("bf16", "16")) and trainer.strategy.root_device.type == "cpu":
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
         if not backbone.cpu_lstm_supports(dtype):
             precision += " (LSTM in fp32: no oneDNN kernel)"
+    return precision
+
+
+def results_row(r: Run, metrics: dict[str, float], wall: float) -> dict[str, Any]:
+    """One line of results/runs.csv: what ran, where, how fast, and the command to repeat it."""
+    trainer, opts = r.trainer, r.opts
     return {
         "task": r.preset.task,
         "preset": r.preset.name,
@@ -618,7 +624,7 @@ def results_row(r: Run, metrics: dict[str, float], wall: float) -> dict[str, Any
         "tokens_per_s": f"{r.throughput.tokens_per_second:.0f}",  # PTB: words; speech: frames
         "train_s_per_epoch": f"{r.throughput.seconds / max(trainer.current_epoch, 1):.1f}",
         "device": device_name(trainer),
-        "precision": precision,
+        "precision": precision_label(trainer),
         "devices": trainer.world_size,
         "git_commit": r.commit,
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -127,7 +127,7 @@ def _run_parallel(plan: list[tuple[Preset, str, int]], options: RunOptions, jobs
         terminated.append(True)
         raise KeyboardInterrupt
 
-    before = signal.signal(signal.SIGTERM, on_sigterm)
+    before = signal.signal(signal.SIGTERM, on_sigterm), signal.getsignal(signal.SIGINT)
     start = time.perf_counter()
     try:
         _warm_data(plan, options)
@@ -149,18 +149,47 @@ def _run_parallel(plan: list[tuple[Preset, str, int]], options: RunOptions, jobs
             for sentinel in wait(list(running)):
                 stopped = _collect(*running.pop(sentinel), outcomes) or stopped
     except KeyboardInterrupt:  # the runs stop too; --resume continues each from its last epoch checkpoint
+        # Stopping: a second Ctrl+C or SIGTERM (people press twice) must not cut short the reporting.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stopped = stopped or next((name for _, name, _ in running.values()), run_label(*pending[0]) if pending else "")
-        for proc, _, _ in running.values():
+        for proc in multiprocessing.active_children():  # a run being started when the signal came too
             if terminated:
                 proc.terminate()  # Lightning stops a run gracefully on SIGTERM
+            else:
+                _pass_on_ctrl_c(proc)
         for sentinel in list(running):
             _collect(*running.pop(sentinel), outcomes)
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
     if stopped is not None:
         print(_stopped(stopped, len(outcomes), len(plan)), file=sys.stderr)
         raise RunInterrupted("sweep stopped; rerun with --resume")
     return _report(outcomes, len(plan), time.perf_counter() - start)
+
+
+def _pass_on_ctrl_c(proc: BaseProcess) -> None:
+    """A Ctrl+C at a terminal reaches every process of the sweep; a SIGINT sent to the parent alone
+    (`kill -INT`, a scheduler) reaches none of the runs, which would train on to their end. So each
+    run gets one from here; a run that had its own already ignores it (`_stop_once`)."""
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+    except ProcessLookupError:  # ended since
+        pass
+
+
+def _stop_once(*_: Any) -> None:
+    """A run's SIGINT handler: the first stops it (KeyboardInterrupt, as Python's own handler), a
+    later one (the sweep passing on a Ctrl+C the run had already) is ignored so that the run's
+    shutdown, checkpoint and W&B included, is not cut short. Lightning ignores SIGINT only while it
+    handles the first, then puts this handler back."""
+    if not _stopping:
+        _stopping.append(True)
+        raise KeyboardInterrupt
+
+
+_stopping: list[bool] = []
 
 
 def _collect(proc: BaseProcess, name: str, receive: Connection, outcomes: list[tuple[str, str]]) -> str | None:
@@ -222,6 +251,7 @@ def _child(preset: Preset, opts: RunOptions, threads: int, log_path: Path, resul
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     configure_logging()
+    signal.signal(signal.SIGINT, _stop_once)
     torch.set_num_threads(threads)
     try:
         line, status = _one(preset, opts)

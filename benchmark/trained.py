@@ -56,6 +56,9 @@ def checkpoint_path(path: Path, which: str = "last") -> Path:
     """A run folder's last or best-by-validation checkpoint; a `.ckpt` file as it is."""
     path = Path(path)
     if path.is_file() or path.suffix == ".ckpt":
+        if which == "best" and not path.name.startswith("best-"):
+            raise ConfigError(f"{path}: a checkpoint file is scored as it is, and this is not a best-*.ckpt; "
+                              f"give its run folder with --checkpoint best, or drop --checkpoint best")
         return path
     folder = path / "checkpoints"
     if not folder.is_dir():
@@ -74,7 +77,10 @@ def task_of(ckpt: dict[str, Any], path: Path) -> registry.TaskSpec:
     """The registered task whose model wrote this checkpoint."""
     info = ckpt.get(RUN_INFO_KEY) or {}
     if info.get("task"):
-        return registry.get(info["task"])
+        try:
+            return registry.get(info["task"])
+        except ConfigError as err:
+            raise ConfigError(f"{path}: written by a run of {err}") from None
     for name in registry.names():  # older checkpoints: the DataModule's state names its class
         spec = registry.get(name)
         if spec.datamodule.rpartition(".")[2] in ckpt:
@@ -99,11 +105,21 @@ def load(path: Path, which: str = "last", task: str | None = None) -> Trained:
         raise ConfigError(f"{file}: a {spec.name} checkpoint written before checkpoints carried their data "
                           f"settings and vocabularies; train it again with this version")
     module_cls = registry.load_class(spec.module)
-    model = module_cls(**ckpt["hyper_parameters"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = module_cls(**ckpt["hyper_parameters"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a hyperparameter or weight renamed since
+        raise ConfigError(f"{file}: its model does not fit this version's {spec.module} ({_one_line(err)}); "
+                          f"score it with the commit that trained it, or train it again") from err
     model.run_info = ckpt.get(RUN_INFO_KEY) or None
     state = dict(ckpt[dm_key])
     return Trained(file, spec, model.eval(), state.pop("settings"), state, dict(ckpt.get(RUN_INFO_KEY) or {}))
+
+
+def _one_line(err: BaseException) -> str:
+    """load_state_dict's message starts with a header line; the key names are on the next."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines()[:2])
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
 def run_row(ckpt: Path) -> dict[str, Any]:

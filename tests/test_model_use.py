@@ -71,6 +71,13 @@ def test_translation_eval_by_path_matches_the_runs_own_test(translation):
         assert ev[key] == row[key], key
     assert ev["evaluation"] == "last checkpoint" and (ev["preset"], ev["dropout"], ev["seed"]) == ("tatoeba-quick", "on", "0")
     assert f"{data / 'news.en'} sha256:" in ev["eval_data"] and ev["config_hash"] == row["config_hash"]
+    assert (ev["regularizer"], ev["trained_run_id"]) == (row["regularizer"], row["run_id"]) and row["run_id"]
+    # Evaluated again: a row of its own with outputs of its own; the first row's file stays as it was.
+    first = root / "evals" / ev["outputs"]
+    kept = first.read_bytes()
+    again = _eval(run_dir, root, "--test", str(data / "news.en"), str(data / "news.fr"))
+    assert again["outputs"] != ev["outputs"] and (root / "evals" / again["outputs"]).is_file()
+    assert first.read_bytes() == kept
     # The evaluation's outputs are the run's, hypothesis for hypothesis.
     assert _outputs(next((run_dir / "eval").glob("last-news-*")), "test_news") == _outputs(run_dir, "test_news")
     # A folder of the user's that holds outputs (here the run's own) is refused, not cleared.
@@ -99,7 +106,7 @@ def test_an_ensemble_of_one_translation_model_twice_is_that_model(translation):
     root, row, run_dir, data = translation
     shutil.copytree(data, root / "data")  # the preset's own test split needs the corpus back
     try:
-        ens = run_ensemble("translation", [run_dir, run_dir], root / "data", root / "ens")
+        ens = run_ensemble("translation", [run_dir, run_dir], root / "data", root / "ens", repeats_ok=True)
     finally:
         shutil.rmtree(root / "data")
     assert ens["members_test_bleu"] == f"{float(row['test_bleu']):.4f} {float(row['test_bleu']):.4f}"
@@ -128,7 +135,7 @@ def test_captioning_eval_caption_and_ensemble(captioning, tmp_path, capsys):
     assert "broken.jpg: not a decodable image" in err
     captions = [line.split("\t")[1] for line in out.splitlines()]
     assert captions[0] == "" and Counter(captions[1:]) == Counter(x["hyp"] for x in _outputs(run_dir, "test_other"))
-    ens = run_ensemble("captioning", [run_dir, run_dir], root, root / "ens")
+    ens = run_ensemble("captioning", [run_dir, run_dir], root, root / "ens", repeats_ok=True)
     assert ens["test_bleu4"] == f"{float(row['test_bleu4']):.4f}" == ens["members_test_bleu4"].split()[0]
 
 
@@ -169,7 +176,7 @@ def test_speech_eval_by_folder_phones_and_ensemble(speech, capsys):
     out, err = capsys.readouterr()
     assert "8k.wav: 8000 Hz audio; the model was trained on 16000 Hz" in err
     assert "short.wav: 100 samples, shorter than one 25 ms frame" in err and out.splitlines()[2].split("\t")[1] == seq
-    ens = run_ensemble("speech", [run_dir, run_dir], root / "data", root / "ens")
+    ens = run_ensemble("speech", [run_dir, run_dir], root / "data", root / "ens", repeats_ok=True)
     assert ens["test_frame_acc"] == row["test_frame_acc"] == ens["members_test_frame_acc"].split()[0]
 
 

@@ -126,3 +126,44 @@ def test_the_data_fingerprint_leaves_out_the_aligners_report(tmp_path):
     assert data_fingerprint([corpus], tmp_path) == before
     (corpus / "wav" / "b.phn").write_text("0 10 sil\n")
     assert data_fingerprint([corpus], tmp_path) != before  # data it reads still counts
+
+
+def test_a_changed_copy_of_a_published_file_hashes_apart_and_bench_fetch_says_so(tmp_path, monkeypatch, caplog,
+                                                                               capsys):
+    """A file whose publisher gives its sha256 hashes by name and size when it is the publisher's, and
+    apart when its contents differ at the same size (edited, or cut and padded by hand), with a warning;
+    `bench fetch` refuses to call such a folder ready."""
+    import hashlib
+    import os
+
+    from benchmark import identity
+    from benchmark.cli import main
+    from datamodules.download import sha256_of
+    from datamodules.sources import PTB
+    from tests.conftest import write_ptb
+
+    folder = write_ptb(tmp_path / "ptb")  # made the publisher's: its digests stand in for Mikolov's
+    for split in ("train", "valid", "test"):
+        monkeypatch.setitem(PTB.sha256, f"ptb.{split}.txt", sha256_of(folder / f"ptb.{split}.txt"))
+    identity._published.cache_clear()
+    try:
+        by_name_and_size = hashlib.sha256("".join(
+            f"ptb/ptb.{s}.txt\t{(folder / f'ptb.{s}.txt').stat().st_size}\n" for s in ("test", "train", "valid")
+        ).encode()).hexdigest()
+        assert identity.data_fingerprint([folder], tmp_path) == by_name_and_size
+        assert main(["fetch", "ptb", "--data-root", str(tmp_path)]) == 0
+
+        train = folder / "ptb.train.txt"
+        text = train.read_bytes()
+        train.write_bytes(text[:-2] + b"x\n")  # one word changed, the size kept
+        os.utime(train, ns=(1, 1))  # a new modification time, whatever the clock's resolution
+        assert identity.data_fingerprint([folder], tmp_path) != by_name_and_size
+        assert f"{train}: not the publisher's" in caplog.text and "`bench fetch ptb`" in caplog.text
+        identity.data_fingerprint([folder], tmp_path)
+        assert caplog.text.count("not the publisher's") == 1  # said once, however many runs hash it
+        capsys.readouterr()
+        assert main(["fetch", "ptb", "--data-root", str(tmp_path)]) == 2
+        assert f"{train}: not the publisher's file" in capsys.readouterr().err
+        assert train.read_bytes() == text[:-2] + b"x\n"  # said, never replaced behind the user's back
+    finally:
+        identity._published.cache_clear()

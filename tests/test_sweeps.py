@@ -286,6 +286,34 @@ def test_ensemble_of_two_runs_scores_members_as_their_own_test_did(tmp_path, dat
         run_ensemble("ptb", [tmp_path, runs[0]], data_root, tmp_path / "results")
 
 
+def test_an_ensemble_refuses_one_model_counted_twice_and_members_of_other_arms(tmp_path, data_root, capsys):
+    import shutil
+
+    for dropout, seed in (("on", 0), ("off", 1)):
+        assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", dropout, "--seed", str(seed),
+                     "--data-root", str(data_root), *TINY) == 0
+    on0, off1 = find_run(tmp_path / "runs", "ptb-small-dropout_on-seed0"), find_run(tmp_path / "runs",
+                                                                                   "ptb-small-dropout_off-seed1")
+    again = tmp_path / "seed0-again"  # the same training in another folder: another run_id, the same model
+    assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", "on", "--seed", "0", "--data-root",
+                 str(data_root), "--run-dir", str(again), *TINY) == 0
+    shutil.copytree(on0, tmp_path / "copy")
+    capsys.readouterr()
+    for runs, why in (([on0, on0], "the same checkpoint as"),
+                      ([on0, on0 / "checkpoints" / "last.ckpt"], "the same checkpoint as"),
+                      ([on0, tmp_path / "copy"], "the same run (run_id "),
+                      ([on0, again], "seed 0 of the same settings"),
+                      ([on0, off1], "different settings or arms")):  # one hash: on and off pair, never mix
+        assert main(["ensemble", "--task", "ptb", "--runs", *map(str, runs), "--data-root", str(data_root),
+                     "--results-dir", str(tmp_path / "results")]) == 2
+        assert why in capsys.readouterr().err, runs
+    # --checkpoint best picks within a run folder; a last.ckpt given by path is not a best one.
+    assert main(["eval", str(on0 / "checkpoints" / "last.ckpt"), "--checkpoint", "best", "--data-root",
+                 str(data_root), "--results-dir", str(tmp_path / "results")]) == 2
+    assert "not a best-*.ckpt" in capsys.readouterr().err
+    assert [r.get("ensemble", "") for r in read_rows(tmp_path / "results" / "runs.csv")] == [""] * 3  # none added
+
+
 def test_wandb_offline_run_holds_config_steps_summary_and_the_leaderboard(tmp_path, data_root, monkeypatch, caplog):
     """--logger csv,wandb with no account: one offline run per training run (no run attaches to the
     one before it), then the leaderboard as a table artifact."""
@@ -438,3 +466,40 @@ def test_the_offline_notice_is_said_once_per_process(monkeypatch, caplog):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     wandb_log.say_offline("auto")
     assert caplog.text.count("logging offline") == 1  # disabled: nothing to upload, nothing said
+
+
+@pytest.mark.slow
+def test_jobs_stop_when_only_the_parent_gets_sigint(tmp_path, data_root):
+    """`kill -INT` (or a scheduler) signals the sweep's own process, not its runs: the sweep passes
+    it on, each run stops at its checkpoint, the sweep exits 2 with the --resume hint, and no row
+    is written. Without that the parent waited for runs that trained on to their end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "benchmark.cli", "run", "--task", "ptb", "--preset", "small", "--dropout", "on,off",
+            "--data-root", str(data_root), "--runs-dir", str(tmp_path / "runs"), "--results-dir",
+            str(tmp_path / "results"), "--logger", "csv", "--jobs", "2", *TINY, "--set", "trainer.max_epochs=100000"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=Path(__file__).resolve().parent.parent,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # pytest may ignore it
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((tmp_path / "runs").glob("*/checkpoints/last.ckpt"))) < 2:  # both runs are training
+            assert proc.poll() is None, f"the sweep ended early ({proc.returncode})"
+            assert time.monotonic() < deadline, "the runs wrote no checkpoint within 120 s"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)  # the parent alone, as `kill -INT` does
+        out, err = proc.communicate(timeout=90)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # runs that outlived the sweep too: never left training
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+    assert proc.returncode == 2, err
+    assert "sweep stopped at ptb-small-dropout_" in err and "--resume" in err
+    assert not (tmp_path / "results" / "runs.csv").exists()
+    assert not list((tmp_path / "runs").glob("*/result.json"))
