@@ -3,7 +3,7 @@
 One malformed line in a 40-million-line corpus, or one unreadable file among 100,000 images,
 should cost a line, not a run. A corpus with more records than its preset's
 `data.bad_records.skip_above` skips them (a line that is not UTF-8 or lacks its tab, an image that
-does not decode, audio that does not read), and the run lists them in its folder
+does not decode or is missing, audio that does not read), and the run lists them in its folder
 (`skipped_records.txt`) and counts them in its results row; more than `max_fraction` of the
 corpus bad stops the run, since that is a broken file, not a stray line (splits cut from one file
 share its rule). Smaller corpora, the separate reference and test sets among them, stay strict: the first bad record stops the run, naming its

@@ -90,8 +90,9 @@ def _load_json(path: Path) -> Any:
 
 
 def read_coco(images_dir: Path, captions_json: Path) -> list[ImageEntry]:
-    """Images with at least one non-empty caption and an existing file; everything skipped is
-    counted and logged with examples, never a crash halfway through an epoch."""
+    """Images with at least one non-empty caption; everything skipped is counted and logged with
+    examples, never a crash halfway through an epoch. Whether each image's file is there is left to
+    `present`: a missing one is a bad record of the split it belongs to."""
     data = _load_json(captions_json)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(data.get("annotations"), list):
         raise DataError(f"{captions_json}: expected the COCO captions format, an object with `images` and "
@@ -117,22 +118,33 @@ def read_coco(images_dir: Path, captions_json: Path) -> list[ImageEntry]:
                     orphans[:3])
     if empty:
         log.warning("%s: skipped %d empty captions", captions_json, empty)
-    out, missing, uncaptioned = [], [], 0
+    out, uncaptioned = [], 0
     for img in data["images"]:
-        path = images_dir / img["file_name"]
         if img["id"] not in caps:
             uncaptioned += 1
-        elif not path.is_file():
-            missing.append(path)
         else:
-            out.append(ImageEntry(img["id"], path, tuple(caps[img["id"]]), img.get("split")))
+            out.append(ImageEntry(img["id"], images_dir / img["file_name"], tuple(caps[img["id"]]), img.get("split")))
     if uncaptioned:
         log.warning("%s: %d images have no caption and are left out", captions_json, uncaptioned)
-    if missing:
-        log.warning("%s: skipped %d images whose file is missing (e.g. %s)", captions_json, len(missing), missing[0])
     if not out:
-        raise DataError(f"{captions_json}: no captioned image found under {images_dir}")
+        raise DataError(f"{captions_json}: no image with a caption")
     return out
+
+
+def present(images: list[ImageEntry], bad: BadRecords, listed_in: Path) -> list[ImageEntry]:
+    """The images whose file is there. A missing one is a bad record: a strict corpus stops at the
+    first, counting them all (a folder half copied is one fix, not one run per file); a tolerant one
+    skips and notes each."""
+    found, missing = [], []
+    for img in images:
+        (found if img.path.is_file() else missing).append(img)
+    if missing and not bad.tolerant:
+        raise DataError(f"{missing[0].path}: image file not found ({len(missing)} of the {len(images)} {bad.source} "
+                        f"listed in {listed_in} are missing); put them in {missing[0].path.parent} or fetch the data "
+                        f"set again")
+    for img in missing:
+        bad.add(DataError(f"{img.path}: image file not found (listed in {listed_in})"))
+    return found
 
 
 def assign_splits(images: list[ImageEntry], karpathy: Path | None, fractions: dict[str, float],
@@ -182,6 +194,8 @@ class FeatureCache:
 
     def load_image(self, path: Path, data: bytes | None = None) -> Tensor:
         data = path.read_bytes() if data is None else data
+        if not data:  # torch.frombuffer refuses an empty buffer with a ValueError
+            raise DataError(f"{path}: not a decodable image (an empty file)")
         try:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError as err:
@@ -232,7 +246,8 @@ class FeatureCache:
                     bar.update(len(todo[start : start + self.batch_size]))
         kept = sorted(feats)
         if not kept:
-            raise DataError(f"{desc}: no image could be decoded")
+            raise DataError(f"{desc}: no image could be read and decoded"
+                            + (f"; the first: {bad.found[0]}" if bad.found else ""))
         return torch.stack([feats[i] for i in kept]), [images[i] for i in kept]
 
 
@@ -341,13 +356,16 @@ class CaptionsDataModule(StreamsDataModule):
                 raise DataError(f"{self.images_dir}: image folder not found. Put {sources.FETCH_HELP['captions']}")
             entries = assign_splits(read_coco(self.images_dir, self.captions_json), self.karpathy, self.split,
                                     str(self.split["salt"]))
+        listed_in = dict.fromkeys(entries, self.captions_json)
         for name, spec in self.test_sets.items():
-            entries[f"test_{name}"] = read_coco(self._path(spec["images"]), self._path(spec["captions"]))
+            listed_in[f"test_{name}"] = self._path(spec["captions"])
+            entries[f"test_{name}"] = read_coco(self._path(spec["images"]), listed_in[f"test_{name}"])
         streams = [*([] if self.test_only else ["train", "valid"]), *self.stream_names()]
         cache = self.feature_cache()
         feats = {}
         for name in streams:
             bad = BadRecords(f"{name} images", len(entries[name]), self.bad_records)
+            entries[name] = present(entries[name], bad, listed_in[name])
             feats[name], entries[name] = cache(entries[name], name, bad)
             self.skipped += bad.check()
         if self.restored:

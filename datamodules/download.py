@@ -4,10 +4,13 @@ Small data sets: nothing is written until the archive's sha256 and every extract
 check out, and files land by atomic rename, so an interrupted download never leaves a half-written
 data root. Large ones (`download_large`, no publisher checksums): each file lands by rename, so none
 is ever cut off, but a stopped fetch can leave some files and not others; the next fetch completes them.
+Two fetches of one data set at once (two `--jobs` runs, `bench fetch` beside `bench run`) take turns:
+each holds <folder>/.fetch.lock while it writes, and the second finds the first's files there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import http.client
@@ -22,13 +25,16 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 from tqdm import tqdm
 
 from tasks.nn.errors import DataError
 
 log = logging.getLogger(__name__)
+
+LOCK = ".fetch.lock"  # hidden, as every temporary name here: the data fingerprint leaves hidden files out
+FINISHED = "finished\n"  # what download_large leaves in its lock file once `after` has run
 
 
 @dataclass(frozen=True)
@@ -121,15 +127,37 @@ def missing_files(ds: Dataset, folder: Path) -> list[str]:
     return [name for name in ds.sha256 if not (folder / name).is_file()]
 
 
+def take_turn(lock: IO[str], folder: Path) -> bool:
+    """Lock `lock`, the open <folder>/.fetch.lock, exclusively; True when another fetch held it first.
+    Fetches of one data set write the same names (.part files, SHA256SUMS, what `after` writes), so
+    they take turns. Closing the file releases the lock, and so does its holder's exit, even by kill -9."""
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        log.info("%s: another fetch of this data set is running; waiting for it to finish", folder)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return True
+
+
 def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
     """Fetch `ds` into data_root/ds.name unless its files are already there; return that folder."""
     folder = Path(data_root) / ds.name
-    if not missing_files(ds, folder):
+    if not missing_files(ds, folder):  # nothing written, not even the lock: the data root may be read-only
         return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / LOCK, "a+")
     except OSError as err:
-        raise DataError(offline_help(ds, folder, f"cannot create {folder}: {err}")) from err
+        raise DataError(offline_help(ds, folder, f"cannot write in {folder}: {err}")) from err
+    with lock:
+        take_turn(lock, folder)
+        if missing_files(ds, folder):  # else another fetch completed it while this one waited
+            _download_into(ds, folder, timeout)
+    return folder
+
+
+def _download_into(ds: Dataset, folder: Path, timeout: float) -> None:
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
         extracted = Path(tmp) / "x"
         if ds.gz_files:
@@ -145,7 +173,6 @@ def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
         for name in ds.sha256:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(extracted / name, folder / name)
-    return folder
 
 
 def _fetch(ds: Dataset, folder: Path, url: str, path: Path, timeout: float) -> None:
@@ -177,7 +204,8 @@ def _extract_members(ds: Dataset, folder: Path, archive: Path, extracted: Path) 
                     shutil.copyfileobj(src, dst)
         finally:
             arc.close()
-    except (tarfile.TarError, zipfile.BadZipFile, KeyError, EOFError) as err:
+    # A damaged deflate stream is zlib.error, a wrong gzip CRC gzip.BadGzipFile: neither is a TarError
+    except (tarfile.TarError, zipfile.BadZipFile, KeyError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DataError(offline_help(ds, folder, f"archive {archive.name} is corrupt or incomplete ({err})")) from err
 
 
@@ -189,7 +217,7 @@ def _fetch_gz_files(ds: Dataset, folder: Path, tmp: Path, extracted: Path, timeo
         try:
             with gzip.open(packed) as src, open(extracted / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:  # zlib.error: damaged data inside the stream
             raise DataError(offline_help(ds, folder, f"{url} is not a complete gzip file ({err})")) from err
 
 
@@ -306,9 +334,9 @@ def unfinished(ds: LargeDataset, data_root: Path) -> bool:
 
 
 def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout: float = 60.0) -> Path:
+    """Fetch, check and unpack `ds` into data_root/ds.name (archives kept in its .downloads/), then
+    run its `after`; return that folder. Asks first (a DataError) unless `yes` or `ds.ask` is off."""
     folder = Path(data_root) / ds.name
-    sums_file = folder / "SHA256SUMS"
-    known = read_sums(sums_file) if sums_file.is_file() else {}
     sizes = {a.url: _remote_size(a.url, timeout) for a in ds.archives}
     total = sum(s or 0 for s in sizes.values())
     listing = "\n".join(f"    {a.url}  ({(sizes[a.url] or 0) / 1e9:.2f} GB)" for a in ds.archives)
@@ -319,6 +347,20 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
                         f"  Rerun with --yes to download it; or fetch those files yourself, put them in "
                         f"{folder / '.downloads'}/ and rerun with --yes to check and unpack them (see {ds.homepage}).")
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a+") as lock:
+        if take_turn(lock, folder):
+            lock.seek(0)
+            if lock.read() == FINISHED:  # the fetch this one waited for completed it, `after` included
+                return folder
+        lock.truncate(0)  # a fetch that stops short leaves no FINISHED behind
+        _download_large_into(ds, folder, sizes, timeout)
+        lock.write(FINISHED)
+    return folder
+
+
+def _download_large_into(ds: LargeDataset, folder: Path, sizes: dict[str, int | None], timeout: float) -> None:
+    sums_file = folder / "SHA256SUMS"
+    known = read_sums(sums_file) if sums_file.is_file() else {}  # read under the lock: another fetch may have added
     downloads = folder / ".downloads"
     downloads.mkdir(exist_ok=True)
     for a in ds.archives:
@@ -336,17 +378,29 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
             raise DataError(f"{path}: none of {sorted(a.extract)} found inside; is it the right archive?")
         if name not in known:  # recorded once it has unpacked: a cut-short file is never the reference
             known[name] = digest
-            tmp = sums_file.with_suffix(".tmp")
+            tmp = sums_file.with_name(".SHA256SUMS.tmp")
             tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(known.items())))
             os.replace(tmp, sums_file)
     if ds.after:
-        ds.after(folder)
-    return folder
+        try:
+            ds.after(folder)
+        # Unexpected contents (a file missing, not UTF-8, a JSON key absent) break `after` mid-way: say
+        # where, not a traceback. Its own DataErrors pass through as they are.
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            step = getattr(ds.after, "__name__", "after")
+            raise DataError(f"{folder}: its archives unpacked, but {step} failed on what they hold "
+                            f"({type(err).__name__}: {_one_line(err)}); if you put them in {downloads} by hand, "
+                            f"check they are the publisher's ({ds.homepage}), else delete {downloads} and "
+                            f"{sums_file} and fetch again") from err
 
 
 def _download_resumable(url: str, path: Path, expected: int | None, timeout: float, homepage: str) -> None:
     """url -> path through path.part. An interrupted download continues where it stopped (an HTTP
-    range request); a server that ignores the range sends the whole file, which replaces the part."""
+    range request); a server that ignores the range sends the whole file, which replaces the part.
+    The part becomes the file only once it is known whole: it has the size the server announced, or
+    a chunked body ended with its last chunk, or (no size announced) a range request for what follows
+    it is refused (416). A server that announces no size and ignores ranges cannot say; then the part
+    is taken as it is, and unpacking finds a cut archive by its missing end."""
     part = path.with_suffix(path.suffix + ".part")
 
     def unreachable(err: Exception) -> DataError:
@@ -357,28 +411,36 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
     if expected and have > expected:  # not a prefix of this file: start over
         part.unlink()
         have = 0
-    if not (expected and have == expected):  # a complete part (killed before the rename) needs no request
+    confirming = False  # the last body ended with no size to check it by: ask for what follows it
+    while not (expected and have == expected):  # a complete part (killed before the rename) needs no request
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 resumed = bool(have) and getattr(resp, "status", 200) == 206
+                if confirming and not resumed:  # the server ignores ranges: closed before it resends it all
+                    break
                 length = int(resp.headers.get("Content-Length") or 0)
-                size = (have if resumed else 0) + length if length else expected
+                expected = (have if resumed else 0) + length if length else expected
                 with open(part, "ab" if resumed else "wb") as out, \
-                        tqdm(total=size, initial=have if resumed else 0, unit="B", unit_scale=True,
+                        tqdm(total=expected, initial=have if resumed else 0, unit="B", unit_scale=True,
                              desc=f"download {path.name}") as bar:
                     for chunk in iter(lambda: resp.read(1 << 20), b""):
                         out.write(chunk)
                         bar.update(len(chunk))
+                # http.client raises IncompleteRead on a chunked body cut before its last chunk
+                whole = bool(getattr(resp, "chunked", False))
         except urllib.error.HTTPError as err:
             if not (err.code == 416 and have):  # 416 with a part: nothing left to send
                 raise unreachable(err) from err
-            size = expected
+            break
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as err:  # IncompleteRead
             raise unreachable(err) from err
-    else:
-        size = expected
-    if size and part.stat().st_size != size:
-        raise DataError(f"{url}: got {part.stat().st_size} bytes, the server announced {size}; rerun to "
+        grown = part.stat().st_size > (have if resumed else 0)
+        have = part.stat().st_size
+        if expected or whole or (confirming and not grown):
+            break
+        confirming = True
+    if expected and part.stat().st_size != expected:
+        raise DataError(f"{url}: got {part.stat().st_size} bytes, the server announced {expected}; rerun to "
                         f"continue the download")
     os.replace(part, path)

@@ -165,10 +165,12 @@ class PTBDataModule(TaskDataModule):
             if split.startswith("test_") and ids.numel() >= 2:
                 continue  # read as one column, like the test split
             if ids.numel() < 2 * self.batch_size:
-                raise DataError(
-                    f"{self.folder / f'ptb.{split}.txt'}: {ids.numel()} tokens, fewer than 2 per column "
-                    f"for batch_size {self.batch_size}"
-                )
+                if split == "train" and self.train_tokens is not None and len(tokens["train"]) > self.train_tokens:
+                    raise DataError(f"data.train_tokens={self.train_tokens}: the first {ids.numel()} tokens of "
+                                    f"{files[split]} are fewer than 2 per column for batch_size {self.batch_size}; "
+                                    f"raise it")
+                raise DataError(f"{files[split]}: {ids.numel()} tokens, fewer than 2 per column for batch_size "
+                                f"{self.batch_size}")
 
     def learned(self) -> dict:
         return {"itos": self.vocab.itos} if self.vocab is not None else {}

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import shutil
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from datamodules import download as fetch
 from datamodules.align import AUDIO_SUFFIXES, align_corpus, audio_of
@@ -165,17 +166,32 @@ def concat_wmt14(folder: Path) -> None:
     """parts/<corpus>.{en,fr}[.gz] -> train.en / train.fr, line-aligned, corpus by corpus."""
     for lang in ("en", "fr"):
         out = folder / f"train.{lang}"
-        tmp = out.with_suffix(".tmp")
-        with open(tmp, "wb") as dst:
-            for corpus in WMT14_CORPORA:
-                part = folder / "parts" / f"{corpus}.{lang}"
-                src = gzip.open(part.with_suffix(part.suffix + ".gz")) if not part.is_file() else open(part, "rb")
-                with src:
-                    shutil.copyfileobj(src, dst)
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            with open(tmp, "wb") as dst:
+                for corpus in WMT14_CORPORA:
+                    part = folder / "parts" / f"{corpus}.{lang}"
+                    _copy_part(part if part.is_file() else part.with_suffix(part.suffix + ".gz"), dst, folder)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, out)
     n_en, n_fr = (sum(1 for _ in open(folder / f"train.{lang}", "rb")) for lang in ("en", "fr"))
     if n_en != n_fr:
         raise DataError(f"{folder}: train.en has {n_en} lines but train.fr {n_fr}; a corpus archive is damaged")
+
+
+def _copy_part(part: Path, dst: BinaryIO, folder: Path) -> None:
+    try:
+        with gzip.open(part) if part.suffix == ".gz" else open(part, "rb") as src:
+            shutil.copyfileobj(src, dst)
+    # A .gz cut short (EOFError), with a bad CRC (BadGzipFile) or damaged data (zlib.error). The
+    # archive it came from was recorded in SHA256SUMS once unpacked (a plain tar has no CRC of its own).
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        archive = next((a.url.rsplit("/", 1)[-1] for a in WMT14.archives
+                        if any(part.name.startswith(p.rsplit("/", 1)[-1]) for p in a.extract)), "its archive")
+        raise DataError(f"{part}: damaged ({err}); delete {folder / '.downloads' / archive} and its line in "
+                        f"{folder / 'SHA256SUMS'}, then fetch again") from err
 
 
 WMT14 = fetch.LargeDataset(
@@ -217,7 +233,7 @@ def flickr8k_to_coco(folder: Path) -> Path:
                                        "split": split_of.get(name, "unused")})
         annotations.append({"image_id": img["id"], "id": len(annotations) + 1, "caption": caption.strip()})
     out = folder / "captions.json"
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(".captions.json.tmp")
     tmp.write_text(json.dumps({"images": list(images.values()), "annotations": annotations}))
     os.replace(tmp, out)
     return out
@@ -238,7 +254,7 @@ def merge_coco_captions(folder: Path) -> Path:
         merged["images"] += data["images"]
         merged["annotations"] += data["annotations"]
     out = folder / "captions.json"
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(".captions.json.tmp")
     tmp.write_text(json.dumps(merged))
     os.replace(tmp, out)
     return out

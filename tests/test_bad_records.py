@@ -12,7 +12,7 @@ import pytest
 from benchmark.results import read_rows
 from benchmark.runner import SKIPPED_FILE, RunOptions, run
 from datamodules.bad_records import BadRecordPolicy, BadRecords
-from datamodules.captions import CaptionsDataModule, FeatureCache, read_coco
+from datamodules.captions import CaptionsDataModule, FeatureCache, present, read_coco
 from datamodules.parallel import read_corpus, read_text
 from datamodules.speech import SpeechDataModule
 from tasks.nn.errors import DataError
@@ -80,6 +80,37 @@ def test_undecodable_image_fails_a_small_set_and_is_skipped_in_a_large_one(tmp_p
     assert feats.shape[0] == 10 and entries[2] not in kept and entries[5] not in kept
     skipped = bad.check()
     assert sorted(s.split(": ", 1)[0] for s in skipped) == sorted(str(entries[i].path) for i in (2, 5))
+
+
+def test_an_empty_image_file_is_a_bad_record_like_an_undecodable_one(tmp_path):
+    root = write_coco(tmp_path / "c", n=12)
+    entries = read_coco(root / "images", root / "captions.json")
+    entries[4].path.write_bytes(b"")  # torch.frombuffer raised a ValueError on it, which escaped
+    cache = FeatureCache(counting_encoder(), 32, tmp_path / "cache")
+    with pytest.raises(DataError, match=rf"{entries[4].path.name}: not a decodable image \(an empty file\)"):
+        cache(entries, "t")
+    bad = BadRecords("t images", len(entries), BadRecordPolicy(skip_above=10, max_fraction=0.1))
+    feats, kept = cache(entries, "t", bad)
+    assert feats.shape[0] == 11 and entries[4] not in kept and bad.check()[0].startswith(f"{entries[4].path}: ")
+
+
+def test_missing_image_files_stop_a_small_set_counted_and_are_skipped_in_a_large_one(tmp_path):
+    root = write_coco(tmp_path / "c", n=12)
+    entries = read_coco(root / "images", root / "captions.json")
+    for i in (3, 8):
+        entries[i].path.unlink()
+    with pytest.raises(DataError, match=rf"{entries[3].path}: image file not found \(2 of the 12 train images "
+                                        rf"listed in {root / 'captions.json'} are missing\)"):
+        present(entries, BadRecords("train images", len(entries)), root / "captions.json")
+    bad = BadRecords("train images", len(entries), BadRecordPolicy(skip_above=10, max_fraction=0.2))
+    kept = present(entries, bad, root / "captions.json")
+    assert kept == [e for i, e in enumerate(entries) if i not in (3, 8)]
+    assert [s.split(": ", 1)[0] for s in bad.check()] == [str(entries[i].path) for i in (3, 8)]
+    # Too many missing is a folder not there, not stray files.
+    bad = BadRecords("train images", len(entries), BadRecordPolicy(skip_above=10, max_fraction=0.1))
+    present(entries, bad, root / "captions.json")
+    with pytest.raises(DataError, match=r"train images: 2 of 12 records are bad, over the 10\.00%"):
+        bad.check()
 
 
 def test_a_captions_datamodule_lists_what_its_large_split_skipped(tmp_path, monkeypatch):

@@ -75,10 +75,10 @@ def test_read_coco_skips_and_counts_what_is_broken(tmp_path, caplog):
     (root / "captions.json").write_text(json.dumps(data))
     with caplog.at_level(logging.WARNING):
         entries = read_coco(root / "images", root / "captions.json")
-    assert len(entries) == 6 and all(len(e.captions) == 5 for e in entries)
+    # gone.jpg stays: whether its file is there is its split's bad-record rule (datamodules/bad_records.py)
+    assert len(entries) == 7 and all(len(e.captions) == 5 for e in entries[:6]) and entries[6].path.name == "gone.jpg"
     assert "skipped 1 captions of image ids not in `images`" in caplog.text
     assert "skipped 1 empty captions" in caplog.text
-    assert "skipped 1 images whose file is missing" in caplog.text and "gone.jpg" in caplog.text
     assert "1 images have no caption" in caplog.text
 
 
@@ -106,6 +106,24 @@ def test_splits_from_field_karpathy_file_or_hash(tmp_path):
     hashed = assign_splits([ImageEntry(i, e.path, e.captions) for i, e in enumerate(plain)], None,
                            {"valid": 0.2, "test": 0.2}, "s")
     assert all(hashed[k] for k in ("train", "valid", "test")) and sum(map(len, hashed.values())) == 200
+
+
+def test_a_missing_image_stops_a_strict_corpus_only_where_a_split_uses_it(tmp_path, monkeypatch):
+    """Flickr8k is strict (no bad_records): an image its captions list but its folder lacks stops the
+    run with one line, naming one and counting them; one in no split (`unused`) is never needed."""
+    root = write_coco(tmp_path / "f8k", n=10)  # every 5th image from the 4th is `dev`: 1003 and 1008
+    data = json.loads((root / "captions.json").read_text())
+    data["images"].append({"id": 77, "file_name": "gone.jpg", "split": "unused"})
+    data["annotations"].append({"image_id": 77, "caption": "a missing image"})
+    (root / "captions.json").write_text(json.dumps(data))
+    monkeypatch.setattr("datamodules.captions.build_encoder", lambda *a: counting_encoder())
+    kw = dict(images="f8k/images", captions="f8k/captions.json", image_size=32, min_count=1,
+              cache_dir=tmp_path / "cache")
+    CaptionsDataModule(tmp_path, **kw).setup()  # gone.jpg is in no split
+    (root / "images" / "1003_img.jpg").unlink()
+    with pytest.raises(DataError, match=rf"{root / 'images' / '1003_img.jpg'}: image file not found \(1 of the 2 "
+                                        rf"valid images listed in {root / 'captions.json'} are missing\); put them in"):
+        CaptionsDataModule(tmp_path, **kw).setup()
 
 
 class CountingNet(torch.nn.Module):

@@ -171,26 +171,40 @@ def test_missing_wmt14_names_the_fetch_command(tmp_path):
         read_corpus({"src": "wmt14/train.en", "ref": "wmt14/train.fr"}, tmp_path, "en-fr")
 
 
-def test_flickr8k_zips_become_coco_format_with_the_official_split(tmp_path):
-    from datamodules.captions import assign_splits
+FLICKR8K_NAMES = [f"{1000 + i}_abc.jpg" for i in range(5)]
+
+
+def flickr8k_archives(src, text: dict[str, bytes | None] | None = None):
+    """Flickr8k_Dataset.zip and Flickr8k_text.zip, tiny; `text` replaces (None: leaves out) text files."""
     from tests.test_captioning import write_jpeg
 
-    src = tmp_path / "publisher"
-    src.mkdir()
-    names = [f"{1000 + i}_abc.jpg" for i in range(5)]
+    src.mkdir(parents=True, exist_ok=True)
+    names = FLICKR8K_NAMES
     with zipfile.ZipFile(src / "Flickr8k_Dataset.zip", "w") as z:
         for i, name in enumerate(names):
             write_jpeg(src / "tmp.jpg", seed=i)
             z.write(src / "tmp.jpg", f"Flicker8k_Dataset/{name}")
         z.writestr("__MACOSX/Flicker8k_Dataset/._junk", "")
+    files = {"Flickr8k.token.txt": "".join(f"{n}#{k}\tA dog number {i} runs .\n" for i, n in enumerate(names)
+                                           for k in range(5)).encode(),
+             "Flickr_8k.trainImages.txt": ("\n".join(names[:3]) + "\n").encode(),
+             "Flickr_8k.devImages.txt": (names[3] + "\n").encode(),
+             "Flickr_8k.testImages.txt": (names[4] + "\n").encode()}
+    files.update(text or {})
     with zipfile.ZipFile(src / "Flickr8k_text.zip", "w") as z:  # some copies add a top folder
-        z.writestr("Flickr8k_text/Flickr8k.token.txt",
-                   "".join(f"{n}#{k}\tA dog number {i} runs .\n" for i, n in enumerate(names) for k in range(5)))
-        z.writestr("Flickr8k_text/Flickr_8k.trainImages.txt", "\n".join(names[:3]) + "\n")
-        z.writestr("Flickr8k_text/Flickr_8k.devImages.txt", names[3] + "\n")
-        z.writestr("Flickr8k_text/Flickr_8k.testImages.txt", names[4] + "\n")
+        for name, data in files.items():
+            if data is not None:
+                z.writestr(f"Flickr8k_text/{name}", data)
     urls = [(src / "Flickr8k_Dataset.zip").as_uri(), (src / "Flickr8k_text.zip").as_uri()]
-    ds = dataclasses.replace(FLICKR8K, archives=tuple(dataclasses.replace(a, url=u) for a, u in zip(FLICKR8K.archives, urls)))
+    return dataclasses.replace(FLICKR8K, archives=tuple(dataclasses.replace(a, url=u)
+                                                        for a, u in zip(FLICKR8K.archives, urls)))
+
+
+def test_flickr8k_zips_become_coco_format_with_the_official_split(tmp_path):
+    from datamodules.captions import assign_splits
+
+    names = FLICKR8K_NAMES
+    ds = flickr8k_archives(tmp_path / "publisher")
     folder = fetch.download_large(ds, tmp_path / "root", yes=True)
     assert sorted(p.name for p in (folder / "images").iterdir()) == names  # __MACOSX left out
     splits = assign_splits(read_coco(folder / "images", folder / "captions.json"), None, {}, "s")
@@ -292,3 +306,185 @@ def test_a_member_that_would_land_outside_stops_the_fetch_before_any_write(tmp_p
     with pytest.raises(DataError, match=r"member 'train2014/.*' would be written outside .*nothing was extracted"):
         fetch._extract(path, {"train2014/": "images"}, dest)
     assert not dest.exists() and not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("text, error", [
+    ({"Flickr_8k.devImages.txt": None}, r"FileNotFoundError: .*Flickr_8k\.devImages\.txt"),
+    ({"Flickr8k.token.txt": "1000_abc.jpg#0\tUn caf\u00e9 .\n".encode("latin-1")}, "UnicodeDecodeError"),
+], ids=["a list missing", "captions not UTF-8"])
+def test_an_after_step_that_meets_unexpected_contents_is_one_line(tmp_path, text, error):
+    ds = flickr8k_archives(tmp_path / "publisher", text)
+    folder = tmp_path / "root" / "flickr8k"
+    with pytest.raises(DataError, match=rf"{folder}: its archives unpacked, but flickr8k_to_coco failed .*{error}.*"
+                                        rf"delete {folder / '.downloads'} and {folder / 'SHA256SUMS'} and fetch again"):
+        fetch.download_large(ds, tmp_path / "root", yes=True)
+    assert not (folder / "captions.json").exists() and (folder / fetch.LOCK).read_text() == ""  # not marked finished
+
+
+def test_a_damaged_gz_part_of_wmt14_names_its_archive_and_leaves_no_train_file(tmp_path):
+    import gzip
+
+    from datamodules.sources import WMT14_CORPORA, concat_wmt14
+
+    folder = tmp_path / "wmt14"
+    (folder / "parts").mkdir(parents=True)
+    for corpus in WMT14_CORPORA[:-1]:
+        for lang in ("en", "fr"):
+            (folder / "parts" / f"{corpus}.{lang}").write_text(f"{corpus} {lang}\n")
+    for lang in ("en", "fr"):
+        packed = bytearray(gzip.compress(b"giga 0\n"))
+        packed[10] = 0xFF  # the deflate stream's first byte: a reserved block type, a zlib.error
+        (folder / "parts" / f"giga-fren.release2.fixed.{lang}.gz").write_bytes(bytes(packed))
+    with pytest.raises(DataError, match=r"giga-fren\.release2\.fixed\.en\.gz: damaged .*delete .*\.downloads/"
+                                        r"training-giga-fren\.tar and its line in .*SHA256SUMS, then fetch again"):
+        concat_wmt14(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["parts"]  # no train.en, no temporary file
+
+
+class _UnsizedServer:
+    """A loopback HTTP/1.0 server that announces no size (no HEAD, no Content-Length): a body ends
+    where the connection closes. The first GET stops after `cut` bytes; a range request gets the
+    rest (206), or 416 past the end, or, with `ranges=False`, the whole blob again (200)."""
+
+    def __init__(self, blob: bytes, cut: int, ranges: bool = True) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[str | None] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                rng = self.headers.get("Range")
+                outer.requests.append(rng)
+                start = int(rng.removeprefix("bytes=").rstrip("-")) if rng and ranges else 0
+                if start >= len(blob):
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                self.send_response(206 if start else 200)
+                self.end_headers()
+                try:
+                    self.wfile.write(blob[start:] if start or len(outer.requests) > 1 else blob[:cut])
+                except OSError:  # the client hung up after the status line: it asked only to confirm
+                    pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/data.zip"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_download_of_unknown_size_cut_short_stays_resumable_and_completes(tmp_path):
+    blob = bytes(range(256)) * 400
+    path, part = tmp_path / "data.zip", tmp_path / "data.zip.part"
+    server = _UnsizedServer(blob, cut=30000)
+    try:
+        assert fetch._remote_size(server.url, 10) is None
+        fetch._download_resumable(server.url, path, None, 10, "home")
+        # The cut body was not taken as the file: the rest was asked for, then a range past its end
+        # refused (416) said it was whole.
+        assert path.read_bytes() == blob and not part.exists()
+        assert server.requests == [None, "bytes=30000-", f"bytes={len(blob)}-"]
+    finally:
+        server.close()
+    path.unlink()
+    server = _UnsizedServer(blob, cut=len(blob), ranges=False)
+    try:  # ranges ignored: nothing more can be known, and the confirming request is not read through
+        fetch._download_resumable(server.url, path, None, 10, "home")
+        assert path.read_bytes() == blob and server.requests == [None, f"bytes={len(blob)}-"]
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def lock_contention(monkeypatch):
+    """An Event set when a fetch finds the data set's lock held by another (and starts waiting)."""
+    import fcntl
+    import threading
+
+    contended = threading.Event()
+    flock = fcntl.flock
+
+    def spying_flock(fd, op):
+        try:
+            return flock(fd, op)
+        except BlockingIOError:
+            contended.set()
+            raise
+
+    monkeypatch.setattr(fcntl, "flock", spying_flock)
+    return contended
+
+
+def _in_thread(fn, *args, **kw):
+    """Start fn(*args, **kw) in a thread; the returned dict gets its result (or exception) as "out"."""
+    import threading
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["out"] = fn(*args, **kw)
+        except BaseException as err:  # handed to the test, which asserts on it
+            box["out"] = err
+
+    box["thread"] = threading.Thread(target=target, daemon=True)
+    box["thread"].start()
+    return box
+
+
+def test_two_large_fetches_at_once_take_turns_and_the_second_reuses_the_first(tmp_path, lock_contention):
+    import threading
+
+    from datamodules.sources import merge_coco_captions
+
+    in_after, go_on, calls = threading.Event(), threading.Event(), []
+
+    def slow_after(folder):
+        calls.append(folder)
+        in_after.set()
+        assert go_on.wait(30)
+        merge_coco_captions(folder)
+
+    ds = dataclasses.replace(coco_archives(tmp_path / "publisher"), after=slow_after)
+    first = _in_thread(fetch.download_large, ds, tmp_path / "root", yes=True)
+    assert in_after.wait(30)  # the first holds the lock, all unpacked, in its `after`
+    second = _in_thread(fetch.download_large, ds, tmp_path / "root", yes=True)
+    assert lock_contention.wait(30)  # the second finds the lock held and waits
+    go_on.set()
+    for box in (first, second):
+        box["thread"].join(30)
+    folder = tmp_path / "root" / "coco"
+    assert first["out"] == second["out"] == folder
+    assert len(calls) == 1 and (folder / "captions.json").is_file()  # nothing unpacked or prepared twice
+    assert (folder / fetch.LOCK).read_text() == fetch.FINISHED
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_small_fetch_that_waited_finds_the_files_there_and_fetches_nothing(tmp_path, lock_contention):
+    import fcntl
+    import hashlib
+
+    ds = fetch.Dataset("toy", (tmp_path / "gone.tgz").as_uri(), {"a.txt": "a.txt"},
+                       {"a.txt": hashlib.sha256(b"a\n").hexdigest()}, "https://example.org")
+    folder = tmp_path / "root" / "toy"
+    folder.mkdir(parents=True)
+    with open(folder / fetch.LOCK, "a+") as held:  # another process is fetching toy ...
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = _in_thread(fetch.download, ds, tmp_path / "root")
+        assert lock_contention.wait(30)
+        (folder / "a.txt").write_bytes(b"a\n")  # ... and completes it
+    waiter["thread"].join(30)
+    assert waiter["out"] == folder  # its archive's URL does not exist: a fetch would have failed
+    # A data set already in place is left untouched: no lock file (the data root may be read-only).
+    (tmp_path / "by-hand" / "toy").mkdir(parents=True)
+    (tmp_path / "by-hand" / "toy" / "a.txt").write_bytes(b"a\n")
+    assert fetch.download(ds, tmp_path / "by-hand") == tmp_path / "by-hand" / "toy"
+    assert not (tmp_path / "by-hand" / "toy" / fetch.LOCK).exists()

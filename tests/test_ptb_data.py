@@ -117,6 +117,17 @@ def test_split_too_small_for_the_batch(tmp_path):
         PTBDataModule(tmp_path, batch_size=20, download=False).setup()
 
 
+def test_a_split_cut_too_short_by_train_tokens_names_the_setting(tmp_path):
+    write_ptb(tmp_path / "ptb")
+    train = tmp_path / "ptb" / "ptb.train.txt"
+    with pytest.raises(DataError, match=rf"data\.train_tokens=10: the first 10 tokens of {train} are fewer than 2 "
+                                        rf"per column for batch_size 20; raise it"):
+        PTBDataModule(tmp_path, batch_size=20, train_tokens=10, download=False).setup()
+    train.write_text(" <unk> a \n")  # the file itself too short: it is named alone
+    with pytest.raises(DataError, match=rf"{train}: 3 tokens, fewer than 2 per column"):
+        PTBDataModule(tmp_path, batch_size=20, train_tokens=10, download=False).setup()
+
+
 def _tgz(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -148,3 +159,20 @@ def test_model_kwargs_from_vocabulary(data_root):
     dm.setup()
     assert dm.model_kwargs() == {"vocab_size": len(dm.vocab)}
     assert dm.vocab.stoi[EOS] >= 0 and isinstance(dm.ids["valid"], torch.Tensor)
+
+
+def test_a_damaged_deflate_stream_in_the_archive_is_one_line_and_writes_nothing(tmp_path):
+    import zipfile
+
+    payload = b" a b c \n" * 50
+    archive = tmp_path / "toy.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("simple-examples/data/ptb.train.txt", payload)
+    data = bytearray(archive.read_bytes())
+    data[30 + len("simple-examples/data/ptb.train.txt")] = 0xFF  # the member's first deflate byte: a zlib.error
+    archive.write_bytes(bytes(data))
+    ds = Dataset("toy", archive.as_uri(), {"ptb.train.txt": "simple-examples/data/ptb.train.txt"},
+                 {"ptb.train.txt": hashlib.sha256(payload).hexdigest()}, "https://example.org")
+    with pytest.raises(DataError, match=r"archive toy\.zip is corrupt or incomplete \(Error -3"):
+        download(ds, tmp_path / "root")
+    assert not (tmp_path / "root" / "toy" / "ptb.train.txt").exists()

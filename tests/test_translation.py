@@ -436,6 +436,12 @@ def test_multi30k_fetch_gunzips_each_file_and_checks_its_sha256(tmp_path):
     (raw / "val.fr.gz").write_bytes(gzip.compress(texts["val.fr"])[:-6])  # truncated
     with pytest.raises(DataError, match="not a complete gzip file"):
         fetch.download(ds, tmp_path / "root")
+    damaged = bytearray(gzip.compress(texts["val.fr"]))
+    damaged[10] = 0xFF  # the deflate stream's first byte: a reserved block type, a zlib.error, not an OSError
+    (raw / "val.fr.gz").write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=r"val\.fr\.gz is not a complete gzip file \(Error -3"):
+        fetch.download(ds, tmp_path / "root")
+    assert not any((tmp_path / "root" / "multi30k").glob("val.*"))
     (raw / "val.fr.gz").write_bytes(gzip.compress(texts["val.fr"]))
     folder = fetch.download(ds, tmp_path / "root")
     assert {n: (folder / n).read_bytes() for n in texts} == texts
