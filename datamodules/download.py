@@ -170,7 +170,7 @@ def _download_into(ds: Dataset, folder: Path, timeout: float) -> None:
             got = sha256_of(extracted / name)
             if got != digest:
                 raise DataError(offline_help(ds, folder, f"sha256 of {name} is {got}, expected {digest}"))
-        for name in ds.sha256:
+        for name in missing_files(ds, folder):  # a file already there stays as it was put (see identity.py)
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(extracted / name, folder / name)
 

@@ -84,6 +84,7 @@ def read_text(path: Path, policy: BadRecordPolicy = STRICT) -> tuple[list[str | 
     if not path.is_file():
         raise DataError(f"{path}: not found")
     data = path.read_bytes()
+    raw: list[bytes] = []  # filled only when some line is not UTF-8
     try:
         lines: list[str | None] = split_lines(data.decode("utf-8"), "\n")
         bad = BadRecords(str(path), len(lines), policy)
@@ -100,9 +101,15 @@ def read_text(path: Path, policy: BadRecordPolicy = STRICT) -> tuple[list[str | 
                 bad.add(_not_utf8(path, lineno, line_err))
                 lines.append(None)
     if path.suffix.lower() == ".sgm":  # WMT SGML: one <seg id=..>sentence</seg> per line
-        segs = (_SEG.search(line) for line in lines if line is not None)
-        lines = [html.unescape(m.group(1)).strip() for m in segs if m]
-        if not lines:
+        # A <seg> line skipped as not UTF-8 keeps its place (None): its twin file's segments must
+        # stay aligned with this one's, not shift up by one.
+        segs = []
+        for i, line in enumerate(lines):
+            m = _SEG.search(line if line is not None else raw[i].decode("utf-8", "replace"))
+            if m:
+                segs.append(None if line is None else html.unescape(m.group(1)).strip())
+        lines = segs
+        if not any(line is not None for line in lines):
             raise DataError(f"{path}: no <seg> lines in this .sgm file")
     return lines, bad
 

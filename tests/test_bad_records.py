@@ -63,6 +63,21 @@ def test_line_aligned_files_drop_a_bad_line_with_its_twin(tmp_path):
     assert len(skipped) == 1 and skipped[0].startswith(f"{tmp_path / 'a.en'}:4: not valid UTF-8")
 
 
+def test_sgm_segments_stay_aligned_when_each_side_skips_a_different_line(tmp_path):
+    """A skipped <seg> keeps its place: with one bad segment in each file, at different places, every
+    remaining pair is still a sentence and its own translation."""
+    def sgm(lang: str, word: str, bad_at: int) -> bytes:
+        segs = [f'<seg id="{i}">{word} {i}</seg>'.encode() for i in range(20)]
+        segs[bad_at] = f'<seg id="{bad_at}">{word} café</seg>'.encode("latin-1")
+        return b"\n".join([b'<srcset setid="x">', b'<doc docid="d">', *segs, b"</doc>", b"</srcset>"]) + b"\n"
+
+    (tmp_path / "t.en.sgm").write_bytes(sgm("en", "one", 3))
+    (tmp_path / "t.fr.sgm").write_bytes(sgm("fr", "un", 7))
+    pairs, skipped = read_corpus({"src": "t.en.sgm", "ref": "t.fr.sgm"}, tmp_path, "en-fr", TOLERANT)
+    assert len(pairs) == 18 and len(skipped) == 2
+    assert all(en.split()[1] == fr.split()[1] for en, fr in pairs)  # "one 8" with "un 8", never "un 9"
+
+
 def test_undecodable_image_fails_a_small_set_and_is_skipped_in_a_large_one(tmp_path):
     root = write_coco(tmp_path / "c", n=12)
     entries = read_coco(root / "images", root / "captions.json")

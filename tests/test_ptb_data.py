@@ -154,6 +154,20 @@ def test_download_checks_sha256_and_extracts_atomically(tmp_path):
     assert download(good, tmp_path / "root") == folder  # already there: nothing fetched
 
 
+def test_a_download_for_one_missing_file_leaves_the_files_put_there_alone(tmp_path):
+    files = {"ptb.train.txt": b" a b c \n", "ptb.valid.txt": b" b c \n"}
+    archive = tmp_path / "simple-examples.tgz"
+    archive.write_bytes(_tgz({f"./simple-examples/data/{n}": d for n, d in files.items()}))
+    ds = Dataset("toy", archive.as_uri(), {n: f"simple-examples/data/{n}" for n in files},
+                 {n: hashlib.sha256(d).hexdigest() for n, d in files.items()}, "https://example.org")
+    folder = tmp_path / "root" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "ptb.train.txt").write_bytes(b" my own copy \n")
+    download(ds, tmp_path / "root")
+    assert (folder / "ptb.valid.txt").read_bytes() == files["ptb.valid.txt"]  # fetched
+    assert (folder / "ptb.train.txt").read_bytes() == b" my own copy \n"  # kept: the settings hash marks it
+
+
 def test_model_kwargs_from_vocabulary(data_root):
     dm = PTBDataModule(data_root, batch_size=4, bptt=5, download=False)
     dm.setup()
