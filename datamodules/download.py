@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LOCK = ".fetch.lock"  # hidden, as every temporary name here: the data fingerprint leaves hidden files out
 FINISHED = "finished\n"  # what download_large leaves in its lock file once `after` has run
+MAX_REQUESTS = 20  # a download of unknown size asks for what follows until refused: a bound for a server that never is
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,18 @@ def take_turn(lock: IO[str], folder: Path) -> bool:
         log.info("%s: another fetch of this data set is running; waiting for it to finish", folder)
         fcntl.flock(lock, fcntl.LOCK_EX)
         return True
+    except OSError as err:  # a file system without flock (some NFS, Lustre without -o flock): fetch as before
+        log.warning("%s: cannot lock %s (%s): two fetches of this data set at once would not take turns",
+                    folder, LOCK, err.strerror or err)
+        return False
+
+
+def open_lock(folder: Path) -> IO[str]:
+    """<folder>/.fetch.lock, made if need be; read-only when another user made it (flock needs no write)."""
+    try:
+        return open(folder / LOCK, "a+")
+    except PermissionError:
+        return open(folder / LOCK)
 
 
 def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
@@ -147,7 +160,7 @@ def download(ds: Dataset, data_root: Path, timeout: float = 60.0) -> Path:
         return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / LOCK, "a+")
+        lock = open_lock(folder)
     except OSError as err:
         raise DataError(offline_help(ds, folder, f"cannot write in {folder}: {err}")) from err
     with lock:
@@ -346,15 +359,23 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
         raise DataError(f"{ds.name} is {total / 1e9:.1f} GB to download into {folder}:\n{listing}\n"
                         f"  Rerun with --yes to download it; or fetch those files yourself, put them in "
                         f"{folder / '.downloads'}/ and rerun with --yes to check and unpack them (see {ds.homepage}).")
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a+") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open_lock(folder)
+    except OSError as err:
+        raise DataError(f"cannot write in {folder} ({err.strerror or err}); give --data-root a folder you can "
+                        f"write to") from err
+    with lock:
         if take_turn(lock, folder):
             lock.seek(0)
             if lock.read() == FINISHED:  # the fetch this one waited for completed it, `after` included
                 return folder
-        lock.truncate(0)  # a fetch that stops short leaves no FINISHED behind
+        writable = lock.writable()
+        if writable:
+            lock.truncate(0)  # a fetch that stops short leaves no FINISHED behind
         _download_large_into(ds, folder, sizes, timeout)
-        lock.write(FINISHED)
+        if writable:
+            lock.write(FINISHED)
     return folder
 
 
@@ -386,7 +407,8 @@ def _download_large_into(ds: LargeDataset, folder: Path, sizes: dict[str, int | 
             ds.after(folder)
         # Unexpected contents (a file missing, not UTF-8, a JSON key absent) break `after` mid-way: say
         # where, not a traceback. Its own DataErrors pass through as they are.
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        # Not every OSError: a full disk or a permission is not the archives' fault.
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError, KeyError) as err:
             step = getattr(ds.after, "__name__", "after")
             raise DataError(f"{folder}: its archives unpacked, but {step} failed on what they hold "
                             f"({type(err).__name__}: {_one_line(err)}); if you put them in {downloads} by hand, "
@@ -412,7 +434,9 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
         part.unlink()
         have = 0
     confirming = False  # the last body ended with no size to check it by: ask for what follows it
-    while not (expected and have == expected):  # a complete part (killed before the rename) needs no request
+    for _ in range(MAX_REQUESTS):
+        if expected and have == expected:  # a complete part (killed before the rename) needs no request
+            break
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -440,6 +464,11 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
         if expected or whole or (confirming and not grown):
             break
         confirming = True
+    else:
+        raise DataError(f"{url}: the server kept sending more after {MAX_REQUESTS} requests without saying the size; "
+                        f"fetch it by hand and put it at {path} (see {homepage})")
+    if part.stat().st_size == 0:
+        raise DataError(f"{url}: the server sent an empty file; rerun later, or fetch it by hand and put it at {path}")
     if expected and part.stat().st_size != expected:
         raise DataError(f"{url}: got {part.stat().st_size} bytes, the server announced {expected}; rerun to "
                         f"continue the download")

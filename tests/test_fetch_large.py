@@ -401,6 +401,14 @@ def test_a_download_of_unknown_size_cut_short_stays_resumable_and_completes(tmp_
         assert path.read_bytes() == blob and server.requests == [None, f"bytes={len(blob)}-"]
     finally:
         server.close()
+    path.unlink()
+    server = _UnsizedServer(b"0123456789", cut=0)
+    try:  # an empty body of unknown size is never the file
+        with pytest.raises(DataError, match="the server sent an empty file"):
+            fetch._download_resumable(server.url, path, None, 10, "home")
+        assert not path.exists()
+    finally:
+        server.close()
 
 
 @pytest.fixture
