@@ -44,7 +44,11 @@ class Trained:
         dm_cls = registry.load_class(self.spec.datamodule)
         settings = dict(self.settings)
         if batch_size:
-            settings["eval_batch_size" if "eval_batch_size" in settings else "batch_size"] = batch_size
+            key = getattr(dm_cls, "eval_batch_key", "eval_batch_size")
+            if key is None:
+                raise ConfigError(f"--batch-size: {self.spec.name} reads its evaluation streams in a layout that is "
+                                  f"part of the metric (the run's own), so it takes no other batch; leave it out")
+            settings[key if key in settings else "batch_size"] = batch_size
         if test_sets:
             settings.update(test_sets=test_sets, test_only=True)
         dm = dm_cls(data_root=data_root, **settings)

@@ -47,6 +47,10 @@ class TaskDataModule(L.LightningDataModule):
     statistics). `load_state_dict` gives the learned part back before `setup`, which then uses it
     instead of learning it again; with `test_only` it reads the `test_sets` alone."""
 
+    eval_batch_key: str | None = "eval_batch_size"
+    """The constructor argument `bench eval|ensemble --batch-size` sets; None: the evaluation
+    layout is part of the metric, so no other batch is taken."""
+
     def __init__(self) -> None:
         super().__init__()
         # Bad records setup() skipped in a large corpus (datamodules/bad_records.py): the runner

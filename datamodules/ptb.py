@@ -101,6 +101,10 @@ class BPTTWindows(IterableDataset):
 class PTBDataModule(TaskDataModule):
     """Reads `ptb.{train,valid,test}.txt` from `data_root/ptb/` (downloading them if absent)."""
 
+    # Valid is read in the training batch's columns and test in one, each column's state carried:
+    # another batch would read valid another way and give another perplexity than the run's.
+    eval_batch_key = None
+
 
     def __init__(
         self,

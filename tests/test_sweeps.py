@@ -311,6 +311,10 @@ def test_an_ensemble_refuses_one_model_counted_twice_and_members_of_other_arms(t
     assert main(["eval", str(on0 / "checkpoints" / "last.ckpt"), "--checkpoint", "best", "--data-root",
                  str(data_root), "--results-dir", str(tmp_path / "results")]) == 2
     assert "not a best-*.ckpt" in capsys.readouterr().err
+    # PTB's valid layout is the run's own (its batch's columns): another batch would be another metric.
+    assert main(["eval", str(on0), "--batch-size", "8", "--data-root", str(data_root), "--results-dir",
+                 str(tmp_path / "results")]) == 2
+    assert "takes no other batch" in capsys.readouterr().err
     assert [r.get("ensemble", "") for r in read_rows(tmp_path / "results" / "runs.csv")] == [""] * 3  # none added
 
 
