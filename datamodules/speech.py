@@ -78,7 +78,9 @@ class Utterance:
 def _utterances(folder: Path, speaker: str) -> list[Utterance]:
     out = []
     for audio in sorted(folder.iterdir()):
-        if audio.suffix.lower() not in AUDIO_SUFFIXES or audio.stem.lower().startswith("sa"):
+        # TIMIT's SA1/SA2 (two sentences every speaker reads) are left out, as is usual; nothing else
+        # whose name merely starts with "sa" (sarah_01.wav).
+        if audio.suffix.lower() not in AUDIO_SUFFIXES or re.fullmatch(r"sa\d+", audio.stem.lower()):
             continue
         phn = next((p for p in (audio.with_suffix(".phn"), audio.with_suffix(".PHN")) if p.is_file()), None)
         out.append(Utterance(speaker, audio, phn))
@@ -127,6 +129,11 @@ def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speaker
                 splits.setdefault(split, []).extend(_utterances(spk, spk.name))
     else:
         raise DataError(f"unknown speech corpus {corpus!r}; known: an4, timit-sample, timit")
+    seen = {u.speaker.lower() for utts in splits.values() for u in utts}
+    unknown = sorted((valid | test) - seen)
+    if unknown:  # a typo would move nobody: the speaker trains, and the held-out split shrinks unsaid
+        raise DataError(f"{base}: no speaker folder named {', '.join(unknown)} (data.valid_speakers / "
+                        f"data.test_speakers); check the names against the corpus's folders")
     for split in ("train", "valid", "test"):
         if not splits[split]:
             raise DataError(f"{base}: the {split} split is empty; check the speaker lists in the config")
@@ -156,15 +163,23 @@ def read_phn(path: Path, n_samples: int, phones: PhoneSet) -> list[tuple[int, in
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err}); a .phn file is 'start_sample end_sample phone' lines") from err
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror or err})") from err
+    previous_end = 0
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        if len(parts) != 3 or not parts[0].isascii() or not parts[0].isdecimal() or not parts[1].isascii() \
+                or not parts[1].isdecimal():
             raise DataError(f"{path}:{lineno}: expected 'start_sample end_sample phone', got {line!r}")
         start, end, symbol = int(parts[0]), int(parts[1]), parts[2]
         if start >= end:
             raise DataError(f"{path}:{lineno}: segment ends ({end}) before it starts ({start})")
+        if start < previous_end:  # TIMIT's files and the aligner's run in order, end to start
+            raise DataError(f"{path}:{lineno}: segment starts at {start}, before the previous one ends "
+                            f"({previous_end}); the file is damaged")
+        previous_end = end
         if end > n_samples:
             raise DataError(f"{path}:{lineno}: segment ends at sample {end}, past the audio's {n_samples} samples")
         if symbol not in phones.raw:
@@ -359,7 +374,8 @@ class SpeechDataModule(TaskDataModule):
     def check_audio(self, path: Path, rate: int, n_samples: int) -> None:
         """Audio the features can be computed from, at the rate the model was trained on."""
         # Checkpoints from before the rate was recorded: AN4 and TIMIT, 16 kHz.
-        trained_rate = self.restored.get("sample_rate", 16000) if self.restored else -1
+        # In a training run, the training split's rate once it is read (held-out splits come after it).
+        trained_rate = self.restored.get("sample_rate", 16000) if self.restored else getattr(self, "sample_rate", -1)
         if trained_rate > 0 and rate != trained_rate:
             raise DataError(f"{path}: {rate} Hz audio; the model was trained on {trained_rate} Hz speech: resample "
                             f"it first (e.g. sox in.wav -r {trained_rate} out.wav)")
@@ -402,9 +418,6 @@ class SpeechDataModule(TaskDataModule):
                 if len(self.rates) > 1:
                     log.warning("%s: training audio at several sample rates %s: features differ between them, and "
                                 "no rate is checked on later input", self.corpus, sorted(self.rates))
-            elif getattr(self, "sample_rate", -1) > 0 and self.rates - {self.sample_rate}:
-                log.warning("%s %s: audio at %s Hz; the training audio is at %d Hz", self.corpus, s,
-                            sorted(self.rates - {self.sample_rate}), self.sample_rate)
         if self.restored:
             mean, std = self.restored["mean"], self.restored["std"]
         else:

@@ -157,7 +157,8 @@ def test_collapse_and_per_match_jiwer():
 
 @pytest.mark.parametrize("line, match", [
     ("0 99999 AA", "past the audio"), ("0 100 ZZ", "unknown phone 'ZZ'"), ("0 x AA", "expected 'start_sample"),
-    ("500 100 AA", "ends .100. before it starts"),
+    ("500 100 AA", "ends .100. before it starts"), ("5 20 AA", "starts at 5, before the previous one ends .10."),
+    ("0 1\u00b2 AA", "expected 'start_sample"),
 ])
 def test_bad_phn_files_name_file_and_line(tmp_path, line, match):
     (tmp_path / "u.phn").write_text("0 10 SIL\n" + line + "\n")
@@ -180,8 +181,13 @@ def test_splits_are_speaker_disjoint_and_missing_corpus_says_where(tmp_path):
     assert len(splits["train"]) == 4
     with pytest.raises(DataError, match="timit-sample: not found.*timit.zip"):
         find_splits(tmp_path, "timit-sample", [], [])
-    with pytest.raises(DataError, match="valid split is empty"):
+    with pytest.raises(DataError, match="no speaker folder named nobody"):  # a typo moves nobody, silently
         find_splits(tmp_path, "an4", valid_speakers=["nobody"], test_speakers=[])
+    # Only TIMIT's SA sentences are left out, not every name starting with "sa".
+    write_utt(tmp_path / "an4" / "wav" / "an4_clstk" / "fabc", "sarah-01", [(0, 16000, "SIL")])
+    write_utt(tmp_path / "an4" / "wav" / "an4_clstk" / "fabc", "sa1", [(0, 16000, "SIL")])
+    names = {u.audio.stem for u in find_splits(tmp_path, "an4", valid_speakers=["mdef"], test_speakers=[])["train"]}
+    assert "sarah-01" in names and "sa1" not in names
 
 
 def test_train_speakers_keeps_a_fixed_spread_of_speakers():
