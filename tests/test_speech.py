@@ -156,7 +156,7 @@ def test_collapse_and_per_match_jiwer():
 
 
 @pytest.mark.parametrize("line, match", [
-    ("0 99999 AA", "past the audio"), ("0 100 ZZ", "unknown phone 'ZZ'"), ("0 x AA", "expected 'start_sample"),
+    ("10 99999 AA", "past the audio"), ("10 100 ZZ", "unknown phone 'ZZ'"), ("10 x AA", "expected 'start_sample"),
     ("500 100 AA", "ends .100. before it starts"), ("5 20 AA", "starts at 5, before the previous one ends .10."),
     ("0 1\u00b2 AA", "expected 'start_sample"),
 ])
