@@ -4,9 +4,11 @@ exercised on small archives in the publishers' layouts served from file:// URLs.
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import io
 import json
 import tarfile
+import threading
 import zipfile
 
 import pytest
@@ -212,19 +214,32 @@ def test_flickr8k_zips_become_coco_format_with_the_official_split(tmp_path):
     assert splits["test"][0].captions[0] == "A dog number 4 runs ."
 
 
-class _RangeServer:
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _Loopback:
+    """A loopback HTTP server on a free port, serving data.zip from its own thread."""
+
+    def _serve(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/data.zip"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _RangeServer(_Loopback):
     """A loopback HTTP server for one blob that honours `Range: bytes=N-` (206), as publishers' do."""
 
     def __init__(self, blob: bytes) -> None:
-        import http.server
-        import threading
-
         self.requests: list[str | None] = []
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
+        class Handler(_QuietHandler):
 
             def do_HEAD(self) -> None:
                 self.send_response(200)
@@ -244,13 +259,7 @@ class _RangeServer:
                 self.end_headers()
                 self.wfile.write(blob[start:])
 
-        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/data.zip"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
 
 
 def test_an_interrupted_download_continues_where_it_stopped(tmp_path):
@@ -341,21 +350,16 @@ def test_a_damaged_gz_part_of_wmt14_names_its_archive_and_leaves_no_train_file(t
     assert sorted(p.name for p in folder.iterdir()) == ["parts"]  # no train.en, no temporary file
 
 
-class _UnsizedServer:
+class _UnsizedServer(_Loopback):
     """A loopback HTTP/1.0 server that announces no size (no HEAD, no Content-Length): a body ends
     where the connection closes. The first GET stops after `cut` bytes; a range request gets the
     rest (206), or 416 past the end, or, with `ranges=False`, the whole blob again (200)."""
 
     def __init__(self, blob: bytes, cut: int, ranges: bool = True) -> None:
-        import http.server
-        import threading
-
         self.requests: list[str | None] = []
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
+        class Handler(_QuietHandler):
 
             def do_GET(self) -> None:
                 rng = self.headers.get("Range")
@@ -372,13 +376,7 @@ class _UnsizedServer:
                 except OSError:  # the client hung up after the status line: it asked only to confirm
                     pass
 
-        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/data.zip"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
 
 
 def test_a_download_of_unknown_size_cut_short_stays_resumable_and_completes(tmp_path):
@@ -415,7 +413,6 @@ def test_a_download_of_unknown_size_cut_short_stays_resumable_and_completes(tmp_
 def lock_contention(monkeypatch):
     """An Event set when a fetch finds the data set's lock held by another (and starts waiting)."""
     import fcntl
-    import threading
 
     contended = threading.Event()
     flock = fcntl.flock
@@ -433,7 +430,6 @@ def lock_contention(monkeypatch):
 
 def _in_thread(fn, *args, **kw):
     """Start fn(*args, **kw) in a thread; the returned dict gets its result (or exception) as "out"."""
-    import threading
 
     box: dict = {}
 
@@ -449,7 +445,6 @@ def _in_thread(fn, *args, **kw):
 
 
 def test_two_large_fetches_at_once_take_turns_and_the_second_reuses_the_first(tmp_path, lock_contention):
-    import threading
 
     from datamodules.sources import merge_coco_captions
 
