@@ -59,7 +59,7 @@ def _run_parser(sub) -> None:
                         "preset gives rates for (variational, locked, weight_drop, embedding, zoneout, recurrent, "
                         "awd...); a comma list or all sweeps them. `--dropout off` is one run for all of them")
     seeds = r.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0)")
+    seeds.add_argument("--seed", type=_seed, default=None, help="one seed (default 0)")
     seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S1,S2,...",
                        help="these seeds, e.g. 0,7,9; every task x dropout runs with each")
     seeds.add_argument("--num-seeds", type=_positive_int, default=None, metavar="N",
@@ -101,7 +101,7 @@ def _run_parser(sub) -> None:
 def _trainer_arguments(r: argparse.ArgumentParser) -> None:
     t = r.add_argument_group("Trainer pass-throughs")
     t.add_argument("--accelerator", default=None, help="cpu | gpu | auto")
-    t.add_argument("--devices", default=None, help="number of devices, a list like 0,1, or auto")
+    t.add_argument("--devices", type=_devices, default=None, help="number of devices (-1: all), a list like 0,1, or auto")
     t.add_argument("--num-nodes", type=_positive_int, default=None)
     t.add_argument("--strategy", default=None, help="auto | ddp | ddp_spawn | ...")
     t.add_argument("--precision", default=None, choices=("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"))
@@ -244,12 +244,23 @@ def _names(text: str) -> tuple[str, ...]:
     return values
 
 
+def _seed(text: str) -> int:
+    """A seed as Lightning's seed_everything takes it (checked here, not after the run folder is made)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed is 0 to {2**32 - 1}, got {text!r}")
+    return seed
+
+
 def _seed_list(text: str) -> tuple[int, ...]:
     """A comma list of seeds. A bare number is how older commands (and the rows they wrote) said a
     count: it keeps that meaning, loudly, so a recorded command still repeats its runs."""
     try:
         if "," in text:
-            return tuple(dict.fromkeys(int(v) for v in text.split(",") if v.strip()))
+            return tuple(dict.fromkeys(_seed(v) for v in text.split(",") if v.strip()))
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a list like 0,1,7, got {text!r}") from None
@@ -268,11 +279,16 @@ def _loggers(text: str) -> tuple[str, ...]:
 
 
 def _devices(text: str | None):
+    """--devices as Lightning takes it: a count (-1: every device), a list of indices, or auto."""
     if text is None or text == "auto":
         return text
-    if "," in text:
-        return [int(d) for d in text.split(",") if d]
-    return int(text)
+    try:
+        devices = [int(d) for d in text.split(",") if d.strip()] if "," in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count, a list like 0,1, or auto, got {text!r}") from None
+    if devices == [] or (isinstance(devices, int) and devices < -1) or (isinstance(devices, list) and min(devices) < 0):
+        raise argparse.ArgumentTypeError(f"expected a count (-1: all), a list like 0,1, or auto, got {text!r}")
+    return devices
 
 
 def add_test_files(preset, src: Path | None, ref: Path | None) -> None:
@@ -299,14 +315,21 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
         raise ConfigError(f"unknown task(s) {', '.join(unknown) or repr(args.task)}; known: {', '.join(known)} or all")
     seeds = (args.seeds or (tuple(range(args.num_seeds)) if args.num_seeds else None)
              or (args.seed if args.seed is not None else 0,))
-    plan = []
+    plan, took_test_files = [], False
     for task in dict.fromkeys(names):
         base = config.load_preset(task, args.preset or registry.get(task).default_preset, args.overrides)
         if args.test_src or args.test_ref:
             if registry.get(task).can(registry.Can.TEST_FILES):
                 add_test_files(base, args.test_src, args.test_ref)
+                took_test_files = True
             elif len(names) == 1:
                 add_test_files(base, args.test_src, args.test_ref)  # raises: says which tasks take them
+        if args.regularizer and not args.dropout and base.default_dropout == "off":
+            unasked = (f"--regularizer {','.join(args.regularizer)}: {base.path} trains without dropout unless asked "
+                       f"(default_dropout: off)")
+            if len(names) == 1:
+                raise ConfigError(f"{unasked}, so no regularizer would run; add --dropout on (or on,off)")
+            print(f"bench: note: {unasked}: {task} runs only without it (--dropout on,off runs both)", file=sys.stderr)
         asked = args.regularizer or (base.default_regularizer,)
         regularizers = config.regularizer_names(base) if "all" in asked else list(asked)
         lacking = [n for n in regularizers if n not in config.regularizer_names(base)]
@@ -328,6 +351,9 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
                 plan.extend((copy.deepcopy(preset), dropout, seed) for seed in seeds)
     if not plan:
         raise ConfigError(f"no task of {args.task!r} gives rates for {', '.join(args.regularizer)}")
+    if (args.test_src or args.test_ref) and not took_test_files:
+        takes = [t for t in known if registry.get(t).can(registry.Can.TEST_FILES)]
+        raise ConfigError(f"--test-src/--test-ref apply to {', '.join(takes)}, which --task {args.task} does not name")
     if args.run_dir and len(plan) > 1:
         raise ConfigError(f"--run-dir names one run's folder, but this command plans {len(plan)} runs; "
                           f"use --runs-dir")
@@ -337,7 +363,9 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
 def _spans_processes(trainer: dict) -> bool:
     """More than one device or node, or a strategy: a run that is several processes itself."""
     devices = trainer.get("devices")
-    count = len(devices) if isinstance(devices, list) else int(devices) if str(devices).isdigit() else 1
+    # -1 is every device there is: as many as that may be, never known here to be one.
+    count = (len(devices) if isinstance(devices, list) else 2 if str(devices) == "-1"
+             else int(devices) if str(devices).isdigit() else 1)
     return count > 1 or (trainer.get("num_nodes") or 1) > 1 or trainer.get("strategy") not in (None, "auto")
 
 
@@ -353,7 +381,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.logger = ("csv",) if args.wandb == "off" else ("csv", "wandb")
         args.wandb_mode = "auto" if args.wandb == "off" else args.wandb
     plan = plan_runs(args)
-    trainer = {"accelerator": args.accelerator, "devices": _devices(args.devices), "num_nodes": args.num_nodes,
+    trainer = {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
                "strategy": args.strategy, "precision": args.precision, "max_epochs": args.max_epochs,
                "max_steps": args.max_steps}
     if args.jobs > 1 and any(_spans_processes({**p.trainer, **{k: v for k, v in trainer.items() if v is not None}})

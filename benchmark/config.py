@@ -141,6 +141,14 @@ def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
     dropout = str(raw.get("default_dropout", "on")).lower()
     if dropout in ("true", "false"):  # YAML 1.1 reads bare on/off as booleans
         dropout = "on" if dropout == "true" else "off"
+    if dropout not in ("on", "off"):  # checked with the preset, before any run trains, not when its run starts
+        raise ConfigError(f"{path}: default_dropout must be on or off, got {raw['default_dropout']!r}")
+    set_keys = {item.partition("=")[0] for item in overrides}
+    for key in dropout_keys(raw.get("model") or {}):
+        rate = raw["model"][key]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            where = f"--set model.{key}" if f"model.{key}" in set_keys else f"{path}: model.{key}"
+            raise ConfigError(f"{where}: a dropout rate is a number in [0, 1), got {rate!r}")
     return Preset(
         task=task,
         name=path.stem,

@@ -53,11 +53,12 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     rows = [row for _, row in members]
     # On and off runs, and every regularizer's, share a settings hash (dropout is the paired variable):
     # the arm keeps them apart, so that the row pools with its members' own.
+    # The world size too: the hash holds the devices asked for (auto), and rows pool by the count that ran.
     presets = {(r["preset"], r.get("overrides", ""), r.get("config_hash", ""), r["dropout"], row_regularizer(r),
-                r.get("dropout_rate", "")) for r in rows}
+                r.get("dropout_rate", ""), str(r.get("devices", ""))) for r in rows}
     if len(presets) > 1:
         raise ConfigError(f"members come from different settings or arms {sorted(presets)} (preset, overrides, "
-                          f"settings hash, dropout, regularizer, rates); ensemble runs of one")
+                          f"settings hash, dropout, regularizer, rates, devices); ensemble runs of one")
     if not repeats_ok:
         _refuse_repeats(members)
     first = members[0][0]

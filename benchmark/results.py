@@ -123,7 +123,8 @@ def _read(path: Path) -> tuple[list[dict[str, str]], list[str], list[str] | None
     if not path.exists():
         return [], [], None
     try:
-        with open(path, newline="") as f:
+        # UTF-8 whatever the locale; -sig: a file saved again by a spreadsheet starts with a byte-order mark.
+        with open(path, newline="", encoding="utf-8-sig") as f:
             records = list(csv.reader(f))
     except (csv.Error, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not a readable results CSV ({err}); move it aside to start a new one") from err
@@ -157,7 +158,7 @@ def write_rows_atomic(path: Path, rows: list[dict[str, Any]], first: list[str] =
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, _mode_of(path))  # mkstemp's 0600 would make a shared results folder unreadable to the rest
-        with os.fdopen(fd, "w", newline="") as f:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=header, restval="")
             writer.writeheader()
             writer.writerows(rows)
@@ -178,7 +179,7 @@ def append_row(results_dir: Path, row: dict[str, Any], replaces: str | None = No
         if damaged is not None:
             # Rewriting the file would drop the line for good: its text goes to a file beside it first.
             aside = path.with_name(path.name + ".damaged")
-            with open(aside, "a", newline="") as f:
+            with open(aside, "a", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(damaged)
                 f.flush()
                 os.fsync(f.fileno())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
 import logging
@@ -35,9 +36,9 @@ from benchmark.checkpoints import AtomicCheckpointIO, best_epoch_and_version, ch
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
 from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, save_curves, set_log_aside
 from tasks import registry
-from tasks.base import TaskModule
+from tasks.base import RUN_INFO_KEY, TaskModule
 from tasks.nn import backbone
-from tasks.nn.errors import ConfigError, RunInterrupted
+from tasks.nn.errors import BenchError, ConfigError, RunInterrupted
 
 log = logging.getLogger("benchmark")
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -46,6 +47,7 @@ RESULT_FILE = "result.json"  # in the run folder: the run finished and its row i
 SKIPPED_FILE = "skipped_records.txt"  # in the run folder: the bad records a large corpus skipped
 RUN_ID_FILE = "run_id"  # in the run folder: the run's identity across resumes
 CONFIG_FILE = "config.yaml"  # in the run folder: the resolved settings it ran with
+LOCK_FILE = ".lock"  # in the run folder: held (flock) by the process running it
 
 
 @dataclass
@@ -210,6 +212,7 @@ class Run:
     resume_from: str | None = None  # last.ckpt of an interrupted run
     commit: str = ""
     run_id: str = ""
+    resumed_from_commit: str = ""  # the commit whose code trained its first epochs, when not this one
     model: L.LightningModule | None = None
     trainer: L.Trainer | None = None
     best: ModelCheckpoint | None = None
@@ -227,27 +230,66 @@ class Run:
 
 def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     """Train and test one preset. Returns the results row (rank 0) or None (other ranks)."""
+    read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, before any folder is made
     r = plan(preset, opts)
-    if opts.resume and (done := finished(r)) is not None:
-        return done
     fresh = not r.run_dir.exists()
-    try:
-        build(r)
-    except ConfigError:
-        if fresh and _is_rank_zero():  # rejected before training: no folder holding only a run_id and config
-            shutil.rmtree(r.run_dir, ignore_errors=True)
-        raise
-    try:
-        row = fit_and_test(r)
-    except BaseException:
-        wandb_log.finish(r.loggers, failed=True)
-        raise
+    with only_process(r.run_dir):
+        if opts.resume and (done := finished(r)) is not None:
+            return done
+        try:
+            build(r)
+        except BenchError:
+            if fresh and _is_rank_zero():  # rejected before training: no folder holding only a run_id and config
+                shutil.rmtree(r.run_dir, ignore_errors=True)
+            raise
+        try:
+            row = fit_and_test(r)
+        except BaseException:
+            wandb_log.finish(r.loggers, failed=True)
+            raise
     paper = paper_numbers(preset, opts.dropout, preset.regularizer)
     wandb_log.finish(r.loggers, summary=row and {
         **{k: float(v) for k, v in row.items()
            if k.startswith(("train_", "valid_", "test_", "best_test_")) and _is_number(v)},
         **{f"paper/{k}": v for k, v in paper.items()}})
     return row
+
+
+@contextmanager
+def only_process(run_dir: Path) -> Iterator[None]:
+    """One process at a time in a run folder. A second one (`make bench` typed again while the first
+    still trains, or a run left training by a `--jobs` sweep that was killed) would delete the first's
+    checkpoint writes as "cut short" and move its log aside. The kernel drops the lock when its
+    holder ends, by kill -9 too. Other DDP ranks share rank 0's folder and take no lock."""
+    if not _is_rank_zero():
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = open(run_dir / LOCK_FILE, "a+")
+    except PermissionError:  # another user's folder, or a read-only one (a finished run --resume skips)
+        try:
+            lock = open(run_dir / LOCK_FILE)  # flock needs no write
+        except OSError:
+            yield  # nothing here can be written, so nothing a second process could spoil either
+            return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip() or "?"
+            raise ConfigError(f"{run_dir}: another process (pid {pid}) is running this run now; wait for it to "
+                              f"end (or stop it), then rerun with --resume") from None
+        except OSError as err:  # a file system without flock: run as before, unguarded
+            log.warning("%s: cannot lock %s (%s): a second process in this folder would not be kept out",
+                        run_dir, LOCK_FILE, err.strerror or err)
+        else:
+            if lock.writable():
+                lock.truncate(0)
+                lock.write(f"{os.getpid()}\n")
+                lock.flush()
+        yield
 
 
 def plan(preset: Preset, opts: RunOptions) -> Run:
@@ -315,6 +357,14 @@ def finished(r: Run) -> dict[str, Any] | None:
         if _is_rank_zero():
             _drop_orphan_best(r.ckpt_dir, ckpt)
         r.resume_from = str(last)
+        info = ckpt.get(RUN_INFO_KEY) or {}
+        began = str(info.get("resumed_from_commit") or info.get("git_commit") or "")
+        if began and code_changed_since(began):
+            # The epochs so far ran other code than the rest will: the row says so, not only the new commit.
+            log.warning("%s was started at commit %s and the code has changed since: it continues with this code, "
+                        "and its row records both (resumed_from_commit); delete the folder to run it whole with "
+                        "this code", r.run_dir, began)
+            r.resumed_from_commit = began
     else:
         if _is_rank_zero():
             _drop_orphan_best(r.ckpt_dir, {})  # the first attempt died before its first last.ckpt
@@ -355,8 +405,13 @@ def _drop_orphan_best(ckpt_dir: Path, last: dict[str, Any]) -> None:
 
 
 def _is_rank_zero() -> bool:
-    """Before the Trainer exists: Lightning's launchers (and torchrun) set RANK / LOCAL_RANK."""
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+    """Before the Trainer exists, from what the launcher set, in Lightning's order: torchrun's RANK,
+    SLURM's (srun starts every task itself), LSF's, then Lightning's own launcher (LOCAL_RANK within
+    a node, NODE_RANK across nodes)."""
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if var in os.environ:
+            return os.environ[var] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
 def run_id(run_dir: Path) -> str:
@@ -393,6 +448,8 @@ def build(r: Run) -> None:
                         "regularizer": regularizer_of(r), "seed": opts.seed,
                         "config_hash": r.chash, "overrides": overrides_of(preset, r.cli_trainer),
                         "git_commit": r.commit, "run_id": r.run_id}
+    if r.resumed_from_commit:  # kept in every later checkpoint: a second resume still knows where it began
+        r.model.run_info["resumed_from_commit"] = r.resumed_from_commit
     trainer_kwargs = {**preset.trainer, **r.cli_trainer}
     r.model.run_info["precision"] = str(trainer_kwargs.get("precision") or "32-true")  # what its test ran under
     if _is_rank_zero():
@@ -475,6 +532,12 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
         test_metrics = _test(r.trainer, r.model, r.dm, None, "")
         _check_sigterm(r)
         best_epoch, best_metrics = _best_epoch(r.best), {}
+        if best_epoch not in (None, last_epoch) and not Path(r.best.best_model_path).is_file():
+            # Lightning deletes the old best when it saves a new one; a kill before last.ckpt followed
+            # leaves last.ckpt naming the deleted file, and a resumed epoch that did not beat it saved none.
+            log.warning("%s: the best checkpoint %s is gone (a kill between saving a new best and last.ckpt); "
+                        "the row has no best_* numbers", r.run_dir, r.best.best_model_path)
+            best_epoch = None
         # The best-by-validation checkpoint too: the headline scores the last epoch (the paper's fixed
         # schedules), and the best shows how much of the gap early stopping would close.
         if best_epoch is not None and best_epoch != last_epoch:
@@ -627,6 +690,7 @@ def results_row(r: Run, metrics: dict[str, float], wall: float) -> dict[str, Any
         "precision": precision_label(trainer),
         "devices": trainer.world_size,
         "git_commit": r.commit,
+        **({"resumed_from_commit": r.resumed_from_commit} if r.resumed_from_commit else {}),
         "finished_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "run_dir": str(r.run_dir),
         "command": opts.command or shlex.join(["bench", *sys.argv[1:]]),

@@ -37,11 +37,14 @@ class Effect:
     diff: float  # mean of on - off over the paired seeds
     low: float | None  # 95% t-interval; None with a single pair
     high: float | None
+    p: float | None = None  # two-sided paired t-test; None with one pair or no spread
 
     def verdict(self, lower_better: bool, subject: str = "dropout") -> str:
         """`subject`: what was switched on (the paper's dropout, or another regularizer)."""
         if self.low is None:
             return "one seed: a smoke test, no claim"
+        if self.low == self.high:  # every pair differs by the same amount: no spread to size an interval by
+            return "no spread between the paired seeds: no interval, no claim"
         if self.low > 0 or self.high < 0:
             helps = (self.high < 0) if lower_better else (self.low > 0)
             return f"{subject} {'better' if helps else 'worse'}, beyond seed noise"
@@ -64,8 +67,25 @@ def paired_effect(on: dict[int, float], off: dict[int, float], confidence: float
     means = (mean(on[s] for s in seeds), mean(off[s] for s in seeds))
     if len(diffs) == 1:
         return Effect(1, *means, diffs[0], None, None)
+    spread = stdev(diffs)
+    if spread <= 1e-9 * max(1.0, abs(mean(diffs))):  # the same difference every seed, up to float rounding
+        return Effect(len(diffs), *means, mean(diffs), mean(diffs), mean(diffs), None)
     half = t_half_width(diffs, confidence)
-    return Effect(len(diffs), *means, mean(diffs), mean(diffs) - half, mean(diffs) + half)
+    p = 2 * scipy_stats.t.sf(abs(mean(diffs)) / (spread / math.sqrt(len(diffs))), len(diffs) - 1)
+    return Effect(len(diffs), *means, mean(diffs), mean(diffs) - half, mean(diffs) + half, p)
+
+
+def holm(p_values: list[float | None], alpha: float = 0.05) -> list[bool | None]:
+    """Holm's step-down correction: which of several tests of one family stay beyond chance at
+    family-wise level `alpha` (None where a test has no p-value). Several regularizers compared with
+    the same `off` runs are such a family: at 95% each, one of seven would often pass by chance."""
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    out: list[bool | None] = [None] * len(p_values)
+    holding = True
+    for k, (p, i) in enumerate(ranked):
+        holding = holding and p <= alpha / (len(ranked) - k)
+        out[i] = holding
+    return out
 
 
 def read_outputs(path: Path, stream: str = "test") -> dict[str, tuple[str, list[str]]]:

@@ -5,6 +5,7 @@ on; Ctrl+C stops the sweep, and `--resume` picks it up."""
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -141,7 +142,8 @@ def _run_parallel(plan: list[tuple[Preset, str, int]], options: RunOptions, jobs
                 name = run_label(preset, dropout, seed)
                 receive, send = ctx.Pipe(duplex=False)
                 opts = dataclasses.replace(options, dropout=dropout, seed=seed)
-                proc = ctx.Process(target=_child, args=(preset, opts, threads, logs / f"{name}.log", send), name=name)
+                proc = ctx.Process(target=_child, args=(preset, opts, threads, logs / f"{name}.log", send, os.getpid()),
+                                   name=name)
                 proc.start()
                 send.close()
                 running[proc.sentinel] = (proc, name, receive)
@@ -233,7 +235,11 @@ def _warm_data(plan: list[tuple[Preset, str, int]], options: RunOptions) -> None
         chash = settings_hash(preset, dm, options.trainer, options.data_root)
         named = copy.deepcopy(preset)
         apply_dropout(named, dropout)  # as runner.plan() does before naming the folder
-        if not (options.resume and finished_row(Path(options.runs_dir) / run_name(named, dropout, seed, chash))):
+        try:
+            done = options.resume and finished_row(Path(options.runs_dir) / run_name(named, dropout, seed, chash))
+        except BenchError:  # an unreadable result.json: that run fails and says so, the others go on
+            done = False
+        if not done:
             needed[key] = (preset.task, dm)
     for task, dm in needed.values():
         try:
@@ -242,7 +248,7 @@ def _warm_data(plan: list[tuple[Preset, str, int]], options: RunOptions) -> None
             log.warning("%s data not ready (%s): its runs will fail", task, err)
 
 
-def _child(preset: Preset, opts: RunOptions, threads: int, log_path: Path, result: Connection) -> None:
+def _child(preset: Preset, opts: RunOptions, threads: int, log_path: Path, result: Connection, parent: int) -> None:
     """One run of a parallel sweep, in its own process; what it prints goes to `log_path`, and its
     outcome, (kind, text, status), back through `result` (short: a long message would fill the pipe)."""
     with open(log_path, "ab") as out:
@@ -251,6 +257,7 @@ def _child(preset: Preset, opts: RunOptions, threads: int, log_path: Path, resul
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     configure_logging()
+    _end_with(parent)
     signal.signal(signal.SIGINT, _stop_once)
     torch.set_num_threads(threads)
     try:
@@ -263,6 +270,20 @@ def _child(preset: Preset, opts: RunOptions, threads: int, log_path: Path, resul
         if not isinstance(err, BenchError):
             logging.getLogger("benchmark").exception("%s failed", log_path.stem)
         result.send(("failed", f"{str(err)[:1000]} (see {log_path})", ""))
+
+
+def _end_with(parent: int) -> None:
+    """A run stops (as on SIGTERM: its last epoch checkpoint kept) when the sweep that started it
+    dies without passing anything on (kill -9, the out-of-memory killer), instead of training on
+    unseen beside the next sweep. Linux's PR_SET_PDEATHSIG; elsewhere the run folder's lock still
+    keeps a second process out of its folder."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _report(outcomes: list[tuple[str, str]], planned: int, seconds: float) -> int:

@@ -189,6 +189,20 @@ class Tokenizer:
         return self.moses.tokenize(text, escape=False)
 
 
+def _with_source(name: str, raw: list[tuple[str, str]], words: list[tuple[list[str], list[str]]],
+                 ) -> tuple[list[tuple[str, str]], list[tuple[list[str], list[str]]]]:
+    """A held-out set without the pairs whose source has no word once tokenized (a line of control
+    characters only, which the tokenizer deletes): nothing to translate, and an encoder input of
+    length 0. Left out and said, as `bench translate` does with such a line."""
+    empty = [i for i, (s, _) in enumerate(words) if not s]
+    if not empty:
+        return raw, words
+    log.warning("%s: left out %d pair(s) whose source has no word once tokenized (the first: %r)",
+                name, len(empty), raw[empty[0]][0])
+    gone = set(empty)
+    return [p for i, p in enumerate(raw) if i not in gone], [w for i, w in enumerate(words) if i not in gone]
+
+
 def collate(pairs: list[Pair], pad: int, bos: int, eos: int, reverse_source: bool) -> dict[str, Any]:
     src = [torch.tensor(p.src[::-1] if reverse_source else p.src) for p in pairs]
     tgt_in = [torch.tensor([bos, *p.tgt]) for p in pairs]
@@ -331,12 +345,17 @@ class ParallelTextDataModule(StreamsDataModule):
         tok_src, tok_tgt = self.tokenizers()
         words = {name: [(tok_src(s), tok_tgt(t)) for s, t in pairs] for name, pairs in raw.items()}
         n_train = len(words["train"])
-        keep = [i for i, (s, t) in enumerate(words["train"]) if len(s) <= self.max_len and len(t) <= self.max_len]
+        for name in list(words):
+            if name != "train":
+                raw[name], words[name] = _with_source(name, raw[name], words[name])
+        # A line of control characters alone is not empty until the tokenizer drops them: a pair with
+        # no source word would make an encoder input of length 0.
+        keep = [i for i, (s, t) in enumerate(words["train"]) if 0 < len(s) <= self.max_len and len(t) <= self.max_len]
         words["train"] = [words["train"][i] for i in keep]
         raw["train"] = [raw["train"][i] for i in keep]
         if len(keep) < n_train:
-            log.info("dropped %d of %d training pairs longer than max_len=%d tokens", n_train - len(keep), n_train,
-                     self.max_len)
+            log.info("dropped %d of %d training pairs longer than max_len=%d tokens or without a source word",
+                     n_train - len(keep), n_train, self.max_len)
         if not words["train"]:
             raise DataError(f"no training pair is within max_len={self.max_len} tokens")
         if self.restored:
@@ -357,8 +376,10 @@ class ParallelTextDataModule(StreamsDataModule):
         self.src_vocab, self.tgt_vocab = WordVocab(self.restored["src_itos"]), WordVocab(self.restored["tgt_itos"])
         tok_src, tok_tgt = self.tokenizers()
         for name, spec in self.test_sets.items():
-            self.sets[f"test_{name}"] = [Pair(self.src_vocab.encode(tok_src(s)), self.tgt_vocab.encode(tok_tgt(t)), s,
-                                              self._reference(t)) for s, t in self._read(spec)]
+            raw = self._read(spec)
+            raw, words = _with_source(f"test_{name}", raw, [(tok_src(s), tok_tgt(t)) for s, t in raw])
+            self.sets[f"test_{name}"] = [Pair(self.src_vocab.encode(s), self.tgt_vocab.encode(t), rs, self._reference(rt))
+                                         for (s, t), (rs, rt) in zip(words, raw)]
 
     def _reference(self, text: str) -> str:
         """The reference as BLEU sees it: lower-cased when the model's words are (BLEU is

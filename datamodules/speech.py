@@ -64,10 +64,6 @@ TIMIT_CORE_TEST = {
 }
 
 
-
-
-
-
 @dataclass(frozen=True)
 class Utterance:
     speaker: str
@@ -76,15 +72,30 @@ class Utterance:
 
 
 def _utterances(folder: Path, speaker: str) -> list[Utterance]:
-    out = []
+    by_stem: dict[str, list[Path]] = {}
     for audio in sorted(folder.iterdir()):
         # TIMIT's SA1/SA2 (two sentences every speaker reads) are left out, as is usual; nothing else
         # whose name merely starts with "sa" (sarah_01.wav).
         if audio.suffix.lower() not in AUDIO_SUFFIXES or re.fullmatch(r"sa\d+", audio.stem.lower()):
             continue
+        by_stem.setdefault(audio.stem.lower(), []).append(audio)
+    out = []
+    for copies in by_stem.values():
+        # utt.flac beside utt.wav (a converted copy left in place) is one utterance, not two: counted
+        # twice it would weigh double in training and in the test score.
+        copies.sort(key=lambda a: AUDIO_SUFFIXES.index(a.suffix.lower()))
+        audio = copies[0]
+        if len(copies) > 1:
+            _warn_copies(audio, tuple(copies[1:]))
         phn = next((p for p in (audio.with_suffix(".phn"), audio.with_suffix(".PHN")) if p.is_file()), None)
         out.append(Utterance(speaker, audio, phn))
-    return out
+    return sorted(out, key=lambda u: u.audio.name)
+
+
+@functools.cache
+def _warn_copies(kept: Path, dropped: tuple[Path, ...]) -> None:  # once per file, not per setup()
+    log.warning("%s: also as %s; reading it once, from %s (remove the other copies to silence this)",
+                kept.with_suffix(""), ", ".join(p.name for p in dropped), kept.name)
 
 
 def some_speakers(utts: list[Utterance], n: int) -> list[Utterance]:

@@ -94,3 +94,46 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path: Path,
     ckpts = [run_dir(folder) / "checkpoints" / "last.ckpt" for folder in "ab"]
     a, b = (torch.load(c, weights_only=True)["state_dict"] for c in ckpts)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumed_after_the_code_changed_says_where_it_began(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Its first epochs ran other code than the rest: the row names both commits, and so does every
+    later checkpoint, so a second resume still knows."""
+    from benchmark import runner
+
+    def opts(folder: str, **kw) -> RunOptions:
+        return RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / folder / "results",
+                          runs_dir=tmp_path / folder / "runs", command="test", **kw)
+
+    steps = int(run(translation(tmp_path), opts("a"))["steps"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(translation(tmp_path), opts("b", callbacks=[Crash(at_step=steps // 2 + 1)]))
+    (last,) = (tmp_path / "b" / "runs").glob("*/checkpoints/last.ckpt")
+    began = torch.load(last, weights_only=True)["rnnreg_run"]["git_commit"]
+    monkeypatch.setattr(runner, "git_commit", lambda: "0123456789ab")
+    monkeypatch.setattr(runner, "code_changed_since", lambda commit: commit != "0123456789ab")
+    row = run(translation(tmp_path), opts("b", resume=True))
+    assert (row["git_commit"], row["resumed_from_commit"]) == ("0123456789ab", began)
+    assert f"was started at commit {began} and the code has changed since" in caplog.text
+    assert torch.load(last, weights_only=True)["rnnreg_run"]["resumed_from_commit"] == began
+    straight = run(translation(tmp_path), opts("c"))  # a run made whole by one commit names no other
+    assert "resumed_from_commit" not in straight
+
+
+def test_a_best_checkpoint_a_kill_removed_leaves_the_row_without_best_numbers(tmp_path: Path, caplog) -> None:
+    """Lightning deletes the old best when it saves a new one; killed before last.ckpt, the resumed
+    run's last.ckpt names a file that is gone. Testing it failed every resume; now the row says it."""
+    import lightning as L
+
+    class LoseBest(L.Callback):
+        def on_fit_end(self, trainer, pl_module):
+            best = trainer.checkpoint_callbacks[0]
+            Path(best.best_model_path).unlink()
+            best.best_model_path = str(Path(best.dirpath) / "best-epoch000.ckpt")  # an earlier epoch's, deleted
+
+    preset = translation(tmp_path)
+    row = run(preset, RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / "results",
+                                 runs_dir=tmp_path / "runs", command="test", callbacks=[LoseBest()]))
+    assert int(row["epochs"]) > 1 and row["best_epoch"] == ""
+    assert not any(k.startswith("best_test") for k in row) and any(k.startswith("test_") for k in row)
+    assert "the best checkpoint" in caplog.text and "is gone" in caplog.text

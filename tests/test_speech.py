@@ -190,6 +190,19 @@ def test_splits_are_speaker_disjoint_and_missing_corpus_says_where(tmp_path):
     assert "sarah-01" in names and "sa1" not in names
 
 
+def test_an_utterance_in_two_formats_is_read_once(tmp_path, caplog):
+    an4_tree(tmp_path)
+    folder = tmp_path / "an4" / "wav" / "an4_clstk" / "fabc"
+    before = find_splits(tmp_path, "an4", valid_speakers=["mdef"], test_speakers=[])["train"]
+    flac = sorted(folder.glob("*.flac"))[0]
+    data, rate = sf.read(flac)
+    sf.write(flac.with_suffix(".wav"), data, rate)  # a converted copy left beside the original
+    with caplog.at_level("WARNING"):
+        after = find_splits(tmp_path, "an4", valid_speakers=["mdef"], test_speakers=[])["train"]
+    assert after == before  # the same utterances, in the same order, each once
+    assert f"also as {flac.stem}.wav; reading it once, from {flac.name}" in caplog.text
+
+
 def test_train_speakers_keeps_a_fixed_spread_of_speakers():
     from datamodules.speech import some_speakers
 

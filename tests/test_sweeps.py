@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -298,8 +299,13 @@ def test_an_ensemble_refuses_one_model_counted_twice_and_members_of_other_arms(t
     assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--dropout", "on", "--seed", "0", "--data-root",
                  str(data_root), "--run-dir", str(again), *TINY) == 0
     shutil.copytree(on0, tmp_path / "copy")
+    shutil.copytree(on0, tmp_path / "two-ranks")  # as if trained on 2 devices: rows pool by the world size
+    record = json.loads((tmp_path / "two-ranks" / "result.json").read_text())
+    record["row"]["devices"] = "2"
+    (tmp_path / "two-ranks" / "result.json").write_text(json.dumps(record))
     capsys.readouterr()
     for runs, why in (([on0, on0], "the same checkpoint as"),
+                      ([on0, tmp_path / "two-ranks"], "different settings or arms"),
                       ([on0, on0 / "checkpoints" / "last.ckpt"], "the same checkpoint as"),
                       ([on0, tmp_path / "copy"], "the same run (run_id "),
                       ([on0, again], "seed 0 of the same settings"),
@@ -507,3 +513,106 @@ def test_jobs_stop_when_only_the_parent_gets_sigint(tmp_path, data_root):
     assert "sweep stopped at ptb-small-dropout_" in err and "--resume" in err
     assert not (tmp_path / "results" / "runs.csv").exists()
     assert not list((tmp_path / "runs").glob("*/result.json"))
+
+
+def test_commands_that_would_do_other_than_asked_are_refused(tmp_path, capsys):
+    from benchmark.cli import build_parser
+
+    for bad in (["--seed", "-1"], ["--seed", str(2**32)], ["--seeds", "0,-3"], ["--devices", "gpu0"],
+                ["--devices", "-2"], ["--devices", "0,x"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["run", "--task", "ptb", *bad])
+    assert build_parser().parse_args(["run", "--task", "ptb", "--devices", "0,1"]).devices == [0, 1]
+    # -1 (every device) may be several processes: not beside --jobs either.
+    assert bench(tmp_path, "--task", "ptb", "--jobs", "2", "--devices", "-1", "--dry-run") == 2
+    assert "leave --jobs at 1" in capsys.readouterr().err
+    # ptb/small trains without dropout unless asked: a regularizer named alone would run nowhere.
+    assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--regularizer", "zaremba", "--dry-run") == 2
+    assert "add --dropout on" in capsys.readouterr().err
+    # A test set that no task of the list takes is not dropped without a word.
+    src = tmp_path / "t.en"
+    src.write_text("a\n")
+    assert bench(tmp_path, "--task", "ptb,speech", "--test-src", str(src), "--test-ref", str(src), "--dry-run") == 2
+    assert "--test-src/--test-ref apply to translation, which --task ptb,speech does not name" in capsys.readouterr().err
+    # A dropout rate that is not one fails with the preset, naming where it came from.
+    assert bench(tmp_path, "--task", "ptb", "--set", "model.dropout=0,5", "--dry-run") == 2
+    assert "--set model.dropout: a dropout rate is a number in [0, 1), got '0,5'" in capsys.readouterr().err
+    from benchmark.config import load_preset
+    from tasks.nn.errors import ConfigError
+
+    for text, why in (("default_dropout: maybe\nmodel: {dropout: 0.5}\n", "default_dropout must be on or off"),
+                      ("model: {dropout: 1.0}\n", "model.dropout: a dropout rate is a number in [0, 1), got 1.0"),
+                      ("model: {dropout: 0.5, emb_dropout: yes}\n", "model.emb_dropout: a dropout rate")):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"bad.yaml: {why}")):
+            load_preset("ptb", str(tmp_path / "bad.yaml"))
+
+
+def test_a_second_process_is_kept_out_of_a_run_folder(tmp_path, data_root, capsys):
+    """`make bench` typed again while the first still trains (or a run left going by a killed sweep)
+    would delete the first's checkpoint writes; it stops at once instead, naming the holder."""
+    import os
+
+    from benchmark.runner import only_process
+    from tasks.nn.errors import ConfigError
+
+    with only_process(tmp_path / "r"):
+        with pytest.raises(ConfigError, match=rf"another process \(pid {os.getpid()}\) is running this run now"):
+            with only_process(tmp_path / "r"):
+                pass
+        assert bench(tmp_path, "--task", "ptb", "--preset", "small", "--data-root", str(data_root), "--logger", "csv",
+                     "--run-dir", str(tmp_path / "r"), *TINY) == 2
+        assert "is running this run now" in capsys.readouterr().err
+        assert not list((tmp_path / "r").glob("checkpoints/*"))
+    with only_process(tmp_path / "r"):  # free again once its holder is done
+        pass
+
+
+def test_only_rank_zero_takes_the_run_folder_whatever_launched_it(monkeypatch):
+    """srun starts every task of a job itself: before the Trainer exists only SLURM_PROCID tells
+    them apart, and all but one would find the run folder locked."""
+    from benchmark.runner import _is_rank_zero
+
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert _is_rank_zero()
+    for env, zero in (({"SLURM_PROCID": "3"}, False), ({"SLURM_PROCID": "0"}, True), ({"RANK": "1", "SLURM_PROCID": "0"}, False),
+                      ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False), ({"LOCAL_RANK": "1"}, False)):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert _is_rank_zero() == zero, env
+
+
+def test_a_run_ends_when_the_sweep_that_started_it_is_killed(tmp_path):
+    """kill -9 of a `--jobs` sweep passes nothing on: its runs must not train on, unseen."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+
+    child = ("import sys, time; from benchmark.sweep import _end_with; _end_with(int(sys.argv[1])); "
+             "print('ready', flush=True); time.sleep(120)")
+    parent = (f"import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid())]); "
+              "print(p.pid, flush=True); p.wait()")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    pid = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(), "the run outlived its sweep"

@@ -396,6 +396,21 @@ def test_lowercased_words_are_scored_against_lowercased_references(tmp_path):
         assert ("Je suis ici ." in refs) != lowercase and ("je suis ici ." in refs) == lowercase
 
 
+def test_a_source_line_of_control_characters_alone_is_left_out(tmp_path, caplog):
+    """Moses deletes ASCII control characters, so "\x1a" (a stray Ctrl-Z) is not an empty line but
+    becomes a sentence of no words: an encoder input of length 0, which the LSTM refuses."""
+    write_tab(tmp_path / "tab.txt")
+    with open(tmp_path / "tab.txt", "a") as f:
+        f.write("\x1a\tJe suis ici .\n")
+    (tmp_path / "news.en").write_text("\n".join([*EN, "\x01\x02"]) + "\n")
+    (tmp_path / "news.fr").write_text("\n".join([*FR, "Rien ."]) + "\n")
+    dm = ParallelTextDataModule(tmp_path, **tiny_translation_preset(tmp_path).data)
+    dm.setup()
+    assert all(p.src for pairs in dm.sets.values() for p in pairs)
+    assert len(dm.sets["test_news"]) == len(EN)
+    assert "test_news: left out 1 pair(s) whose source has no word once tokenized" in caplog.text
+
+
 def test_validation_decodes_every_nth_epoch_and_the_last(tmp_path):
     """`valid_decode: 2` over 3 epochs: perplexity every epoch, greedy BLEU at epochs 2 and 3."""
     write_tab(tmp_path / "tab.txt")
