@@ -320,8 +320,9 @@ def check_same_settings(r: Run) -> None:
             stored = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"{path}: unreadable ({err}); delete {r.run_dir} to run it again") from err
-    else:  # a folder from before runs kept their config.yaml: its results row says as much
-        stored = finished_row(r.run_dir) or {}
+    else:  # a folder from before runs kept their config.yaml: its results row says as much, or its last.ckpt
+        last = r.ckpt_dir / "last.ckpt"
+        stored = finished_row(r.run_dir) or (check_checkpoint(last).get(RUN_INFO_KEY) or {} if last.is_file() else {})
     here = {"task": r.preset.task, "config_hash": r.chash, "seed": r.opts.seed, "dropout": r.opts.dropout,
             "regularizer": regularizer_of(r), "dropout_rates": r.rates}
     # A results row holds text ("0"), config.yaml typed values (0).

@@ -77,6 +77,20 @@ def test_resume_into_an_older_folder_of_other_settings_is_refused(tmp_path, data
     assert f"{other} holds a run of other settings (config_hash 'deadbeef00' there" in err and "seed" not in err
 
 
+def test_resume_into_an_older_unfinished_folder_of_other_settings_is_refused(tmp_path, data_root, capsys):
+    """Neither config.yaml nor a results row: the checkpoint's own record of its run says what it trained."""
+    import torch
+
+    other = tmp_path / "older"
+    (other / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "loops": {}, "epoch": 0, "rnnreg_run": {"task": "ptb", "config_hash": "deadbeef00",
+                                                                         "seed": 0, "dropout": "on"}},
+               other / "checkpoints" / "last.ckpt")
+    assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--seed", "0", "--dropout", "on", "--data-root",
+                 str(data_root), "--run-dir", str(other), "--resume") == 2
+    assert f"{other} holds a run of other settings (config_hash 'deadbeef00' there" in capsys.readouterr().err
+
+
 def test_resume_into_a_folder_of_other_settings_is_refused(tmp_path, data_root, capsys):
     """--run-dir can name any folder: --resume must not hand back a result of other settings as this run's."""
     other = tmp_path / "other"
