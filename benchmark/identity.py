@@ -21,6 +21,8 @@ other settings. Covered:
                               dev, the TIMIT sample) is checked against it, and a changed copy of
                               the same size (edited, cut and padded, placed by hand) is marked, so
                               it hashes apart; the publisher's own copy hashes as by name and size.
+                              A file outside the data root (`--test-src /path`) counts by name and
+                              sha256, not by where it lies, so the same command pools across folders.
 
 Not covered: the code (each row names its commit), the machine (`device`, `host`).
 """
@@ -101,8 +103,8 @@ def data_fingerprint(paths: list[Path], root: Path) -> str:
         for f in files:
             try:
                 rel = f.relative_to(root).as_posix()
-            except ValueError:
-                rel = f.as_posix()
+            except ValueError:  # outside the data root (a test set by path): by name and contents, not where it lies
+                rel = f"{f.name} sha256:{sha256_of(f)}" if f.is_file() else f.as_posix()
             size = f.stat().st_size if f.is_file() else -1
             key = changed_copy(f, rel) if size >= 0 else None
             mark = ""
@@ -130,6 +132,10 @@ def config_hash(module: str, datamodule: str, model: dict[str, Any], data: dict[
                 trainer: dict[str, Any], fingerprint: str) -> str:
     """A short, stable hash of a run's settings (see the module docstring for what is in it)."""
     data = {k: v for k, v in data.items() if k not in DATA_PLACEMENT_KEYS}
+    if data.get("test_sets"):  # `--test-src /abs/path`: the file by name here, by content in the fingerprint
+        data["test_sets"] = {name: {k: Path(v).name if isinstance(v, str) and Path(v).is_absolute() else v
+                                    for k, v in spec.items()} if isinstance(spec, dict) else spec
+                             for name, spec in data["test_sets"].items()}
     payload = {"module": module, "datamodule": datamodule, "model": model, "data": data,
                "trainer": _normalise_trainer(trainer), "data_files": fingerprint}
     text = json.dumps(payload, sort_keys=True, default=str)

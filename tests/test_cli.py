@@ -283,6 +283,20 @@ def test_extra_translation_test_files_by_path(tmp_path, capsys):
     assert "news.fr: not found (given with --test-src/--test-ref)" in capsys.readouterr().err
 
 
+def test_a_test_set_by_path_hashes_by_its_contents_not_where_it_lies(tmp_path, data_root, capsys):
+    """The same command in another checkout (or with the files copied elsewhere) pools with the first."""
+    hashes = []
+    for folder, reference in (("a", "Bonjour."), ("b", "Bonjour."), ("c", "Salut.")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "news.en").write_text("Hello.\n")
+        (tmp_path / folder / "news.fr").write_text(f"{reference}\n")
+        assert bench(tmp_path, "--task", "translation", "--preset", "quick", "--data-root", str(data_root),
+                     "--test-src", str(tmp_path / folder / "news.en"), "--test-ref", str(tmp_path / folder / "news.fr"),
+                     "--dropout", "on", "--dry-run") == 0
+        hashes.append(capsys.readouterr().out.split("config_hash=")[1].split()[0])
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
 def test_fetch_lists_every_data_set():
     from benchmark.cli import build_parser
     from datamodules.sources import SOURCES
