@@ -104,7 +104,8 @@ def data_fingerprint(paths: list[Path], root: Path) -> str:
             try:
                 rel = f.relative_to(root).as_posix()
             except ValueError:  # outside the data root (a test set by path): by name and contents, not where it lies
-                rel = f"{f.name} sha256:{sha256_of(f)}" if f.is_file() else f.as_posix()
+                st = f.stat() if f.is_file() else None
+                rel = f"{f.name} sha256:{_digest(f, st.st_size, st.st_mtime_ns)}" if st else f.as_posix()
             size = f.stat().st_size if f.is_file() else -1
             key = changed_copy(f, rel) if size >= 0 else None
             mark = ""

@@ -431,7 +431,6 @@ def run_id(run_dir: Path) -> str:
 def build(r: Run) -> None:
     """Seed, model, loggers and Trainer."""
     preset, opts = r.preset, r.opts
-    read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, not after training
     r.commit = git_commit()  # the code that trains, not what the tree holds when the run ends
     r.run_id = run_id(r.run_dir)
     allocator.keep_freed_memory()  # before the first large tensor: no page faults in every step
