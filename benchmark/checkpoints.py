@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
 
 
+def _looks_saved_by_torch(path: Path) -> bool:
+    """torch.save's zip format, or its older pickle one (protocol 2 and up start with PROTO, 0x80)."""
+    with open(path, "rb") as f:
+        return zipfile.is_zipfile(f) or f.seek(0) == 0 and f.read(1) == b"\x80"
+
+
 def check_checkpoint(path: Path, purpose: str = "resume") -> dict[str, Any]:
     """Fail early, naming the file, if a checkpoint to resume from (or to load) is missing or unreadable."""
     if not path.is_file():
@@ -57,6 +64,9 @@ def check_checkpoint(path: Path, purpose: str = "resume") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _looks_saved_by_torch(path):  # torch says the same of bytes that are no checkpoint at all
+            raise BenchError(f"{path}: not a checkpoint (neither torch's zip format nor a pickle: an LFS pointer, "
+                             f"a web page?); copy it again from where it was made") from err
         raise BenchError(f"{path}: holds Python objects beyond tensors and plain data, which loading would "
                          f"execute; refused. Use checkpoints written by `bench run`") from err
     except Exception as err:  # torch raises many types for a damaged zip/pickle
@@ -65,6 +75,8 @@ def check_checkpoint(path: Path, purpose: str = "resume") -> dict[str, Any]:
             + ("delete it to resume from an older one in that folder, or start a new run" if purpose == "resume"
                else "copy it again from where it was made")
         ) from err
+    if not isinstance(ckpt, dict):
+        raise BenchError(f"{path}: not a Lightning training checkpoint (it holds a {type(ckpt).__name__})")
     missing = {"state_dict", "loops", "epoch"} - set(ckpt)
     if missing:
         raise BenchError(f"{path}: not a Lightning training checkpoint (no {sorted(missing)})")

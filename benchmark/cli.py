@@ -485,9 +485,12 @@ def _read_lines(path: Path | None) -> list[str]:
     """Lines as the DataModules read them: split at newlines only (parallel.py's _split)."""
     from datamodules.parallel import split_lines
 
+    return split_lines(_read_text(path), "\n")
+
+
+def _read_text(path: Path | None) -> str:
     try:
-        data = sys.stdin.buffer.read() if path is None else path.read_bytes()
-        return split_lines(data.decode("utf-8"), "\n")
+        return (sys.stdin.buffer.read() if path is None else path.read_bytes()).decode("utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: unreadable ({err.strerror or err})") from err
     except UnicodeDecodeError as err:
@@ -543,7 +546,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from benchmark import infer
 
     t = _load_for(args, "ptb")
-    ids, words, unknown = infer.ptb_ids(t, "\n".join(_read_lines(args.input)), str(args.input or "stdin"))
+    # The text as it is: PTB's reader (ptb.tokens_of) gives every line, blank ones too, its <eos>.
+    ids, words, unknown = infer.ptb_ids(t, _read_text(args.input), str(args.input or "stdin"))
     ppl = infer.perplexity(t, ids)
     print(f"perplexity {ppl:.2f} over {words} words (<eos> counted; {unknown} outside the vocabulary, read as <unk>)")
     return 0
@@ -592,11 +596,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmark.dashboard import build_page
-    from benchmark.leaderboard import MARKDOWN_FILE, build
+    from benchmark.leaderboard import MARKDOWN_FILE, build, compute
 
-    path = build(args.results_dir)
+    board = compute(args.results_dir)
+    path = build(args.results_dir, board=board)
     print((path.parent / MARKDOWN_FILE).read_text(), end="")
-    print(f"dashboard: {build_page(args.results_dir)}")
+    print(f"dashboard: {build_page(args.results_dir, board)}")
     if "wandb" in args.logger:
         from benchmark import wandb_log
 

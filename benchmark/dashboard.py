@@ -13,6 +13,8 @@ from __future__ import annotations
 import gzip
 import html
 import json
+import logging
+import re
 import zlib
 from datetime import datetime, timezone
 from itertools import groupby
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from benchmark import leaderboard
 from tasks import registry
+
+log = logging.getLogger(__name__)
 
 PAGE_FILE = "dashboard.html"
 COLORS = {"off": ("#d62728", "rgba(214,39,40,0.15)"), "on": ("#1f77b4", "rgba(31,119,180,0.15)")}
@@ -98,20 +102,41 @@ def samples(rows: list[dict[str, str]], results_dir: Path) -> list[tuple[str, st
         path = Path(results_dir) / row["outputs"] if row.get("outputs") else None
         if path is None or not path.is_file():
             continue
-        taken = 0
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for item in map(json.loads, f):
-                if item.get("stream") != "test" or taken == SAMPLES:
-                    continue
-                if "hyp" in item:
-                    hyp, ref = item["hyp"], " | ".join(item["refs"][:2])
-                else:  # speech: every scored frame -> the phone sequence the frames spell
-                    hyp, ref = (" ".join(k for k, _ in groupby(item[key].split())) for key in ("hyp_frames", "ref_frames"))
-                reg = row.get("regularizer", "")
-                what = f" ({reg})" if reg not in ("", "none", leaderboard.ZAREMBA) else ""
-                out.append((f"dropout {row['dropout']}{what} seed {row['seed']}", hyp, ref))
-                taken += 1
+        reg = row.get("regularizer", "")
+        what = f" ({reg})" if reg not in ("", "none", leaderboard.ZAREMBA) else ""
+        shown = []
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                for item in map(json.loads, f):
+                    if len(shown) == SAMPLES:
+                        break
+                    if item.get("stream") != "test":
+                        continue
+                    if "hyp" in item:
+                        hyp, ref = item["hyp"], " | ".join(item["refs"][:2])
+                    else:  # speech: every scored frame -> the phone sequence the frames spell
+                        hyp, ref = (" ".join(k for k, _ in groupby(item[key].split()))
+                                    for key in ("hyp_frames", "ref_frames"))
+                    shown.append((f"dropout {row['dropout']}{what} seed {row['seed']}", hyp, ref))
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning("%s: unreadable test outputs (%s), no samples from it; copy it again from its run folder's "
+                        "outputs/", path, err)
+            continue
+        out += shown
     return out
+
+
+def _inline(markdown: str) -> str:
+    """The leaderboard's effect lines use **bold** and `code` only."""
+    text = html.escape(markdown)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text))
+
+
+def effect_html(e: dict) -> str:
+    """An effect as LEADERBOARD.md words it (Holm's correction, mixed environments, the bootstrap), in HTML."""
+    head, *more = leaderboard.effect_lines([e])
+    sub = "".join(f"<li>{_inline(m.strip().removeprefix('- '))}</li>" for m in more)
+    return f'<p class="effect">{_inline(head.removeprefix("- "))}</p>' + (f"<ul>{sub}</ul>" if sub else "")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -120,13 +145,14 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def build_page(results_dir: Path) -> Path:
+def build_page(results_dir: Path, computed: leaderboard.Board | None = None) -> Path:
+    """dashboard.html; `computed`: the board LEADERBOARD.md was just built from (else read again)."""
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
     results_dir = Path(results_dir)
-    runs = leaderboard.load_runs(results_dir)
-    board, effects = leaderboard.board_rows(runs), leaderboard.effect_rows(runs, results_dir)
+    computed = computed or leaderboard.compute(results_dir)
+    runs, board, effects = computed.runs, computed.rows, computed.effects
     grouped, parts = leaderboard.groups(runs), []
     for task in registry.names():
         current = sorted((p, h) for (t, p), h in leaderboard.current_hashes(runs).items() if t == task)
@@ -150,14 +176,7 @@ def build_page(results_dir: Path) -> Path:
                              f"{html.escape(rows[0]['paper_metric'])}.</p>")
                 parts.append(_table([label for _, label in BOARD_COLUMNS],
                                     [[r.get(k, "") for k, _ in BOARD_COLUMNS] for r in rows]))
-            for e in (e for e in effects if (e["task"], e["preset"]) == (task, preset)):
-                ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
-                what = "" if e["regularizer"] == leaderboard.ZAREMBA else f"{e['regularizer']}: "
-                parts.append(f"<p class=\"effect\">{html.escape(what + e['metric'])} ({e['better']} is better): on − off = "
-                             f"<b>{html.escape(e['diff'])}</b>{html.escape(ci)} over {e['pairs']} paired seed(s): "
-                             f"{html.escape(e['verdict'])}."
-                             + (f" {e['nonfinite_pairs']} more pair(s) left out: a run diverged (not finite)."
-                                if e.get("nonfinite_pairs") else "") + "</p>")
+            parts += [effect_html(e) for e in effects if (e["task"], e["preset"]) == (task, preset)]
             # The first seed's outputs each way: the same test items, on against off.
             first = [min(rows, key=lambda r: int(r["seed"])) for rows in (by_arm["on"], by_arm["off"]) if rows]
             shown = samples(first, results_dir)

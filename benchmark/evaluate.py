@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from benchmark import environment, trained
 from benchmark.config import test_set_name
 from benchmark.results import RUNS_FILE, append_row, read_rows
-from benchmark.runner import device_name, git_commit, precision_label, progress_bar, save_outputs
+from benchmark.runner import device_name, git_commit, only_process, precision_label, progress_bar, save_outputs
 from datamodules.download import sha256_of
 from tasks.nn.errors import ConfigError
 
@@ -61,10 +62,6 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     given = dict(test_set_spec(spec.test_set_parts, list(map(Path, paths)), spec.name) for paths in tests or [])
     if tests and len(given) < len(tests):
         raise ConfigError("two --test sets share a name (their first file's name): rename one")
-    dm = t.datamodule(data_root, given or None, batch_size)
-    dm.prepare_data()
-    dm.setup("test")
-    t.model.use_test_streams(dm.stream_names())
     ckpt_name = t.path.stem
     files = [Path(p) for spec_ in given.values() for p in ([spec_] if isinstance(spec_, str) else spec_.values())]
     sums = {f: digest(f) for f in files}
@@ -73,56 +70,70 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     home = t.path.parent.parent if t.path.parent.name == "checkpoints" else t.path.parent
     data_id = f"{'+'.join(given)}-{hashlib.sha256(''.join(sums.values()).encode()).hexdigest()[:8]}" if given else "preset"
     out = Path(out_dir).resolve() if out_dir else home / EVAL_DIR / f"{ckpt_name}-{data_id}"
-    earlier = sorted((out / "outputs").glob("*.jsonl"))  # they would be bundled with this evaluation's
-    if earlier and out_dir:  # a folder the user named may be a run's own: never cleared
-        raise ConfigError(f"--out {out}: already holds outputs ({earlier[0]}); give a folder of its own, or "
-                          f"delete {out / 'outputs'}")
-    for stale in earlier:  # this evaluation's own folder: an earlier evaluation of the same files
-        stale.unlink()
+    try:  # now, not after the scoring: the outputs are written at its end
+        (out / "outputs").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{out}: cannot be written ({err.strerror or err}); give --out DIR") from err
     # The precision its run tested under, unless asked otherwise: the same numbers need the same arithmetic.
     precision = precision or t.info.get("precision", "32-true")
-    trainer = L.Trainer(default_root_dir=out, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        accelerator=accelerator, devices=1, callbacks=[progress_bar()], num_sanity_val_steps=0,
-                        precision=precision)
-    start = time.perf_counter()
-    results = trainer.test(t.model, datamodule=dm, verbose=False, weights_only=True)
-    seconds = time.perf_counter() - start
-    metrics = {k: float(v) for d in results for k, v in d.items()}
-    info, row_of_run = t.info, trained.run_row(t.path)
-    finished = datetime.now(timezone.utc)
-    row = {
-        "task": spec.name,
-        "preset": info.get("preset", row_of_run.get("preset", "")),
-        "dropout": info.get("dropout", row_of_run.get("dropout", "")),
-        "regularizer": info.get("regularizer", row_of_run.get("regularizer", "")),
-        "dropout_rate": row_of_run.get("dropout_rate", ""),
-        "seed": info.get("seed", row_of_run.get("seed", "")),
-        # Not `run_id`: a training row replaces the rows holding its run_id (benchmark.results.append_row).
-        "trained_run_id": info.get("run_id", row_of_run.get("run_id", "")),
-        "evaluation": f"{ckpt_name} checkpoint",
-        "overrides": info.get("overrides", row_of_run.get("overrides", "")),
-        "config_hash": info.get("config_hash", row_of_run.get("config_hash", "")),
-        **{k: f"{v:.4f}" for k, v in sorted(metrics.items())},
-        **t.model.row_info(),
-        "eval_data": "; ".join(f"{f} sha256:{sums[f]}" for f in files) or "the preset's test sets",
-        "wall_s": f"{seconds:.1f}",
-        "device": device_name(trainer),
-        "precision": precision_label(trainer),  # what it ran in: Lightning makes 16-mixed bf16 on a CPU
-        "devices": 1,
-        "host": platform.node(),
-        "git_commit": git_commit(),
-        "trained_commit": info.get("git_commit", row_of_run.get("git_commit", "")),
-        "finished_utc": finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "run_dir": str(t.path),
-        "command": command,
-    }
-    env, pkgs = environment.fingerprint(trainer.strategy.root_device)
-    environment.save_package_list(Path(results_dir), env["env_packages"], pkgs)
-    row.update(env)
-    # One file per evaluation: a later one of the same checkpoint and files (another precision, newer
-    # code) must not replace the hypotheses an earlier row points at.
-    saved = save_outputs(out, Path(results_dir), f"eval-{home.name}-{out.name}-{finished:%Y%m%dT%H%M%S}-"
-                                                 f"{uuid.uuid4().hex[:6]}")
-    row["outputs"] = saved.relative_to(results_dir).as_posix() if saved else ""
-    append_row(results_dir, row)
-    return row
+    try:  # before the data: a bad --accelerator fails in a line, not after minutes of features
+        trainer = L.Trainer(default_root_dir=out, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                            accelerator=accelerator, devices=1, callbacks=[progress_bar()], num_sanity_val_steps=0,
+                            precision=precision)
+    except (TypeError, ValueError, MisconfigurationException) as err:
+        raise ConfigError(f"--accelerator {accelerator} / --precision {precision}: {err}") from err
+    # Two evaluations of the same checkpoint and files would share this folder: the second is refused
+    # rather than delete, or bundle, the first's outputs.
+    with only_process(out, doing="is evaluating this checkpoint on these test sets now", then="then rerun"):
+        earlier = sorted((out / "outputs").glob("*.jsonl"))  # they would be bundled with this evaluation's
+        if earlier and out_dir:  # a folder the user named may be a run's own: never cleared
+            raise ConfigError(f"--out {out}: already holds outputs ({earlier[0]}); give a folder of its own, or "
+                              f"delete {out / 'outputs'}")
+        for stale in earlier:  # this evaluation's own folder: an earlier evaluation of the same files
+            stale.unlink()
+        dm = t.datamodule(data_root, given or None, batch_size)
+        dm.prepare_data()
+        dm.setup("test")
+        t.model.use_test_streams(dm.stream_names())
+        start = time.perf_counter()
+        results = trainer.test(t.model, datamodule=dm, verbose=False, weights_only=True)
+        seconds = time.perf_counter() - start
+        metrics = {k: float(v) for d in results for k, v in d.items()}
+        info, row_of_run = t.info, trained.run_row(t.path)
+        finished = datetime.now(timezone.utc)
+        row = {
+            "task": spec.name,
+            "preset": info.get("preset", row_of_run.get("preset", "")),
+            "dropout": info.get("dropout", row_of_run.get("dropout", "")),
+            "regularizer": info.get("regularizer", row_of_run.get("regularizer", "")),
+            "dropout_rate": info.get("dropout_rate", row_of_run.get("dropout_rate", "")),
+            "seed": info.get("seed", row_of_run.get("seed", "")),
+            # Not `run_id`: a training row replaces the rows holding its run_id (benchmark.results.append_row).
+            "trained_run_id": info.get("run_id", row_of_run.get("run_id", "")),
+            "evaluation": f"{ckpt_name} checkpoint",
+            "overrides": info.get("overrides", row_of_run.get("overrides", "")),
+            "config_hash": info.get("config_hash", row_of_run.get("config_hash", "")),
+            **{k: f"{v:.4f}" for k, v in sorted(metrics.items())},
+            **t.model.row_info(),
+            "eval_data": "; ".join(f"{f} sha256:{sums[f]}" for f in files) or "the preset's test sets",
+            "wall_s": f"{seconds:.1f}",
+            "device": device_name(trainer),
+            "precision": precision_label(trainer),  # what it ran in: Lightning makes 16-mixed bf16 on a CPU
+            "devices": 1,
+            "host": platform.node(),
+            "git_commit": git_commit(),
+            "trained_commit": info.get("git_commit", row_of_run.get("git_commit", "")),
+            "finished_utc": finished.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "run_dir": str(t.path),
+            "command": command,
+        }
+        env, pkgs = environment.fingerprint(trainer.strategy.root_device)
+        environment.save_package_list(Path(results_dir), env["env_packages"], pkgs)
+        row.update(env)
+        # One file per evaluation: a later one of the same checkpoint and files (another precision, newer
+        # code) must not replace the hypotheses an earlier row points at.
+        saved = save_outputs(out, Path(results_dir), f"eval-{home.name}-{out.name}-{finished:%Y%m%dT%H%M%S}-"
+                                                     f"{uuid.uuid4().hex[:6]}")
+        row["outputs"] = saved.relative_to(results_dir).as_posix() if saved else ""
+        append_row(results_dir, row)
+        return row

@@ -31,6 +31,7 @@ import logging
 import math
 import zlib
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -93,7 +94,7 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return mean(values) if values else None
 
 
-def _hash(row: dict[str, str]) -> str:
+def pool_hash(row: dict[str, str]) -> str:
     """What a row pools by: its settings hash, and the world size it ran with when that is not 1
     (a preset that leaves `devices` to Lightning's "auto" runs DDP on a machine with several GPUs)."""
     devices = row.get("devices") or "1"
@@ -109,7 +110,7 @@ def current_hashes(runs: list[dict[str, str]]) -> dict[tuple[str, str], str]:
         key = (row["task"], row["preset"])
         if key not in newest or row.get("finished_utc", "") >= newest[key].get("finished_utc", ""):
             newest[key] = row
-    return {key: _hash(row) for key, row in newest.items()}
+    return {key: pool_hash(row) for key, row in newest.items()}
 
 
 def arm(row: dict[str, str]) -> str:
@@ -126,7 +127,7 @@ def groups(runs: list[dict[str, str]]) -> dict[tuple[str, str, str, str, str], l
     out: dict[tuple[str, str, str, str, str], dict[str, dict[str, str]]] = defaultdict(dict)
     for row in sorted(runs, key=lambda r: r.get("finished_utc", "")):
         if not row.get("overrides") and not row.get("evaluation"):  # `bench eval` rows are not training runs
-            key = (row["task"], row["preset"], _hash(row), arm(row), ensemble_label(row))
+            key = (row["task"], row["preset"], pool_hash(row), arm(row), ensemble_label(row))
             out[key]["+".join(sorted(str(row["seed"]).split("+"), key=int))] = row  # an ensemble's 1+0 is its 0+1
     return {k: list(v.values()) for k, v in sorted(out.items())}
 
@@ -201,7 +202,12 @@ def _bootstraps(on: list[dict], off: list[dict], results_dir: Path) -> str:
     for row in sorted(on, key=lambda r: int(r["seed"])):
         other = off_by_seed.get(row["seed"])
         files = [results_dir / r["outputs"] for r in (other, row) if r is not None and r.get("outputs")]
-        if len(files) < 2 or not all(f.is_file() for f in files):
+        if len(files) < 2:  # rows from before runs kept their outputs
+            continue
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            log.warning("%s: not found; seed %s is left out of the paired bootstrap, copy it again from its run "
+                        "folder's outputs/", missing[0], row["seed"])
             continue
         try:
             result = stats.bleu_bootstrap(*files)
@@ -209,7 +215,10 @@ def _bootstraps(on: list[dict], off: list[dict], results_dir: Path) -> str:
             log.warning("%s or %s: unreadable test outputs (%s); seed %s is left out of the paired bootstrap, "
                         "copy the file again from its run folder's outputs/", *files, err, row["seed"])
             continue
-        if result is not None:
+        if result is None:
+            log.warning("%s and %s do not hold the same test sentences; seed %s is left out of the paired bootstrap",
+                        *files, row["seed"])
+        else:
             parts.append(f"seed {row['seed']}: {result.off:.2f} -> {result.on:.2f} (p={result.p_value:.4f})")
     return "; ".join(parts)
 
@@ -340,7 +349,16 @@ def _table(trs: list[dict]) -> list[str]:
     return lines
 
 
-def _effect_lines(effects: list[dict]) -> list[str]:
+def holds_after_holm(e: dict) -> bool | None:
+    """Whether an effect row's claim survives Holm's correction over its family of arms; None where
+    there is no claim to test (only a claim can fall: with its interval holding 0 a test stays short
+    of any corrected level) or no family (the paper's dropout alone)."""
+    if not e.get("holm") or "beyond seed noise" not in e["verdict"] or e["verdict"].startswith("not"):
+        return None
+    return e["holm"] == "beyond seed noise"
+
+
+def effect_lines(effects: list[dict]) -> list[str]:
     lines = []
     for e in effects:
         ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
@@ -355,9 +373,8 @@ def _effect_lines(effects: list[dict]) -> list[str]:
             split = (f"; {across} of {e['pairs']} pairs ran on and off in different environments" if across
                      else "; each pair ran in one")
             lines.append(f"  - the pairs mix {e['env']}{split} (runs.csv's env columns say what differs)")
-        if e.get("holm") and "beyond seed noise" in e["verdict"] and not e["verdict"].startswith("not"):
-            # Only a claim can fall: with its interval holding 0 a test stays short of any corrected level.
-            held = e["holm"] == "beyond seed noise"
+        held = holds_after_holm(e)
+        if held is not None:
             lines.append(f"  - {'holds' if held else '**does not hold**'} after Holm's correction over the "
                          f"{e['arms']} regularizers beside the paper's dropout tested against these `off` runs "
                          f"(p = {e['p_value']})")
@@ -392,7 +409,7 @@ def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
         task_effects = [e for e in effects if e["task"] == task]
         if task_effects:
             lines += ["", "Effect of dropout (and of each other regularizer run), against the same `off` runs:", ""]
-            lines += _effect_lines(task_effects)
+            lines += effect_lines(task_effects)
         old = sorted({(r["preset"], r["config_hash"]) for r in trs if r["status"] == "superseded"})
         if old:
             lines += ["", "Superseded (older settings, not pooled): " +
@@ -406,23 +423,34 @@ def _curve(logs: list[Path], metric: str) -> dict[str, dict[int, float]]:
     run's later value for an epoch wins)."""
     out: dict[str, dict[int, float]] = {"train": {}, "valid": {}}
     for path in logs:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                for split in out:
-                    value = row.get(f"{split}_{metric}")
-                    if value:
-                        out[split][int(row["epoch"]) + 1] = float(value)
+        read: dict[str, dict[int, float]] = {"train": {}, "valid": {}}
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                for row in csv.DictReader(f):
+                    for split in read:
+                        value = row.get(f"{split}_{metric}")
+                        if value:
+                            read[split][int(row["epoch"]) + 1] = float(value)
+        except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
+            log.warning("%s: unreadable learning curve (%s), left out of the plots; copy it again from its run "
+                        "folder's csv/metrics.csv", path, err)
+            continue
+        for split in out:
+            out[split].update(read[split])
     return out
 
 
 def seed_curves(rows: list[dict[str, str]], metric: str, results_dir: Path) -> list[dict[str, dict[int, float]]]:
-    """Each row's curve: from its run folder's CSV logs where that folder is here, else from the
-    per-epoch copy its run left in <results>/curves/."""
+    """Each row's curve: the per-epoch copy its run left in <results>/curves/, else (rows from before
+    runs kept one) its run folder's CSV logs where that folder is here. The copy wins: a run folder
+    found by a relative path belongs to whoever works in this directory, not to the row."""
     logs = []
     for r in rows:
-        paths = metric_logs(Path(r["run_dir"])) if r.get("run_dir") else []
-        if not paths and r.get("curves") and (Path(results_dir) / r["curves"]).is_file():
-            paths = [Path(results_dir) / r["curves"]]
+        kept = Path(results_dir) / r["curves"] if r.get("curves") else None
+        if kept is not None and kept.is_file():
+            paths = [kept]
+        else:
+            paths = metric_logs(Path(r["run_dir"])) if r.get("run_dir") else []
         logs.append(paths)
     return [_curve(paths, metric) for paths in logs if paths]
 
@@ -545,8 +573,13 @@ def check_values(path: Path, runs: list[dict[str, str]]) -> None:
         seed = row.get("seed", "")
         # An ensemble's members: 0+1+2. A `bench eval` row (off the board) of a checkpoint trained
         # elsewhere has no seed.
-        if not row.get("evaluation") and not all(part.isdigit() for part in seed.split("+")):
+        parts = seed.split("+") if row.get("ensemble") else [seed]
+        if not row.get("evaluation") and not all(part.isdigit() for part in parts):
             raise DataError(f"{path}: data line {i} has seed {seed!r}, not a whole number; fix or delete that line")
+        # A typo here would make an arm of its own and quietly take a seed out of its pair.
+        if not row.get("evaluation") and row.get("dropout") not in ("on", "off"):
+            raise DataError(f"{path}: data line {i} has dropout {row.get('dropout')!r}, not on or off; fix or delete "
+                            f"that line")
         for key, value in row.items():
             if value and (key.startswith(NUMERIC_PREFIXES) or key in ("wall_s", "tokens_per_s")):
                 try:
@@ -572,14 +605,33 @@ def load_runs(results_dir: Path) -> list[dict[str, str]]:
     return runs
 
 
-def build(results_dir: Path, plots: bool = True) -> Path:
-    """leaderboard.csv, effects.csv, LEADERBOARD.md; with `plots`, the curves' PNGs."""
+@dataclass
+class Board:
+    """What one read of runs.csv gives: its rows, the board's rows and the effects. LEADERBOARD.md and
+    the dashboard are built from one of these, so they cannot disagree (nor bootstrap twice)."""
+    runs: list[dict[str, str]]
+    rows: list[dict]
+    effects: list[dict]
+
+
+def compute(results_dir: Path) -> Board:
     results_dir = Path(results_dir)
     if not (results_dir / RUNS_FILE).is_file():  # a mistyped folder would otherwise get an empty board
         raise DataError(f"{results_dir / RUNS_FILE}: not found; pass the folder `bench run --results-dir` wrote to "
                         f"(default runs/results; the published reference is results/)")
     runs = load_runs(results_dir)
-    out, effects = board_rows(runs), effect_rows(runs, results_dir)
+    if not runs:  # an emptied file would otherwise overwrite the board with an empty one
+        raise DataError(f"{results_dir / RUNS_FILE}: no runs in it (empty, or a header alone); the board files are "
+                        f"left as they were. Restore it (git checkout, or a backup) or point at another folder")
+    return Board(runs, board_rows(runs), effect_rows(runs, results_dir))
+
+
+def build(results_dir: Path, plots: bool = True, board: Board | None = None) -> Path:
+    """leaderboard.csv, effects.csv, LEADERBOARD.md; with `plots`, the curves' PNGs. `board`: one
+    already computed from this folder."""
+    results_dir = Path(results_dir)
+    board = board or compute(results_dir)
+    runs, out, effects = board.runs, board.rows, board.effects
     path = results_dir / LEADERBOARD_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     write_rows_atomic(path, out, COLUMNS)

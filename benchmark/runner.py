@@ -256,7 +256,8 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
 
 
 @contextmanager
-def only_process(run_dir: Path) -> Iterator[None]:
+def only_process(run_dir: Path, doing: str = "is running this run now",
+                 then: str = "then rerun with --resume") -> Iterator[None]:
     """One process at a time in a run folder. A second one (`make bench` typed again while the first
     still trains, or a run left training by a `--jobs` sweep that was killed) would delete the first's
     checkpoint writes as "cut short" and move its log aside. The kernel drops the lock when its
@@ -279,8 +280,8 @@ def only_process(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             lock.seek(0)
             pid = lock.read().strip() or "?"
-            raise ConfigError(f"{run_dir}: another process (pid {pid}) is running this run now; wait for it to "
-                              f"end (or stop it), then rerun with --resume") from None
+            raise ConfigError(f"{run_dir}: another process (pid {pid}) {doing}; wait for it to end (or stop "
+                              f"it), {then}") from None
         except OSError as err:  # a file system without flock: run as before, unguarded
             log.warning("%s: cannot lock %s (%s): a second process in this folder would not be kept out",
                         run_dir, LOCK_FILE, err.strerror or err)
@@ -446,6 +447,7 @@ def build(r: Run) -> None:
     r.model.use_test_streams(r.dm.stream_names())
     r.model.run_info = {"task": preset.task, "preset": preset.name, "dropout": opts.dropout,
                         "regularizer": regularizer_of(r), "seed": opts.seed,
+                        "dropout_rate": ";".join(f"{k}={v}" for k, v in r.rates.items()),
                         "config_hash": r.chash, "overrides": overrides_of(preset, r.cli_trainer),
                         "git_commit": r.commit, "run_id": r.run_id}
     if r.resumed_from_commit:  # kept in every later checkpoint: a second resume still knows where it began

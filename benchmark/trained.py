@@ -105,7 +105,7 @@ def load(path: Path, which: str = "last", task: str | None = None) -> Trained:
     if task is not None and spec.name != task:
         raise ConfigError(f"{file}: a {spec.name} model; this command needs a {task} model")
     dm_key = spec.datamodule.rpartition(".")[2]
-    if not ckpt.get(dm_key, {}).get("settings"):
+    if not isinstance(ckpt.get(dm_key), dict) or not ckpt[dm_key].get("settings"):
         raise ConfigError(f"{file}: a {spec.name} checkpoint written before checkpoints carried their data "
                           f"settings and vocabularies; train it again with this version")
     module_cls = registry.load_class(spec.module)

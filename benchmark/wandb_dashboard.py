@@ -25,7 +25,9 @@ from tasks.nn.errors import ConfigError
 DEFINITIONS_FILE = "wandb-dashboard.json"
 STEP_PREFIXES = ("train_loss", "train_nll", "loss_scale", "grad_norm", "tok/s", "lr-")
 ALWAYS_STEP = ("grad_norm", "tok/s")  # the throughput and gradient-norm panels every task section has
-GROUP_KEYS = ("task", "dropout", "regularizer")  # config keys every run logs (benchmark/runner.py)
+# Config keys every run logs (benchmark/runner.py). A group is one setting's seeds, as the leaderboard
+# pools them: presets, settings hashes and regularizers never average together.
+GROUP_KEYS = ("task", "preset", "config_hash", "dropout", "regularizer")
 SAMPLE_TABLES = ("test", "valid")  # the sample tables the runs log (tasks/nn/text_metrics.py: log_samples)
 
 
@@ -50,9 +52,13 @@ FLUSH_S = 60.0  # how long after its last write a W&B run file may still be flus
 
 def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: Path | None = None) -> dict[str, Any]:
     """What the workspace and the report show, as plain data (the JSON file offline)."""
-    rows = [r for r in leaderboard.load_runs(results_dir) if not r.get("ensemble") and not r.get("evaluation")]
-    if runs_dir is not None:  # one sweep's runs: those it put under its runs folder
+    runs = leaderboard.load_runs(results_dir)
+    rows = [r for r in runs if not r.get("ensemble") and not r.get("evaluation")]
+    if runs_dir is not None:  # one sweep's runs: those it put under its runs folder, `--set` ones included
         rows = [r for r in rows if Path(r.get("run_dir", "")).resolve().is_relative_to(Path(runs_dir).resolve())]
+    else:  # the board's: each preset's current settings as named, no superseded hashes, no `--set` runs
+        current = leaderboard.current_hashes(runs)
+        rows = [r for r in rows if not r.get("overrides") and current.get((r["task"], r["preset"])) == leaderboard.pool_hash(r)]
     if not rows:
         raise ConfigError(f"{results_dir / 'runs.csv'}: no training runs" + (f" under {runs_dir}" if runs_dir else ""))
     # The on/off comparison, `on` being what `--dropout on` trains with (the paper's dropout, or the
@@ -83,7 +89,9 @@ def definitions(results_dir: Path, project: str, entity: str | None, runs_dir: P
             "paper_metric": spec.paper_metric or spec.headline,  # ours computed as the paper computed its figure
             "board": [{k: b[k] for k in ("preset", "dropout", "seeds", "mean", "std", "paper", "diff")}
                       for (t, _, _), b in sorted(board.items()) if t == task],
-            "effects": [{k: e[k] for k in ("preset", "regularizer", "metric", "diff", "ci_low", "ci_high", "pairs", "verdict")}
+            "hashes": sorted({r.get("config_hash", "") for r in task_rows}),  # "": rows from before hashes
+            "effects": [{k: e.get(k, "") for k in ("preset", "regularizer", "metric", "diff", "ci_low", "ci_high", "pairs",
+                                                   "verdict", "p_value", "arms", "holm")}
                         for e in effects if e["task"] == task],
             "runs": sorted({Path(r["run_dir"]).name for r in task_rows if r.get("run_dir")}),
         })
@@ -133,6 +141,13 @@ def workspace(defs: dict[str, Any], entity: str):
                                           query="^(" + "|".join(names) + ")$", regex_query=True))
 
 
+def holm_note(e: dict[str, Any]) -> str:
+    """What LEADERBOARD.md adds under a claim that Holm's correction over the arms undoes."""
+    if leaderboard.holds_after_holm(e) is False:
+        return f"; does not hold after Holm's correction over {e['arms']} regularizers (p = {e['p_value']})"
+    return ""
+
+
 def report(defs: dict[str, Any], entity: str):
     """Per task: the paper's number, ours on and off, dropout's effect, then the task's panels."""
     import wandb_workspaces.reports.v2 as wr
@@ -146,9 +161,10 @@ def report(defs: dict[str, Any], entity: str):
                  + (f"; paper {b['paper']}" if b["paper"] else "") for b in t["board"]]
         lines += [f"{e['preset']} {e['regularizer']} {e['metric']}: on − off {e['diff']}"
                   + (f" [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else "") + f", {e['verdict']}"
-                  for e in t["effects"]]
+                  + holm_note(e) for e in t["effects"]]
+        # Only the settings this results folder's board shows: not every run of the task in the project.
         runset = wr.Runset(entity=entity, project=defs["project"], name=t["task"],
-                           filters=[ws.Config("task") == t["task"]],
+                           filters=[ws.Config("task") == t["task"], ws.Config("config_hash").isin(t.get("hashes", []))],
                            # a report's runset reads a bare name as a run attribute ("group", "name")
                            groupby=[f"config.{key}" for key in GROUP_KEYS[1:]])
         blocks += [wr.H2(t["title"]), wr.UnorderedList(items=lines or ["no current rows"]),

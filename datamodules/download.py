@@ -108,19 +108,40 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def offline_help(ds: Dataset, folder: Path, reason: str) -> str:
+def _files_to_place(ds: Dataset, folder: Path) -> str:
     listed = list(ds.sha256.items())
     files = "\n".join(f"    {folder / name}  (sha256 {digest})" for name, digest in listed[:12])
     if len(listed) > 12:
         files += f"\n    ... and {len(listed) - 12} more files in the same layout"
+    return files
+
+
+def _where_inside(ds: Dataset) -> str:
     members = ", ".join(list(ds.members.values())[:3]) + (", ..." if len(ds.members) > 3 else "")
-    where = (f"the files of the same names, gzip-compressed (.gz), in {ds.url}" if ds.gz_files else
-             f"{members} inside {ds.url.rsplit('/', 1)[-1]}")
+    return (f"the files of the same names, gzip-compressed (.gz), in {ds.url}" if ds.gz_files else
+            f"{members} inside {ds.url.rsplit('/', 1)[-1]}")
+
+
+def offline_help(ds: Dataset, folder: Path, reason: str) -> str:
     return (
         f"could not download {ds.name} from {ds.url}: {reason}\n"
-        f"  Fetch it on a machine with network and place these files:\n{files}\n"
-        f"  They are {where} (see {ds.homepage}).\n"
+        f"  Fetch it on a machine with network and place these files:\n{_files_to_place(ds, folder)}\n"
+        f"  They are {_where_inside(ds)} (see {ds.homepage}).\n"
         f"  Or point --data-root (or RNNREG_DATA_ROOT) at a folder that already holds {ds.name}/."
+    )
+
+
+def changed_at_publisher(ds: Dataset, folder: Path, name: str, got: str, digest: str) -> str:
+    """The download worked, but the publisher's file is no longer the one the results were made on:
+    fetching again gives the same file, so say which version to find instead."""
+    return (
+        f"{ds.name} from {ds.url}: the publisher now serves other contents ({name} has sha256 {got}; this "
+        f"benchmark is pinned to {digest}, the version its results were made on), so fetching again gives the same "
+        f"file. Nothing was written.\n"
+        f"  Place the pinned version's files by hand (an archived copy of it, see {ds.homepage}):\n"
+        f"{_files_to_place(ds, folder)}\n"
+        f"  They are {_where_inside(ds)}. Or point --data-root (or RNNREG_DATA_ROOT) at a folder that already holds "
+        f"{ds.name}/."
     )
 
 
@@ -182,7 +203,7 @@ def _download_into(ds: Dataset, folder: Path, timeout: float) -> None:
         for name, digest in ds.sha256.items():
             got = sha256_of(extracted / name)
             if got != digest:
-                raise DataError(offline_help(ds, folder, f"sha256 of {name} is {got}, expected {digest}"))
+                raise DataError(changed_at_publisher(ds, folder, name, got, digest))
         for name in missing_files(ds, folder):  # a file already there stays as it was put (see identity.py)
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(extracted / name, folder / name)
@@ -327,7 +348,8 @@ def _extract(archive: Path, extract: dict[str, str], dest: Path) -> int:
             os.replace(tmp, target)
             n += 1
         arc.check_whole()
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, zlib.error) as err:  # cut or damaged
+    # cut or damaged; KeyError: a tar link to a member the archive lacks
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, gzip.BadGzipFile, zlib.error, KeyError) as err:
         raise DataError(f"{archive}: ends early or is damaged ({_one_line(err)}); "
                         f"delete it and fetch again") from err
     finally:
@@ -340,10 +362,18 @@ def unfinished(ds: LargeDataset, data_root: Path) -> bool:
     yet unpacked whole (SHA256SUMS records each archive once it has). A folder put in place by hand
     has no .downloads/ and is taken as it is."""
     folder = Path(data_root) / ds.name
-    if not (folder / ".downloads").is_dir():
+    downloads = folder / ".downloads"
+    names = [a.url.rsplit("/", 1)[-1] for a in ds.archives]
+    # A fetch that never got a byte (offline) has nothing to finish: a copy put in place by hand
+    # afterwards is taken as it is, not fetched over.
+    if not any((downloads / n).is_file() or (downloads / f"{n}.part").is_file() for n in names):
         return False
     known = read_sums(folder / "SHA256SUMS") if (folder / "SHA256SUMS").is_file() else {}
-    return any(a.url.rsplit("/", 1)[-1] not in known for a in ds.archives)
+    if any(n not in known for n in names):
+        return True
+    # Every archive unpacked, but `after` (AN4's sample check) failed or was stopped: the lock says so.
+    lock = folder / LOCK
+    return lock.is_file() and lock.read_text() != FINISHED
 
 
 def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout: float = 60.0) -> Path:
@@ -351,12 +381,16 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
     run its `after`; return that folder. Asks first (a DataError) unless `yes` or `ds.ask` is off."""
     folder = Path(data_root) / ds.name
     sizes = {a.url: _remote_size(a.url, timeout) for a in ds.archives}
-    total = sum(s or 0 for s in sizes.values())
-    listing = "\n".join(f"    {a.url}  ({(sizes[a.url] or 0) / 1e9:.2f} GB)" for a in ds.archives)
+    unknown = [u for u, n in sizes.items() if n is None]  # the server not reached, or it announces no size
+    amount = (f"{sum(n or 0 for n in sizes.values()) / 1e9:.1f} GB" if not unknown else
+              "of unknown size (the server did not say)" if len(unknown) == len(sizes) else
+              f"over {sum(n or 0 for n in sizes.values()) / 1e9:.1f} GB (not every size known)")
+    listing = "\n".join(f"    {a.url}  ({'size unknown' if sizes[a.url] is None else f'{sizes[a.url] / 1e9:.2f} GB'})"
+                        for a in ds.archives)
     if yes or not ds.ask:
-        log.info("%s: %.1f GB from its publisher (%s) into %s:\n%s", ds.name, total / 1e9, ds.homepage, folder, listing)
+        log.info("%s: %s from its publisher (%s) into %s:\n%s", ds.name, amount, ds.homepage, folder, listing)
     else:
-        raise DataError(f"{ds.name} is {total / 1e9:.1f} GB to download into {folder}:\n{listing}\n"
+        raise DataError(f"{ds.name} is {amount} to download into {folder}:\n{listing}\n"
                         f"  Rerun with --yes to download it; or fetch those files yourself, put them in "
                         f"{folder / '.downloads'}/ and rerun with --yes to check and unpack them (see {ds.homepage}).")
     try:
@@ -383,12 +417,20 @@ def _download_large_into(ds: LargeDataset, folder: Path, sizes: dict[str, int | 
     sums_file = folder / "SHA256SUMS"
     known = read_sums(sums_file) if sums_file.is_file() else {}  # read under the lock: another fetch may have added
     downloads = folder / ".downloads"
-    downloads.mkdir(exist_ok=True)
     for a in ds.archives:
         name = a.url.rsplit("/", 1)[-1]
         path = downloads / name
         if not path.is_file():
-            _download_resumable(a.url, path, sizes[a.url], timeout, ds.homepage)
+            downloads.mkdir(exist_ok=True)  # not before: an empty one would read as a fetch begun (unfinished)
+            try:
+                _download_resumable(a.url, path, sizes[a.url], timeout, ds.homepage)
+            except Unreachable as err:  # every archive still to fetch, not one per attempt
+                todo = [(b.url, downloads / b.url.rsplit("/", 1)[-1]) for b in ds.archives]
+                todo = [(url, p) for url, p in todo if not p.is_file()]
+                raise DataError(f"could not download {a.url}: {err.reason}. Fetch "
+                                f"{'it' if len(todo) == 1 else f'these {len(todo)} files'} on a machine with network "
+                                f"and put {'it' if len(todo) == 1 else 'them'} in place, then rerun (see {ds.homepage}):\n"
+                                + "\n".join(f"    {url}  ->  {p}" for url, p in todo)) from err
         digest = sha256_of(path)
         if name in known and known[name] != digest:
             raise DataError(f"{path}: sha256 {digest} differs from the {known[name]} recorded in {sums_file} at the "
@@ -399,8 +441,10 @@ def _download_large_into(ds: LargeDataset, folder: Path, sizes: dict[str, int | 
             raise DataError(f"{path}: none of {sorted(a.extract)} found inside; is it the right archive?")
         if name not in known:  # recorded once it has unpacked: a cut-short file is never the reference
             known[name] = digest
+            # Added to what is there, line for line: a user's own lines (comments, `*name` entries) stay.
+            before = sums_file.read_text() if sums_file.is_file() else ""
             tmp = sums_file.with_name(".SHA256SUMS.tmp")
-            tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(known.items())))
+            tmp.write_text(before + ("\n" if before and not before.endswith("\n") else "") + f"{digest}  {name}\n")
             os.replace(tmp, sums_file)
     if ds.after:
         try:
@@ -416,6 +460,14 @@ def _download_large_into(ds: LargeDataset, folder: Path, sizes: dict[str, int | 
                             f"{sums_file} and fetch again") from err
 
 
+class Unreachable(DataError):
+    """A download the network refused: `reason` says why, the message where to put a copy instead."""
+
+    def __init__(self, reason: Exception, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def _download_resumable(url: str, path: Path, expected: int | None, timeout: float, homepage: str) -> None:
     """url -> path through path.part. An interrupted download continues where it stopped (an HTTP
     range request); a server that ignores the range sends the whole file, which replaces the part.
@@ -424,10 +476,13 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
     it is refused (416). A server that announces no size and ignores ranges cannot say; then the part
     is taken as it is, and unpacking finds a cut archive by its missing end."""
     part = path.with_suffix(path.suffix + ".part")
+    # What the part's bytes came from (the server's strong ETag or Last-Modified), sent as If-Range when
+    # resuming: if the file changed since, the server sends it whole, not the new tail after the old head.
+    validator_file = part.with_suffix(part.suffix + ".validator")
 
     def unreachable(err: Exception) -> DataError:
-        return DataError(f"could not download {url}: {err}. Fetch it on a machine with network and put it at "
-                         f"{path}, then rerun (see {homepage})")
+        return Unreachable(err, f"could not download {url}: {err}. Fetch it on a machine with network and put it "
+                                f"at {path}, then rerun (see {homepage})")
 
     have = part.stat().st_size if part.is_file() else 0
     if expected and have > expected:  # not a prefix of this file: start over
@@ -437,7 +492,10 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
     for _ in range(MAX_REQUESTS):
         if expected and have == expected:  # a complete part (killed before the rename) needs no request
             break
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        if have and validator_file.is_file():
+            headers["If-Range"] = validator_file.read_text().strip()
+        request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 resumed = bool(have) and getattr(resp, "status", 200) == 206
@@ -445,6 +503,13 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
                     break
                 length = int(resp.headers.get("Content-Length") or 0)
                 expected = (have if resumed else 0) + length if length else expected
+                if not resumed:  # a body from its first byte: remember which version of the file it is
+                    etag = resp.headers.get("ETag") or ""
+                    validator = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified")
+                    if validator:
+                        validator_file.write_text(validator + "\n")
+                    else:
+                        validator_file.unlink(missing_ok=True)
                 with open(part, "ab" if resumed else "wb") as out, \
                         tqdm(total=expected, initial=have if resumed else 0, unit="B", unit_scale=True,
                              desc=f"download {path.name}") as bar:
@@ -473,3 +538,4 @@ def _download_resumable(url: str, path: Path, expected: int | None, timeout: flo
         raise DataError(f"{url}: got {part.stat().st_size} bytes, the server announced {expected}; rerun to "
                         f"continue the download")
     os.replace(part, path)
+    validator_file.unlink(missing_ok=True)

@@ -26,6 +26,12 @@ from tasks.nn.mixture import mixture_nll
 from tasks.nn.regularizers import Regularization, WordEmbedding
 
 
+def nll_mean() -> MeanMetric:
+    """A stream's mean NLL per token, weighted by tokens; a NaN window makes it NaN, where
+    torchmetrics' default would drop the window and report the rest as if it were the whole."""
+    return MeanMetric(nan_strategy="disable")
+
+
 def head_nll(h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
     """Mean NLL per token of the output layer's logits for (T, B, H) outputs and (T, B) targets."""
     return F.cross_entropy(F.linear(h, weight, bias).flatten(0, 1).float(), y.flatten())
@@ -82,11 +88,11 @@ class LanguageModel(TaskModule):
         self.head = nn.Linear(hidden_size, vocab_size)
         init_uniform_(self, init_scale)
         self.state: dict[str, State | None] = {}  # per stream: "train", "val", "test0", "test1", ...
-        self.train_nll, self.val_nll = MeanMetric(), MeanMetric()
+        self.train_nll, self.val_nll = nll_mean(), nll_mean()
         # The test split read as one column (the paper's protocol), then in the B-column training
         # layout; `bench eval` names other streams (use_test_streams).
         self.test_streams: tuple[str, ...] = ("test", COLUMNS_STREAM)
-        self.test_nll = nn.ModuleList([MeanMetric(), MeanMetric()])
+        self.test_nll = nn.ModuleList([nll_mean(), nll_mean()])
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """x: (T, B) token ids -> logits (T, B, V) and the state after the last step."""
@@ -146,7 +152,7 @@ class LanguageModel(TaskModule):
 
     def use_test_streams(self, names: list[str]) -> None:
         super().use_test_streams(names)
-        self.test_nll = nn.ModuleList([MeanMetric() for _ in names]).to(self.device)
+        self.test_nll = nn.ModuleList([nll_mean() for _ in names]).to(self.device)
 
     def on_test_epoch_start(self) -> None:
         self.test_columns: dict[int, int] = {}

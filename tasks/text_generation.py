@@ -47,7 +47,9 @@ class WordNLL(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.nll, self.words = SumMetric(), SumMetric()
+        # "disable": a NaN batch (diverged weights, fp16 overflow) makes the perplexity NaN; the
+        # default drops it from the sum but not from the count, and a diverged run would read 1.0.
+        self.nll, self.words = SumMetric(nan_strategy="disable"), SumMetric(nan_strategy="disable")
 
     def update(self, nll: Tensor, words: Tensor) -> None:
         self.nll.update(nll)

@@ -224,6 +224,29 @@ def test_leaderboard_names_the_line_of_a_value_that_is_not_a_number(tmp_path, ca
     assert not (tmp_path / "leaderboard.csv").exists()
 
 
+@pytest.mark.parametrize("line, says", [("ptb,medium,h1,On,1,84.0", "has dropout 'On', not on or off"),
+                                         ("ptb,medium,h1,on,1+2,84.0", "has seed '1+2', not a whole number")])
+def test_leaderboard_refuses_a_row_that_would_quietly_leave_its_pair(tmp_path, capsys, line, says):
+    """A hand-typed `On` would make an arm of its own and take a seed out of the paired effect; a
+    `1+2` seed belongs to an ensemble row alone."""
+    (tmp_path / "runs.csv").write_text("task,preset,config_hash,dropout,seed,test_ppl\n"
+                                       f"ptb,medium,h1,off,1,90.0\n{line}\n")
+    assert main(["leaderboard", "--results-dir", str(tmp_path), "--logger", "csv"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'runs.csv'}: data line 2 {says}" in err and "Traceback" not in err
+
+
+def test_an_emptied_runs_file_leaves_the_board_as_it_was(tmp_path, capsys):
+    (tmp_path / "runs.csv").write_text("task,preset,config_hash,dropout,seed,test_ppl\nptb,medium,h1,on,0,84.0\n")
+    assert main(["leaderboard", "--results-dir", str(tmp_path), "--logger", "csv"]) == 0
+    board = (tmp_path / "LEADERBOARD.md").read_text()
+    for emptied in ("", "task,preset,config_hash,dropout,seed,test_ppl\n"):
+        (tmp_path / "runs.csv").write_text(emptied)
+        assert main(["leaderboard", "--results-dir", str(tmp_path), "--logger", "csv"]) == 2
+        assert "no runs in it" in capsys.readouterr().err
+        assert (tmp_path / "LEADERBOARD.md").read_text() == board
+
+
 def test_leaderboard_of_a_folder_without_runs_says_so_and_writes_nothing(tmp_path, capsys):
     assert main(["leaderboard", "--results-dir", str(tmp_path / "reslts"), "--logger", "csv"]) == 2
     assert f"{tmp_path / 'reslts' / 'runs.csv'}: not found" in capsys.readouterr().err

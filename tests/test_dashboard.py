@@ -3,10 +3,12 @@ and headless Chromium (Debian's package) renders every section of it without a c
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -39,8 +41,9 @@ def test_the_page_holds_every_section_and_needs_no_network(board):
     page = (board / "dashboard.html").read_text(encoding="utf-8")
     assert 'id="task-ptb"' in page and 'id="curves-ptb-quick"' in page
     assert "dropout on, valid (1 seed)" in page and "dropout off, train (1 seed)" in page
-    assert "test_ppl (lower is better): on − off" in page  # dropout's effect, with its verdict
-    assert "locked: test_ppl (lower is better): on − off" in page  # another regularizer's effect
+    # The effects in LEADERBOARD.md's own words: dropout's, and another regularizer's with its rates.
+    assert "quick dropout <code>test_ppl</code> (lower is better): on − off = <b>" in page
+    assert re.search(r"quick locked \(dropout=0\.0;locked=[0-9.]+\) <code>test_ppl</code> \(lower is better\)", page)
     assert not re.search(r"<script[^>]+src=", page)  # Plotly's JavaScript inlined: nothing to fetch
 
 
@@ -209,12 +212,15 @@ def test_online_dashboard_saves_the_workspace_and_a_report_grouped_by_config(boa
     assert main(["dashboard", "--results-dir", str(board), "--wandb-mode", "online", "--wandb-entity", "team"]) == 0
     assert capsys.readouterr().out.split() == ["https://wandb.test/workspace", "https://wandb.test/report"]
     assert saved["workspace"]["entity"] == "team" and saved["report"]["project"]["entityName"] == "team"
-    config = [{"section": "config", "name": f"{key}.value"} for key in ("task", "dropout", "regularizer")]
+    config = [{"section": "config", "name": f"{key}.value"}
+              for key in ("task", "preset", "config_hash", "dropout", "regularizer")]
     for kind, keys in (("workspace", config), ("report", config[1:])):
         groupings = re.findall(r'"grouping": (\[[^\]]*\])', json.dumps(saved[kind]))
         assert groupings and all(json.loads(g) == keys for g in groupings), (kind, groupings)
     report = json.dumps(saved["report"])
     assert "ptb" in report and "test_ppl" in report
+    chash = read_rows(board / "runs.csv")[0]["config_hash"]
+    assert "config_hash" in report and chash in report  # only the board's settings, not every ptb run in the project
     assert "quick zaremba test_ppl: on" in report and "quick locked test_ppl: on" in report  # each effect named
     sections = [s["name"] for s in saved["workspace"]["spec"]["section"]["panelBankConfig"]["sections"]]
     assert sections[0].startswith("ptb:") and sections[-1] == "Leaderboard"
@@ -233,3 +239,69 @@ def test_wandb_disabled_sends_nothing_and_still_writes_the_definitions(board, tm
     out = capsys.readouterr().out
     assert out.startswith("W&B disabled by WANDB_MODE=disabled, nothing sent:")
     assert "wandb sync" not in out and "without WANDB_MODE=disabled" in out  # no offline runs to upload
+
+
+def test_wandb_definitions_hold_the_boards_rows_only(board, tmp_path):
+    """Superseded settings and `--set` runs stay off the W&B views as they stay off the board: a
+    group is one setting's seeds, never an average over presets or hashes."""
+    from benchmark import wandb_dashboard
+
+    results = tmp_path / "results"
+    shutil.copytree(board, results)
+    rows = read_rows(results / "runs.csv")
+    older = {**rows[0], "config_hash": "0123456789", "finished_utc": "2000-01-01T00:00:00Z",
+             "run_dir": "runs/ptb-quick-0123456789-dropout_on-seed0"}
+    tweaked = {**rows[1], "overrides": "model.lr=2", "run_dir": "runs/ptb-quick-tweaked-dropout_off-seed0"}
+    write_rows_atomic(results / "runs.csv", [*rows, older, tweaked])
+    defs = wandb_dashboard.definitions(results, "rnnreg-bench", None)
+    (task,) = defs["tasks"]
+    assert task["hashes"] == [rows[0]["config_hash"]]
+    assert sorted(task["runs"]) == sorted(Path(r["run_dir"]).name for r in rows)
+    assert wandb_dashboard.GROUP_KEYS == ("task", "preset", "config_hash", "dropout", "regularizer")
+
+
+def test_the_page_and_the_wandb_report_say_when_holms_correction_undoes_a_claim():
+    from benchmark import dashboard, wandb_dashboard
+
+    effect = {"task": "speech", "preset": "quick", "regularizer": "locked", "rates": "locked=0.5",
+              "metric": "test_frame_acc", "better": "higher", "diff": "0.0400", "ci_low": "0.0100",
+              "ci_high": "0.0700", "pairs": "3", "verdict": "locked better, beyond seed noise", "holm": "not beyond",
+              "arms": "6", "p_value": "0.0185", "env": "one environment", "bootstrap": "", "commits": "1"}
+    for text in (dashboard.effect_html(effect), wandb_dashboard.holm_note(effect)):
+        assert "does not hold" in text and "0.0185" in text
+    held = {**effect, "holm": "beyond seed noise"}
+    assert "holds after Holm" in dashboard.effect_html(held) and wandb_dashboard.holm_note(held) == ""
+
+
+def test_the_curves_come_from_the_results_folder_not_a_run_folder_found_here(board, tmp_path, monkeypatch):
+    """A row's run_dir is relative to wherever it ran; a folder of that name under the current
+    directory (someone's own run) must not replace the reference curve kept in results/curves/."""
+    from benchmark import leaderboard
+
+    rows = read_rows(board / "runs.csv")
+    row = next(r for r in rows if r.get("curves"))
+    kept = leaderboard.seed_curves([row], "ppl", board)
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / row["run_dir"] / "csv"
+    local.mkdir(parents=True)
+    (local / "metrics.csv").write_text("epoch,train_ppl,valid_ppl\n0,999,888\n")
+    assert leaderboard.seed_curves([row], "ppl", board) == kept and kept[0]["valid"] != {1: 888.0}
+
+
+def test_damaged_outputs_and_curves_files_are_left_out_with_a_line_not_a_traceback(board, tmp_path, caplog):
+    from benchmark import dashboard, leaderboard
+
+    results = tmp_path / "results"
+    shutil.copytree(board, results)
+    row = next(r for r in read_rows(results / "runs.csv") if r.get("curves"))
+    row["outputs"] = "outputs/half-copied.jsonl.gz"  # PTB keeps none: a translation run's, cut short
+    item = {"stream": "test", "hyp": "un chat", "refs": ["un chat noir"]}
+    whole = gzip.compress(("\n".join(json.dumps(item) for _ in range(2000)) + "\n").encode())
+    (results / "outputs").mkdir(exist_ok=True)
+    (results / row["outputs"]).write_bytes(whole[:40])
+    curve = results / row["curves"]
+    curve.write_text(curve.read_text().replace("\n0,", "\nn/a,", 1))
+    assert dashboard.samples([row], results) == []
+    assert leaderboard.seed_curves([row], "ppl", results) == [{"train": {}, "valid": {}}]
+    assert "unreadable test outputs" in caplog.text and "unreadable learning curve" in caplog.text
+    assert main(["leaderboard", "--results-dir", str(results)]) == 0  # the board and the page still build

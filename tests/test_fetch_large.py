@@ -214,6 +214,51 @@ def test_flickr8k_zips_become_coco_format_with_the_official_split(tmp_path):
     assert splits["test"][0].captions[0] == "A dog number 4 runs ."
 
 
+def test_an_offline_fetch_leaves_nothing_to_finish_and_a_failed_after_step_is_run_again(tmp_path):
+    """An offline attempt must not make every later run fetch over a copy put in place by hand; a
+    fetch whose archives unpacked but whose `after` step (AN4's sample check) failed is not done."""
+    ds = coco_archives(tmp_path / "publisher")
+    gone = dataclasses.replace(ds, archives=tuple(dataclasses.replace(a, url=(tmp_path / "nowhere" / a.url.rsplit(
+        "/", 1)[-1]).as_uri()) for a in ds.archives))
+    with pytest.raises(DataError) as err:
+        fetch.download_large(gone, tmp_path / "root", yes=True)
+    for name in ("train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "caption_datasets.zip"):
+        assert f"->  {tmp_path / 'root' / 'coco' / '.downloads' / name}" in str(err.value)  # every one, at once
+    assert not fetch.unfinished(gone, tmp_path / "root")
+
+    calls = []
+
+    def after(folder):
+        calls.append(folder)
+        if len(calls) == 1:
+            raise DataError("1 of 3 images fail the sample check")
+
+    checked = dataclasses.replace(ds, after=after)
+    with pytest.raises(DataError, match="sample check"):
+        fetch.download_large(checked, tmp_path / "root2", yes=True)
+    assert fetch.unfinished(checked, tmp_path / "root2")  # every archive recorded, but the check did not pass
+    fetch.download_large(checked, tmp_path / "root2", yes=True)
+    assert len(calls) == 2 and not fetch.unfinished(checked, tmp_path / "root2")
+
+
+def test_a_fetch_adds_its_line_to_sha256sums_and_keeps_the_users_own(tmp_path):
+    ds = coco_archives(tmp_path / "publisher")
+    folder = tmp_path / "root" / "coco"
+    folder.mkdir(parents=True)
+    mine = "# my notes\n" + "ab" * 32 + " *images/COCO_train2014_000000000009.jpg\n"
+    (folder / "SHA256SUMS").write_text(mine)
+    fetch.download_large(ds, tmp_path / "root", yes=True)
+    text = (folder / "SHA256SUMS").read_text()
+    assert text.startswith(mine) and set(fetch.read_sums(folder / "SHA256SUMS")) == {
+        "train2014.zip", "val2014.zip", "annotations_trainval2014.zip", "caption_datasets.zip"}
+
+
+def test_a_tar_link_to_a_member_it_lacks_is_one_line(tmp_path):
+    archive = _crafted_tar(tmp_path / "a.tar", ["x/train2014/a.jpg"], [("x/train2014/b.jpg", "nothere.jpg")])
+    with pytest.raises(DataError, match=r"a\.tar: ends early or is damaged"):
+        fetch._extract(archive, {"x/train2014/": "images"}, tmp_path / "out")
+
+
 class _QuietHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
@@ -279,6 +324,48 @@ def test_an_interrupted_download_continues_where_it_stopped(tmp_path):
         part.write_bytes(blob + b"junk")  # longer than the file: not a prefix of it, start over
         fetch._download_resumable(server.url, path, len(blob), 10, "home")
         assert path.read_bytes() == blob and server.requests[-1] is None
+    finally:
+        server.close()
+
+
+class _VersionedServer(_Loopback):
+    """A loopback server whose file changes between requests, as a publisher's may: a strong ETag per
+    version, `If-Range` honoured (a stale one gets the whole new file, 200), and `cut` bytes sent of
+    the first body only (a dropped connection)."""
+
+    def __init__(self, versions: dict[str, bytes], cut: int | None = None) -> None:
+        self.version, self.requests = next(iter(versions)), []
+        outer = self
+
+        class Handler(_QuietHandler):
+            def do_GET(self) -> None:
+                blob, etag = versions[outer.version], f'"{outer.version}"'
+                rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+                outer.requests.append((rng, if_range))
+                start = int(rng.removeprefix("bytes=").rstrip("-")) if rng and if_range in (None, etag) else 0
+                self.send_response(206 if start else 200)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(blob) - start))
+                self.end_headers()
+                body = blob[start:]
+                self.wfile.write(body[:cut] if cut and len(outer.requests) == 1 else body)
+
+        self._serve(Handler)
+
+
+def test_a_resumed_download_of_a_file_that_changed_meanwhile_starts_over_not_splices(tmp_path):
+    old, new = bytes(range(256)) * 100, bytes(reversed(range(256))) * 100
+    server = _VersionedServer({"v1": old, "v2": new}, cut=9000)
+    try:
+        path = tmp_path / "data.zip"
+        with pytest.raises(DataError, match="rerun to continue"):  # the connection drops at 9,000 bytes
+            fetch._download_resumable(server.url, path, None, 10, "home")
+        validator = tmp_path / "data.zip.part.validator"
+        assert (tmp_path / "data.zip.part").stat().st_size == 9000 and validator.read_text().strip() == '"v1"'
+        server.version = "v2"  # the publisher replaces the file before the rerun
+        fetch._download_resumable(server.url, path, None, 10, "home")
+        assert server.requests[-1] == ("bytes=9000-", '"v1"')
+        assert path.read_bytes() == new and not validator.exists()
     finally:
         server.close()
 

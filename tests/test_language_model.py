@@ -335,3 +335,22 @@ def test_evaluation_windows_only_change_how_many_steps_read_the_stream(data_root
     short = [score(loader) for loader in (dm.val_dataloader(), *dm.test_dataloader())]
     for (a, wa), (b, wb) in zip(long, short):
         assert a == pytest.approx(b, rel=1e-5) and wb > wa
+
+
+def test_a_nan_window_makes_the_perplexity_nan_not_lower():
+    """A diverged window must show: torchmetrics' default drops NaN values, so a run whose every
+    batch is NaN read perplexity 1.0 (text tasks) and one NaN window among finite ones read as the rest."""
+    from tasks.language_model import nll_mean
+    from tasks.text_generation import WordNLL
+
+    words = WordNLL()
+    words.update(torch.tensor(10.0), torch.tensor(5))
+    words.update(torch.tensor(float("nan")), torch.tensor(5))
+    assert math.isnan(float(words.perplexity()))
+    words.update(torch.tensor(10.0), torch.tensor(5))  # reset after reading: the next epoch is clean
+    assert float(words.perplexity()) == pytest.approx(math.exp(2.0))
+
+    mean = nll_mean()
+    mean.update(torch.tensor(2.0), weight=20)
+    mean.update(torch.tensor(float("nan")), weight=20)
+    assert math.isnan(float(mean.compute()))

@@ -239,3 +239,31 @@ def test_settings_a_checkpoint_carries_are_plain_data(tmp_path):
     state = torch.load(tmp_path / "x.ckpt", weights_only=True)["dm"]
     assert state["settings"]["test_sets"] == {"extra": str(tmp_path / "ptb" / "ptb.test.txt")}
     assert state["itos"] == dm.vocab.itos
+
+
+def test_ptb_model_use_meets_odd_input_with_a_line(ptb, capsys, tmp_path):
+    import torch
+
+    root, row, run_dir, data = ptb
+    # A file ending in a blank line: that line is an <eos> to `bench score` as to `bench eval`.
+    trailing = tmp_path / "trailing.txt"
+    trailing.write_text("".join((data / "ptb" / "ptb.test.txt").read_text().splitlines(True)[:5]) + "\n")
+    ev = _eval(run_dir, root, "--test", str(trailing))
+    capsys.readouterr()
+    assert main(["score", "--model", str(run_dir), str(trailing)]) == 0
+    assert f"perplexity {float(ev['test_trailing_ppl']):.2f} over" in capsys.readouterr().out
+    # A checkpoint moved out of its run folder still says what it is, its dropout rates included.
+    moved = tmp_path / "moved" / "model.ckpt"
+    moved.parent.mkdir()
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", moved)
+    assert _eval(moved, root, "--test", str(trailing))["dropout_rate"] == row["dropout_rate"] != ""
+    lfs, number = tmp_path / "lfs.ckpt", tmp_path / "number.ckpt"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 9\n")
+    torch.save(5, number)
+    for args, says in ((["sample", "--model", str(run_dir), "--temperature", "nan"], "--temperature must be a number"),
+                       (["score", "--model", str(lfs), str(trailing)], f"{lfs}: not a checkpoint"),
+                       (["score", "--model", str(number), str(trailing)], "not a Lightning training checkpoint"),
+                       (["eval", str(run_dir), "--test", str(trailing), "--accelerator", "tpuu"], "--accelerator tpuu")):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err

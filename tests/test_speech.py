@@ -266,6 +266,6 @@ def test_timit_sample_download_checks_every_file(tmp_path, monkeypatch):
         for name in sources.TIMIT_SAMPLE.sha256:
             z.writestr(f"timit/{name}", b"tampered" if name.endswith("sa2.wav") else (src / name).read_bytes())
     monkeypatch.setattr(sources, "TIMIT_SAMPLE", dataclasses.replace(sources.TIMIT_SAMPLE, url=bad.as_uri()))
-    with pytest.raises(DataError, match=r"sha256 of dr\d-\w+/sa2.wav"):
+    with pytest.raises(DataError, match=r"publisher now serves other contents \(dr\d-\w+/sa2.wav has sha256"):
         SpeechDataModule(tmp_path / "root2", corpus="timit-sample", phone_set="timit61").prepare_data()
     assert not (tmp_path / "root2" / "timit-sample" / "dr1-fvmh0").exists()
