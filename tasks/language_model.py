@@ -14,7 +14,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 from tqdm import tqdm
 
 from datamodules.ptb import COLUMNS_STREAM
@@ -26,10 +26,25 @@ from tasks.nn.mixture import mixture_nll
 from tasks.nn.regularizers import Regularization, WordEmbedding
 
 
-def nll_mean() -> MeanMetric:
-    """A stream's mean NLL per token, weighted by tokens; a NaN window makes it NaN, where
-    torchmetrics' default would drop the window and report the rest as if it were the whole."""
-    return MeanMetric(nan_strategy="disable")
+class MeanNLL(Metric):
+    """A stream's mean NLL per token, its windows weighted by their tokens. A NaN window makes it NaN,
+    so a diverged run reads as one: torchmetrics' MeanMetric drops NaN values by default, and with
+    `nan_strategy="disable"` drops the weights instead (torchmetrics 1.9). The same float operations
+    as MeanMetric's weighted mean, so the same perplexities to the last digit."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: float | Tensor) -> None:
+        self.total += value * weight
+        self.weight += weight
+
+    def compute(self) -> Tensor:
+        return self.total / self.weight
 
 
 def head_nll(h: Tensor, weight: Tensor, bias: Tensor, y: Tensor) -> Tensor:
@@ -88,11 +103,11 @@ class LanguageModel(TaskModule):
         self.head = nn.Linear(hidden_size, vocab_size)
         init_uniform_(self, init_scale)
         self.state: dict[str, State | None] = {}  # per stream: "train", "val", "test0", "test1", ...
-        self.train_nll, self.val_nll = nll_mean(), nll_mean()
+        self.train_nll, self.val_nll = MeanNLL(), MeanNLL()
         # The test split read as one column (the paper's protocol), then in the B-column training
         # layout; `bench eval` names other streams (use_test_streams).
         self.test_streams: tuple[str, ...] = ("test", COLUMNS_STREAM)
-        self.test_nll = nn.ModuleList([nll_mean(), nll_mean()])
+        self.test_nll = nn.ModuleList([MeanNLL(), MeanNLL()])
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """x: (T, B) token ids -> logits (T, B, V) and the state after the last step."""
@@ -152,7 +167,7 @@ class LanguageModel(TaskModule):
 
     def use_test_streams(self, names: list[str]) -> None:
         super().use_test_streams(names)
-        self.test_nll = nn.ModuleList([nll_mean() for _ in names]).to(self.device)
+        self.test_nll = nn.ModuleList([MeanNLL() for _ in names]).to(self.device)
 
     def on_test_epoch_start(self) -> None:
         self.test_columns: dict[int, int] = {}

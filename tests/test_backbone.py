@@ -193,3 +193,40 @@ def test_output_dropout_moved_to_the_caller_is_the_same_connection(impl, reg):
     torch.testing.assert_close(state_outside, state_inside, rtol=0, atol=0)
     outside.eval()
     torch.testing.assert_close(outside.drop_output(y_clean), y_clean)  # evaluation: nothing dropped
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.65])
+def test_cpu_masks_drawn_sooner_are_torchs_own_bit_for_bit(dtype, p):
+    """tasks/nn/masks.py draws a mask as `rand < 1 - p` instead of `bernoulli_(1 - p)`: the same
+    outputs and gradients, and the generator left where torch's dropout leaves it, so every seed
+    gives the numbers it gave before."""
+    from tasks.nn import masks
+
+    assert masks._rand_is_bernoulli()  # else it falls back to torch's own, and this test proves nothing
+    x = torch.randn(7, 5, 333, dtype=dtype, requires_grad=True)
+    out = []
+    for fn in (torch.nn.functional.dropout, masks.dropout):
+        torch.manual_seed(11)
+        y = fn(x, p, True)
+        (grad,) = torch.autograd.grad((y * torch.arange(y.numel(), dtype=dtype).view_as(y)).sum(), x)
+        out.append((y.detach(), grad, torch.rand(4)))
+    for a, b in zip(*out):
+        assert torch.equal(a, b)
+    torch.manual_seed(3)
+    want = x.new_empty((4, 2, 9)).bernoulli_(1 - p).div_(1 - p)
+    torch.manual_seed(3)
+    assert torch.equal(masks.keep_mask((4, 2, 9), 1 - p, like=x), want)
+    assert torch.equal(masks.dropout(x, p, training=False), x) and torch.equal(masks.dropout(x, 0.0), x)
+
+
+def test_the_backbone_with_its_own_dropout_is_the_backbone_with_torchs():
+    lstm = DropoutLSTM(6, 8, 2, dropout=0.5, impl="fused").train()
+    x = torch.randn(4, 3, 6)
+    runs = []
+    for drop in (lstm.drop, torch.nn.Dropout(0.5)):
+        lstm.drop = drop
+        torch.manual_seed(5)
+        y, _ = lstm(x)
+        runs.append(y)
+    assert torch.equal(*runs)

@@ -340,7 +340,7 @@ def test_evaluation_windows_only_change_how_many_steps_read_the_stream(data_root
 def test_a_nan_window_makes_the_perplexity_nan_not_lower():
     """A diverged window must show: torchmetrics' default drops NaN values, so a run whose every
     batch is NaN read perplexity 1.0 (text tasks) and one NaN window among finite ones read as the rest."""
-    from tasks.language_model import nll_mean
+    from tasks.language_model import MeanNLL
     from tasks.text_generation import WordNLL
 
     words = WordNLL()
@@ -350,7 +350,9 @@ def test_a_nan_window_makes_the_perplexity_nan_not_lower():
     words.update(torch.tensor(10.0), torch.tensor(5))  # reset after reading: the next epoch is clean
     assert float(words.perplexity()) == pytest.approx(math.exp(2.0))
 
-    mean = nll_mean()
-    mean.update(torch.tensor(2.0), weight=20)
+    mean = MeanNLL()
+    mean.update(torch.tensor(1.0), weight=10)
+    mean.update(torch.tensor(3.0), weight=30)  # windows weigh by their tokens: (10 + 90) / 40
+    assert float(mean.compute()) == 2.5
     mean.update(torch.tensor(float("nan")), weight=20)
     assert math.isnan(float(mean.compute()))

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from tasks.nn.masks import Dropout, dropout
 from tasks.nn.regularizers import Regularization, locked_dropout, lstm_steps
 
 State = tuple[Tensor, Tensor]  # (h, c), each (num_layers, batch, hidden)
@@ -122,7 +123,7 @@ class DropoutLSTM(nn.Module):
             raise ValueError(f"backbone impl must be 'stacked' or 'fused', got {impl!r}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.impl: Impl = impl
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)  # nn.Dropout's masks, drawn sooner on CPU (tasks/nn/masks.py)
         self.output_dropout = output_dropout
         reg = regularization
         reg = reg if isinstance(reg, Regularization) or reg is None else Regularization.of(reg)
@@ -195,7 +196,7 @@ class DropoutLSTM(nn.Module):
         if self.impl == "fused" and not steps and not (training and reg.locked):
             # Weight-drop alone keeps the multi-layer kernel: each W_hh dropped once for this call.
             x = dropout_any(self.drop, x)
-            swap = {f"weight_hh_l{i}": nn.functional.dropout(self._weights(i)[1], drop_hh)
+            swap = {f"weight_hh_l{i}": dropout(self._weights(i)[1], drop_hh)
                     for i in range(self.num_layers)} if drop_hh else {}
             y, state = _run_lstm(lambda v, s: functional_call(self.lstm, swap, (v, s)), x, state)
             return self._out(y), state
@@ -204,7 +205,7 @@ class DropoutLSTM(nn.Module):
             x = self._drop_between(x, skip_locked=steps and reg.per_gate)
             w_ih, w_hh, b_ih, b_hh = self._weights(i)
             if drop_hh:
-                w_hh = nn.functional.dropout(w_hh, drop_hh)  # DropConnect: one mask for every step of this call
+                w_hh = dropout(w_hh, drop_hh)  # DropConnect: one mask for every step of this call
             layer_state = None if state is None else (state[0][i : i + 1], state[1][i : i + 1])
             if steps:
                 x, (h, c) = self._steps(x, layer_state, (w_ih, w_hh, b_ih, b_hh))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from tasks.nn.masks import dropout, keep_mask
 from tasks.nn.mechanisms import MECHANISMS
 
 
@@ -84,7 +85,7 @@ def sequence_mask(x: Tensor | PackedSequence, p: float, copies: int = 0) -> Tens
     data = x.data if isinstance(x, PackedSequence) else x
     batch = int(x.batch_sizes[0]) if isinstance(x, PackedSequence) else data.size(1)
     shape = ((copies,) if copies else ()) + (batch, data.size(-1))
-    mask = data.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
+    mask = keep_mask(shape, 1 - p, like=data)
     if isinstance(x, PackedSequence):
         # The flat data holds, for each time step, the first batch_sizes[t] sequences (longest first).
         rows = torch.cat([torch.arange(int(n)) for n in x.batch_sizes]).to(data.device)
@@ -114,7 +115,7 @@ class WordEmbedding(nn.Embedding):
         if not self.training or self.drop_types == 0.0:
             return out
         p = self.drop_types
-        keep = out.new_empty(self.num_embeddings).bernoulli_(1 - p).div_(1 - p)
+        keep = keep_mask((self.num_embeddings,), 1 - p, like=out)
         return out * keep[ids].unsqueeze(-1)
 
 
@@ -145,7 +146,7 @@ def lstm_steps(
         gx = F.linear(x, w_ih, b_ih + b_hh)  # (T, B, 4H)
     mh = None
     if training and reg.hidden:
-        mh = h.new_empty((4,) * reg.per_gate + h.shape).bernoulli_(1 - reg.hidden).div_(1 - reg.hidden)
+        mh = keep_mask((4,) * reg.per_gate + tuple(h.shape), 1 - reg.hidden, like=h)
     w_gates = w_hh.view(4, hidden, hidden) if training and reg.per_gate else None
     outs = []
     # unbind, not gx[t]: each indexing's backward would write a zero tensor of gx's full size, T times.
@@ -158,7 +159,7 @@ def lstm_steps(
         i, f, g, o = gates.chunk(4, 1)
         g = torch.tanh(g)
         if training and reg.recurrent:
-            g = F.dropout(g, reg.recurrent, training=True)
+            g = dropout(g, reg.recurrent, training=True)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * g
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
         if reg.zoneout_c:
