@@ -1,11 +1,11 @@
-"""Dropout masks on CPU, drawn about 2.5x sooner and the same masks bit for bit.
+"""Dropout masks on CPU, drawn sooner and the same masks bit for bit.
 
 On CPU, torch's dropout (ATen's `_dropout_impl`, behind nn.Dropout and F.dropout) fills its mask
 with `bernoulli_(1 - p)`: one element at a time, each a float64 uniform from the generator compared
 with 1 - p. `torch.rand(shape, dtype=float64)` draws the same uniforms in the same order in a
 vectorised loop, so `rand < 1 - p` is the same mask, and it leaves the generator where `bernoulli_`
-would: every seed gives the numbers it gave before, sooner. The masks took 7-21% of the quick
-presets' training steps (results/archive/profile-task-steps-xeon-2026-12-04/).
+would: every seed gives the numbers it gave before, sooner (a captioning/quick step 1.06x sooner,
+results/archive/profile-task-steps-xeon-2026-12-04/).
 
 The equivalence is checked once per process against `bernoulli_` itself; where they differ (a torch
 build whose `bernoulli_` draws otherwise), and off the CPU (a GPU's fused dropout has a generator of
