@@ -84,7 +84,7 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
         raise ConfigError(f"--accelerator {accelerator} / --precision {precision}: {err}") from err
     # Two evaluations of the same checkpoint and files would share this folder: the second is refused
     # rather than delete, or bundle, the first's outputs.
-    with only_process(out, doing="is evaluating this checkpoint on these test sets now", then="then rerun"):
+    with only_process(out, doing="is using this folder now", then="then rerun (or give --out another folder)"):
         earlier = sorted((out / "outputs").glob("*.jsonl"))  # they would be bundled with this evaluation's
         if earlier and out_dir:  # a folder the user named may be a run's own: never cleared
             raise ConfigError(f"--out {out}: already holds outputs ({earlier[0]}); give a folder of its own, or "

@@ -142,8 +142,8 @@ def perplexity(t: Trained, ids: torch.Tensor, bptt: int | None = None) -> float:
 @torch.no_grad()
 def sample(t: Trained, words: int, temperature: float = 1.0, seed: int = 0, prompt: str = "") -> str:
     """`words` words drawn from the model, one sentence a line, after an optional prompt."""
-    if not math.isfinite(temperature) or temperature < 1e-3:  # below it, logits / temperature overflows
-        raise DataError(f"--temperature must be a number of at least 0.001, got {temperature}")
+    if not math.isfinite(temperature) or temperature < 1e-30:  # nearer 0, logits / temperature overflows
+        raise DataError(f"--temperature must be a number of at least 1e-30 (near 0: almost greedy), got {temperature}")
     vocab = WordVocab(t.state["itos"], specials=())
     gen = torch.Generator().manual_seed(seed)
     unknown = [w for w in prompt.split() if w not in vocab.stoi]

@@ -162,9 +162,12 @@ def report(defs: dict[str, Any], entity: str):
         lines += [f"{e['preset']} {e['regularizer']} {e['metric']}: on − off {e['diff']}"
                   + (f" [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else "") + f", {e['verdict']}"
                   + holm_note(e) for e in t["effects"]]
-        # Only the settings this results folder's board shows: not every run of the task in the project.
+        # Only the settings this results folder's board shows, not every run of the task in the project;
+        # runs from before settings hashes log none to filter on (and older definitions name none).
+        hashes = t.get("hashes") or [""]
+        by_hash = [ws.Config("config_hash").isin(hashes)] if "" not in hashes else []
         runset = wr.Runset(entity=entity, project=defs["project"], name=t["task"],
-                           filters=[ws.Config("task") == t["task"], ws.Config("config_hash").isin(t.get("hashes", []))],
+                           filters=[ws.Config("task") == t["task"], *by_hash],
                            # a report's runset reads a bare name as a run attribute ("group", "name")
                            groupby=[f"config.{key}" for key in GROUP_KEYS[1:]])
         blocks += [wr.H2(t["title"]), wr.UnorderedList(items=lines or ["no current rows"]),

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 LOCK = ".fetch.lock"  # hidden, as every temporary name here: the data fingerprint leaves hidden files out
 FINISHED = "finished\n"  # what download_large leaves in its lock file once `after` has run
+# Present from a large fetch's first write until its `after` has run. Not the lock's contents: a
+# user who did not make the lock cannot write it, but can remove a file from a folder it writes to.
+UNFINISHED = ".fetch.unfinished"
 MAX_REQUESTS = 20  # a download of unknown size asks for what follows until refused: a bound for a server that never is
 
 
@@ -371,9 +374,8 @@ def unfinished(ds: LargeDataset, data_root: Path) -> bool:
     known = read_sums(folder / "SHA256SUMS") if (folder / "SHA256SUMS").is_file() else {}
     if any(n not in known for n in names):
         return True
-    # Every archive unpacked, but `after` (AN4's sample check) failed or was stopped: the lock says so.
-    lock = folder / LOCK
-    return lock.is_file() and lock.read_text() != FINISHED
+    # Every archive unpacked, but `after` (AN4's sample check) failed or was stopped.
+    return (folder / UNFINISHED).exists()
 
 
 def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout: float = 60.0) -> Path:
@@ -414,6 +416,15 @@ def download_large(ds: LargeDataset, data_root: Path, yes: bool = False, timeout
 
 
 def _download_large_into(ds: LargeDataset, folder: Path, sizes: dict[str, int | None], timeout: float) -> None:
+    try:
+        (folder / UNFINISHED).touch()
+    except PermissionError:  # another user's, left by a fetch of theirs that stopped: it is there
+        pass
+    _fetch_and_unpack(ds, folder, sizes, timeout)
+    (folder / UNFINISHED).unlink(missing_ok=True)
+
+
+def _fetch_and_unpack(ds: LargeDataset, folder: Path, sizes: dict[str, int | None], timeout: float) -> None:
     sums_file = folder / "SHA256SUMS"
     known = read_sums(sums_file) if sums_file.is_file() else {}  # read under the lock: another fetch may have added
     downloads = folder / ".downloads"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 RUN_INFO_KEY = "rnnreg_run"  # the checkpoint entry holding `run_info`
 
@@ -17,6 +19,23 @@ class TaskModule(L.LightningModule):
     run_info: dict[str, Any] | None = None
     """Which run trained it (task, preset, dropout, seed, settings hash, commit), set by the runner
     and written into every checkpoint, so a `.ckpt` moved anywhere still says what it is."""
+
+    # Sums of losses and counts stay float32 whatever the weights' precision: `--precision bf16-true`
+    # casts the whole module, torchmetrics' states too, and a bf16 sum of thousands of windows (or
+    # frame counts past 256) is off by a factor. Each stage's first hook puts them back.
+    def _metrics_in_float32(self) -> None:
+        for m in self.modules():
+            if isinstance(m, Metric):
+                m.set_dtype(torch.float32)
+
+    def on_fit_start(self) -> None:
+        self._metrics_in_float32()
+
+    def on_validation_start(self) -> None:
+        self._metrics_in_float32()
+
+    def on_test_start(self) -> None:
+        self._metrics_in_float32()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_info:

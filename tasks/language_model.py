@@ -40,7 +40,7 @@ class MeanNLL(Metric):
         self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, value: Tensor, weight: float | Tensor) -> None:
-        self.total += value * weight
+        self.total += value.float() * weight  # as MeanMetric: a bf16 loss is cast before it is weighted
         self.weight += weight
 
     def compute(self) -> Tensor:

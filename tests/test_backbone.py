@@ -195,20 +195,24 @@ def test_output_dropout_moved_to_the_caller_is_the_same_connection(impl, reg):
     torch.testing.assert_close(outside.drop_output(y_clean), y_clean)  # evaluation: nothing dropped
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "expanded"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.65])
-def test_cpu_masks_drawn_sooner_are_torchs_own_bit_for_bit(dtype, p):
+def test_cpu_masks_drawn_sooner_are_torchs_own_bit_for_bit(dtype, p, layout):
     """tasks/nn/masks.py draws a mask as `rand < 1 - p` instead of `bernoulli_(1 - p)`: the same
     outputs and gradients, and the generator left where torch's dropout leaves it, so every seed
     gives the numbers it gave before."""
     from tasks.nn import masks
 
-    assert masks._rand_is_bernoulli()  # else it falls back to torch's own, and this test proves nothing
+    assert masks._uniform_is_bernoulli()  # else it falls back to torch's own, and this test proves nothing
     x = torch.randn(7, 5, 333, dtype=dtype, requires_grad=True)
+    # The mask follows x's memory order, as ATen's empty_like(x) does.
+    view = {"contiguous": lambda t: t, "transposed": lambda t: t.transpose(0, 2),
+            "expanded": lambda t: t[:1].expand(4, 5, 333)}[layout]
     out = []
     for fn in (torch.nn.functional.dropout, masks.dropout):
         torch.manual_seed(11)
-        y = fn(x, p, True)
+        y = fn(view(x), p, True)
         (grad,) = torch.autograd.grad((y * torch.arange(y.numel(), dtype=dtype).view_as(y)).sum(), x)
         out.append((y.detach(), grad, torch.rand(4)))
     for a, b in zip(*out):

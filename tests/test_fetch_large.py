@@ -241,6 +241,17 @@ def test_an_offline_fetch_leaves_nothing_to_finish_and_a_failed_after_step_is_ru
     assert len(calls) == 2 and not fetch.unfinished(checked, tmp_path / "root2")
 
 
+def test_a_fetch_by_a_user_who_cannot_write_the_lock_still_finishes(tmp_path, monkeypatch):
+    """Another user made .fetch.lock: this fetch holds it read-only and cannot mark it finished, yet
+    the next run must not fetch and unpack everything again."""
+    ds = coco_archives(tmp_path / "publisher")
+    (tmp_path / "root" / "coco").mkdir(parents=True)
+    (tmp_path / "root" / "coco" / fetch.LOCK).write_text("")
+    monkeypatch.setattr(fetch, "open_lock", lambda folder: open(folder / fetch.LOCK))  # as without write permission
+    fetch.download_large(ds, tmp_path / "root", yes=True)
+    assert not fetch.unfinished(ds, tmp_path / "root")
+
+
 def test_a_fetch_adds_its_line_to_sha256sums_and_keeps_the_users_own(tmp_path):
     ds = coco_archives(tmp_path / "publisher")
     folder = tmp_path / "root" / "coco"

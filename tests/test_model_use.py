@@ -260,7 +260,7 @@ def test_ptb_model_use_meets_odd_input_with_a_line(ptb, capsys, tmp_path):
     lfs, number = tmp_path / "lfs.ckpt", tmp_path / "number.ckpt"
     lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 9\n")
     torch.save(5, number)
-    for args, says in ((["sample", "--model", str(run_dir), "--temperature", "nan"], "--temperature must be a number"),
+    for args, says in ((["sample", "--model", str(run_dir), "--temperature", "nan"], "--temperature must be a number of at least 1e-30"),
                        (["score", "--model", str(lfs), str(trailing)], f"{lfs}: not a checkpoint"),
                        (["score", "--model", str(number), str(trailing)], "not a Lightning training checkpoint"),
                        (["eval", str(run_dir), "--test", str(trailing), "--accelerator", "tpuu"], "--accelerator tpuu")):
