@@ -13,7 +13,7 @@ preset's gradient-norm clip and the module's own optimizer, outside Lightning. F
    after `--opt-steps` updates. One that is faster but not bit-identical would change the numbers
    behind every committed row of the same settings hash, which the hash cannot see (it covers
    settings, not code);
-4. the dropout masks drawn by torch's own `bernoulli_` against tasks/nn/masks.py's `rand < keep`,
+4. the dropout masks drawn by torch's own `bernoulli_` against tasks/nn/masks.py's `uniform < keep`,
    side by side (the same steps from the same state and seed, alternating repetitions), with a
    check that every loss and weight comes out the same bit for bit.
 
@@ -191,11 +191,11 @@ def profile_task(task: str, data_root: Path, steps: int, opt_steps: int, reps: i
              "| implementation | ms per update | bit-identical to the default | largest difference |",
              "|---|---:|---|---:|",
              *(f"| {n} | {t:.2f} | {'yes' if s else 'no'} | {d:.3g} |" for n, t, s, d in variants), "",
-             f"Dropout masks drawn by torch's `bernoulli_` against `rand < keep` (tasks/nn/masks.py), side by side: "
+             f"Dropout masks drawn by torch's `bernoulli_` against `uniform < keep` (tasks/nn/masks.py), side by side: "
              f"{steps} steps from the same state and seed, {reps} alternating repetitions, medians:\n",
              "| masks | ms per step | losses and weights after the steps |", "|---|---:|---|",
              f"| torch's bernoulli_ (before) | {torch_ms:.2f} | |",
-             f"| rand < keep (now) | {vectorised_ms:.2f} | {'the same, bit for bit' if same else '**differ**'} |",
+             f"| uniform < keep (now) | {vectorised_ms:.2f} | {'the same, bit for bit' if same else '**differ**'} |",
              f"| ratio | {torch_ms / vectorised_ms:.3f}x sooner | |", ""]
     print(f"{task}: masks {torch_ms:.1f} -> {vectorised_ms:.1f} ms/step, same={same}", flush=True)
     print(f"{task}: {step_ms:.1f} ms/step; " + "; ".join(f"{n.split(' ')[0]} {t:.2f} ms {'=' if s else '!='}"
