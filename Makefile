@@ -24,17 +24,19 @@ BENCH_FLAGS ?=
 
 setup: $(VENV)/.installed
 
-# Every dependency at the version and sha256 in requirements.lock, then the project itself.
+# Every dependency at the version and sha256 in requirements.lock, then the project itself. A venv
+# that lacks pip (made while python3-venv was missing) is made again, not kept.
 $(VENV)/.installed: pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PY) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
 # Re-resolve the lock after changing pyproject.toml's dependencies (needs uv: pip install uv). The
 # pins already in the lock are kept where they still fit; --upgrade-package NAME moves one on.
+UV ?= $(or $(shell command -v uv),$(BIN)/uv)
 lock:
-	uv pip compile pyproject.toml --extra test --universal --generate-hashes --python-version 3.11 \
+	$(UV) pip compile pyproject.toml --extra test --universal --generate-hashes --python-version 3.11 \
 		-o requirements.lock $(LOCK_FLAGS)
 
 # The main job: every task's PRESET with dropout on and off, then the leaderboard beside the paper.

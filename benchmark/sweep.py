@@ -133,7 +133,7 @@ def _run_parallel(plan: list[tuple[Preset, str, int]], options: RunOptions, jobs
     try:
         _warm_data(plan, options)
         if "wandb" in options.loggers:
-            wandb_log.say_offline(options.wandb_mode)
+            wandb_log.say_offline(options.wandb_mode, options.runs_dir)
         print(f"bench run: {len(plan)} runs, {jobs} at a time, {threads} thread{'s' if threads > 1 else ''} each; "
               f"each run's output goes to {logs}/<run>.log", flush=True)
         while running or (pending and stopped is None):

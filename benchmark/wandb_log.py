@@ -54,18 +54,18 @@ def make_logger(run_dir: Path, *, name: str, group: str, tags: list[str], config
         return None
     if mode == "offline":
         os.environ.setdefault("WANDB_SILENT", "true")  # its banner would repeat per run; we say it once
-        say_offline(mode)
+        say_offline(mode, Path(run_dir).parent)
     return WandbLogger(project=project, name=name, group=group, tags=tags, job_type="train", config=config,
                        save_dir=str(run_dir), offline=mode == "offline", entity=entity)
 
 
-def say_offline(mode: str) -> None:
+def say_offline(mode: str, runs_dir: Path | str = "runs") -> None:
     """Once per process, where W&B logs offline: what that means and how to upload later. A
     parallel sweep says it for its runs, whose own output goes to their log files."""
     global _told_offline
     if resolve_mode(mode) == "offline" and not _told_offline:
         log.warning("W&B: no account (WANDB_API_KEY or `wandb login`), logging offline; upload later with "
-                    "`wandb sync runs/<run>/wandb/offline-run-*`")
+                    "`wandb sync %s/*/wandb/offline-run-*`", runs_dir)
         _told_offline = True
 
 

@@ -359,8 +359,12 @@ class Manifest:
             for line in self.path.read_text().splitlines():
                 rel, _, key = line.partition("\t")
                 self.keys[rel] = key  # a later line wins
-        dest.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a")
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a")
+        except OSError as err:
+            raise DataError(f"{dest}: cannot write labels there ({err.strerror or err}); give --out a folder you "
+                            f"can write to") from err
 
     def rel(self, phn: Path) -> str:
         return phn.relative_to(self.dest).as_posix() if phn.is_relative_to(self.dest) else str(phn)

@@ -35,6 +35,11 @@ class BadRecordPolicy:
         unknown = set(spec) - {"skip_above", "max_fraction"}
         if unknown:
             raise DataError(f"data.bad_records: unknown key(s) {sorted(unknown)}; known: skip_above, max_fraction")
+        skip, fraction = spec.get("skip_above"), spec.get("max_fraction", cls.max_fraction)
+        if skip is not None and (isinstance(skip, bool) or not isinstance(skip, int)):
+            raise DataError(f"data.bad_records.skip_above must be a whole number (write 100000, not 1e5), got {skip!r}")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise DataError(f"data.bad_records.max_fraction must be a number, got {fraction!r}")
         policy = cls(**spec)
         if not 0 <= policy.max_fraction < 1:
             raise DataError(f"data.bad_records.max_fraction must be in [0, 1), got {policy.max_fraction}")

@@ -100,14 +100,22 @@ def read_coco(images_dir: Path, captions_json: Path) -> list[ImageEntry]:
     caps: dict[Any, list[str]] = {}
     known = set()
     for i, img in enumerate(data["images"]):
-        if "id" not in img or "file_name" not in img:
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise DataError(f"{captions_json}: images[{i}] lacks `id` or `file_name`")
+        if not isinstance(img["file_name"], str) or not isinstance(img["id"], (int, str)) \
+                or not isinstance(img.get("split"), (str, type(None))):
+            raise DataError(f"{captions_json}: images[{i}] has an `id`, `file_name` or `split` that is not a number "
+                            f"or text ({img})")
         known.add(img["id"])
     orphans, empty = [], 0
     for i, ann in enumerate(data["annotations"]):
-        if "image_id" not in ann or "caption" not in ann:
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             raise DataError(f"{captions_json}: annotations[{i}] lacks `image_id` or `caption`")
-        if ann["image_id"] not in known:
+        if not isinstance(ann["image_id"], (int, str)):
+            raise DataError(f"{captions_json}: annotations[{i}] has `image_id` {ann['image_id']!r}, not a number or text")
+        if ann["caption"] is None:  # as an empty caption, not the word "None"
+            empty += 1
+        elif ann["image_id"] not in known:
             orphans.append(ann["image_id"])
         elif not normalize_caption(str(ann["caption"])):
             empty += 1
@@ -151,7 +159,13 @@ def assign_splits(images: list[ImageEntry], karpathy: Path | None, fractions: di
                   salt: str) -> dict[str, list[ImageEntry]]:
     by_file: dict[str, str] = {}
     if karpathy is not None:
-        for img in _load_json(karpathy).get("images", []):
+        listed = _load_json(karpathy)
+        images_of = listed.get("images") if isinstance(listed, dict) else None
+        if not isinstance(images_of, list) or not all(isinstance(i, dict) and isinstance(i.get("filename"), str)
+                                                       and isinstance(i.get("split"), str) for i in images_of):
+            raise DataError(f"{karpathy}: not Karpathy's dataset_*.json (an object whose `images` each have "
+                            f"`filename` and `split`); check data.karpathy_split")
+        for img in images_of:
             by_file[img["filename"]] = SPLIT_NAMES.get(img["split"], "unused")
     splits: dict[str, list[ImageEntry]] = {"train": [], "valid": [], "test": []}
     for img in images:
@@ -200,6 +214,8 @@ class FeatureCache:
             image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError as err:
             raise DataError(f"{path}: not a decodable image ({err})") from err
+        if image.ndim == 4:  # an animated GIF: its frames; the first is the picture
+            image = image[0]
         return self.transform(image)
 
     def __call__(self, images: list[ImageEntry], desc: str,
@@ -326,6 +342,10 @@ class CaptionsDataModule(StreamsDataModule):
         self.karpathy = self._path(karpathy_split) if karpathy_split else None
         self.split = {"valid": 0.05, "test": 0.05, "salt": "rnnreg", **(split or {})}
         self.test_sets = dict(test_sets or {})
+        for name, spec in self.test_sets.items():
+            if not isinstance(spec, dict) or set(spec) != {"images", "captions"}:
+                raise DataError(f"data.test_sets.{name}: give `images:` (a folder) and `captions:` (a COCO captions "
+                                f"file), nothing else; got {spec!r}")
         self.encoder_args = (encoder, pretrained, encoder_weights)
         self.image_size, self.resize, self.min_count, self.max_len = image_size, resize, min_count, max_len
         self.batch_size, self.eval_batch_size, self.finetune = batch_size, eval_batch_size, finetune

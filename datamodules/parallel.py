@@ -84,6 +84,8 @@ def read_text(path: Path, policy: BadRecordPolicy = STRICT) -> tuple[list[str | 
     if not path.is_file():
         raise DataError(f"{path}: not found")
     data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":  # read as text it would fail as "not UTF-8", and iconv would make it worse
+        raise DataError(f"{path}: gzip-compressed; gunzip it (or point at the uncompressed file)")
     raw: list[bytes] = []  # filled only when some line is not UTF-8
     try:
         lines: list[str | None] = split_lines(data.decode("utf-8"), "\n")

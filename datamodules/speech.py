@@ -242,11 +242,14 @@ class Features:
 def read_audio(path: Path, data: bytes, decode: bool) -> tuple[Tensor | None, int, int]:
     """(samples or None, sample rate, sample count) from a file's bytes; decoding only if asked."""
     try:
+        info = sf.info(io.BytesIO(data))
+        if info.frames >= 2**62:  # libsndfile's answer for a FLAC written to a pipe: no length in its header
+            raise DataError(f"{path}: audio of unknown length (a FLAC written to a pipe?); re-encode it to a file, "
+                            f"e.g. `sox in.flac out.flac`")
         if not decode:
-            info = sf.info(io.BytesIO(data))
             return None, info.samplerate, info.frames
         wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as err:
+    except (RuntimeError, ValueError, sf.LibsndfileError) as err:
         why = re.sub(r"^Error opening <[^>]*>: ", "", str(err))  # soundfile names the in-memory buffer, not the file
         raise DataError(f"{path}: unreadable or corrupt audio ({why})") from err
     if wave.shape[0] == 0:

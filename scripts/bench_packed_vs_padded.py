@@ -6,6 +6,7 @@ trailing padding, so both give the same outputs there, and on CPU packing is far
     python scripts/bench_packed_vs_padded.py
 """
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ def best_of(fn, reps: int = 3) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.manual_seed(0)
     T, B, F, H = 400, 16, 120, 192  # ~4 s utterances, the an4-quick batch and model
     x = torch.randn(T, B, F)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issues 2 and 17), for one `device` call of about 5 minutes on an H100-class
-# GPU (at most 7 minutes), each stage under its own time limit so that one slow stage cannot take the others' time:
+# GPU (stage limits 380 s; with each stage's 10 s kill grace at most 430 s, inside the call's 450),
+# each stage under its own time limit so that one slow stage cannot take the others' time:
 #   1. which GPU; what dtype cuDNN's LSTM runs in under bf16 autocast (expected: fp16)
 #   2. training tokens/s and seconds/epoch, PTB small/medium/large x fused/stacked backbone x
 #      fp32/bf16-mixed, the plain loop eagerly and as one CUDA graph per step (`graphed`)
@@ -33,10 +34,10 @@ lstm = torch.nn.LSTM(64, 64, 2).cuda()
 with torch.autocast("cuda", dtype=torch.bfloat16):
     y, _ = lstm(torch.randn(5, 3, 64, device="cuda"))
 print(f"cuDNN LSTM output dtype under bf16 autocast: {y.dtype}")' | tee -a "$OUT/gpu.txt"
-stage throughput 150 python3 scripts/bench_throughput.py --data-root "$DATA" --accelerator cuda --loops plain graphed \
+stage throughput 120 python3 scripts/bench_throughput.py --data-root "$DATA" --accelerator cuda --loops plain graphed \
     --backbones fused stacked --precisions 32-true bf16-mixed --presets small medium large --steps 200 100 50 --reps 1 \
     --out "$OUT/throughput_gpu.csv"
-stage compiled 90 python3 scripts/bench_throughput.py --data-root "$DATA" --accelerator cuda --loops plain \
+stage compiled 70 python3 scripts/bench_throughput.py --data-root "$DATA" --accelerator cuda --loops plain \
     --losses unfused compiled --backbones fused --precisions 32-true --presets small medium --steps 200 100 --reps 1 \
     --out "$OUT/throughput_gpu_compiled.csv"
 for preset_limit in medium:60 large:100; do

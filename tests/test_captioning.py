@@ -376,3 +376,42 @@ def test_finetuning_trains_the_cnn_from_pixels(tmp_path):
     moved = [k for k in start if start[k].is_floating_point() and not torch.equal(start[k], trained[k])]
     assert any("conv_stem" in k for k in moved)  # gradients reached the CNN's first layer
     assert all(torch.equal(start[k], trained[k]) for k in start if "running_" in k)  # BatchNorm stats kept
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d: d["images"].__setitem__(0, None), r"images\[0\] lacks"),
+    (lambda d: d["images"][0].__setitem__("file_name", 5), r"images\[0\] has an `id`, `file_name` or `split`"),
+    (lambda d: d["images"][0].__setitem__("id", [1]), r"images\[0\] has an `id`"),
+    (lambda d: d["annotations"][0].__setitem__("image_id", [1000]), r"annotations\[0\] has `image_id`"),
+])
+def test_a_malformed_captions_entry_is_one_line(tmp_path, damage, says):
+    write_coco(tmp_path, n=3)
+    data = json.loads((tmp_path / "captions.json").read_text())
+    damage(data)
+    (tmp_path / "captions.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=says):
+        cap.read_coco(tmp_path / "images", tmp_path / "captions.json")
+
+
+def test_a_null_caption_is_empty_not_the_word_none_and_odd_inputs_get_a_line(tmp_path):
+    write_coco(tmp_path, n=3)
+    data = json.loads((tmp_path / "captions.json").read_text())
+    data["annotations"][0]["caption"] = None
+    (tmp_path / "captions.json").write_text(json.dumps(data))
+    entries = cap.read_coco(tmp_path / "images", tmp_path / "captions.json")
+    assert not any("None" in c for e in entries for c in e.captions) and len(entries[0].captions) == 4
+    # A COCO captions file given as Karpathy's split file.
+    with pytest.raises(DataError, match="not Karpathy's dataset"):
+        cap.assign_splits(entries, tmp_path / "captions.json", {}, "rnnreg")
+    with pytest.raises(DataError, match=r"data.test_sets.mini: give `images:`"):
+        CaptionsDataModule(tmp_path, test_sets={"mini": {"images": "images"}})
+
+
+def test_an_animated_gif_is_read_as_its_first_frame(tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (40, 30), color) for color in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    encoder = build_encoder("efficientnet_lite0", False)
+    cache = cap.FeatureCache(encoder, 32, tmp_path / "cache")
+    assert cache.load_image(tmp_path / "anim.gif").shape == (3, 32, 32)

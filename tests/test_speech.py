@@ -269,3 +269,22 @@ def test_timit_sample_download_checks_every_file(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"publisher now serves other contents \(dr\d-\w+/sa2.wav has sha256"):
         SpeechDataModule(tmp_path / "root2", corpus="timit-sample", phone_set="timit61").prepare_data()
     assert not (tmp_path / "root2" / "timit-sample" / "dr1-fvmh0").exists()
+
+
+def test_a_flac_of_unknown_length_and_an_unwritable_label_folder_are_one_line(tmp_path):
+    import numpy as np
+
+    from datamodules.align import Manifest
+    from datamodules.speech import read_audio
+
+    path = tmp_path / "piped.flac"
+    sf.write(path, np.zeros(1600, dtype=np.float32), 16000, format="FLAC")
+    data = bytearray(path.read_bytes())
+    data[21] &= 0xF0  # STREAMINFO's 36-bit sample count: 0, as a FLAC written to a pipe has it
+    data[22:26] = b"\0\0\0\0"
+    for decode in (False, True):
+        with pytest.raises(DataError, match=r"piped\.flac: audio of unknown length"):
+            read_audio(path, bytes(data), decode)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match=r"afile: cannot write labels there"):
+        Manifest(tmp_path / "afile")

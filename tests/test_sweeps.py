@@ -469,9 +469,10 @@ def test_the_offline_notice_is_said_once_per_process(monkeypatch, caplog):
 
     monkeypatch.setattr(wandb_log, "_told_offline", False)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    wandb_log.say_offline("auto")
+    wandb_log.say_offline("auto", "runs/bench-quick")
     wandb_log.say_offline("auto")
     assert caplog.text.count("logging offline") == 1
+    assert "`wandb sync runs/bench-quick/*/wandb/offline-run-*`" in caplog.text  # where the sweep put them
     monkeypatch.setattr(wandb_log, "_told_offline", False)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     wandb_log.say_offline("auto")

@@ -491,3 +491,18 @@ def test_dropout_after_attention_leaves_the_scores_inputs_whole():
         tiny_model(attention_dropout_at="output")
     with pytest.raises(ValueError, match="'inputs' or 'output'"):
         tiny_model(attention=True, attention_dropout_at="after")
+
+
+def test_a_gzipped_corpus_and_a_string_threshold_are_one_line_each(tmp_path):
+    import gzip
+
+    from datamodules.bad_records import BadRecordPolicy
+    from datamodules.parallel import read_text
+
+    (tmp_path / "train.en.gz").write_bytes(gzip.compress(b"a dog runs\n"))
+    with pytest.raises(DataError, match=r"train\.en\.gz: gzip-compressed; gunzip it"):
+        read_text(tmp_path / "train.en.gz")
+    with pytest.raises(DataError, match=r"skip_above must be a whole number \(write 100000, not 1e5\)"):
+        BadRecordPolicy.of({"skip_above": "1e5"})  # what PyYAML makes of `skip_above: 1e5`
+    with pytest.raises(DataError, match="max_fraction must be a number"):
+        BadRecordPolicy.of({"max_fraction": "0.01"})
