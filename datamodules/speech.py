@@ -28,6 +28,7 @@ SA sentences (read by every speaker) are left out of every split, as is usual fo
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import io
@@ -48,7 +49,7 @@ from tqdm import tqdm
 
 from datamodules import download as fetch
 from datamodules import sources
-from datamodules.align import AUDIO_SUFFIXES
+from datamodules.align import AUDIO_SUFFIXES, REPORT
 from datamodules.bad_records import BadRecordPolicy, BadRecords
 from datamodules.base import TaskDataModule
 from datamodules.phones import PHONE_SETS, PhoneSet
@@ -239,6 +240,17 @@ class Features:
         return torch.cat([fbank.T, d1, d2]).T
 
 
+def aligner_skipped(folder: Path) -> set[Path]:
+    """The audio `bench align` could not align when it labelled `folder` (its align-report.tsv): left
+    unlabelled on purpose, not labelling to finish, so no run aligns them again (nor tries to write
+    into a read-only copy for them)."""
+    try:
+        with open(folder / REPORT, newline="", encoding="utf-8") as f:
+            return {Path(row["path"]).resolve() for row in csv.DictReader(f, delimiter="\t") if row.get("path")}
+    except (OSError, csv.Error, UnicodeDecodeError):  # no report (nothing skipped, or never aligned here)
+        return set()
+
+
 def read_audio(path: Path, data: bytes, decode: bool) -> tuple[Tensor | None, int, int]:
     """(samples or None, sample rate, sample count) from a file's bytes; decoding only if asked."""
     try:
@@ -347,9 +359,13 @@ class SpeechDataModule(TaskDataModule):
         folder = self.data_root / self.corpus
         if self.corpus == "an4":
             audio = [a for a in folder.glob("wav/*/*/*") if a.suffix in AUDIO_SUFFIXES]
+            unlabelled = [a for a in audio if not a.with_suffix(".phn").is_file()]
+            if unlabelled:
+                skipped = aligner_skipped(folder)
+                unlabelled = [a for a in unlabelled if a.resolve() not in skipped]
             if not audio or fetch.unfinished(sources.AN4, self.data_root):  # none yet, or a fetch that stopped
                 fetch.download_large(sources.AN4, self.data_root)  # 64 MB: checked, then labelled
-            elif (folder / "etc").is_dir() and any(not a.with_suffix(".phn").is_file() for a in audio):
+            elif (folder / "etc").is_dir() and unlabelled:
                 try:  # audio without labels (from GitHub, or a stopped labelling): what is labelled is kept
                     sources.label_an4(folder)
                 except OSError as err:

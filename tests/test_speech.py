@@ -288,3 +288,24 @@ def test_a_flac_of_unknown_length_and_an_unwritable_label_folder_are_one_line(tm
     (tmp_path / "afile").write_text("")
     with pytest.raises(DataError, match=r"afile: cannot write labels there"):
         Manifest(tmp_path / "afile")
+
+
+def test_audio_the_aligner_skipped_is_not_aligned_again_on_every_run(tmp_path, monkeypatch):
+    """A fetched AN4 keeps a few utterances pocketsphinx cannot align, listed in align-report.tsv:
+    a run must not realign them each time (nor try to write into a read-only copy for them)."""
+    from datamodules import sources
+    from datamodules.align import REPORT
+
+    an4_tree(tmp_path)
+    folder = tmp_path / "an4"
+    (folder / "etc").mkdir()
+    lost = next(a for a in folder.glob("wav/an4_clstk/fabc/*") if a.suffix != ".phn")
+    lost.with_suffix(".phn").unlink()
+    calls = []
+    monkeypatch.setattr(sources, "label_an4", lambda f: calls.append(f))
+    dm = SpeechDataModule(tmp_path, corpus="an4", phone_set="an4", cache_dir=tmp_path / "cache")
+    dm.prepare_data()
+    assert calls == [folder]  # unlabelled and never tried: label it
+    (folder / REPORT).write_text(f"utterance\tpath\treason\n{lost.stem}\t{lost}\tno path through the words\n")
+    dm.prepare_data()
+    assert calls == [folder]  # the aligner's own skip: left as it is
