@@ -254,13 +254,13 @@ def aligner_skipped(folder: Path) -> set[Path]:
 def read_audio(path: Path, data: bytes, decode: bool) -> tuple[Tensor | None, int, int]:
     """(samples or None, sample rate, sample count) from a file's bytes; decoding only if asked."""
     try:
-        info = sf.info(io.BytesIO(data))
-        if info.frames >= 2**62:  # libsndfile's answer for a FLAC written to a pipe: no length in its header
-            raise DataError(f"{path}: audio of unknown length (a FLAC written to a pipe?); re-encode it to a file, "
-                            f"e.g. `sox in.flac out.flac`")
-        if not decode:
-            return None, info.samplerate, info.frames
-        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:  # one open: header, then samples if asked
+            if f.frames >= 2**62:  # libsndfile's answer for a FLAC written to a pipe: no length in its header
+                raise DataError(f"{path}: audio of unknown length (a FLAC written to a pipe?); re-encode it to a "
+                                f"file, e.g. `sox in.flac out.flac`")
+            if not decode:
+                return None, f.samplerate, f.frames
+            wave, rate = f.read(dtype="float32", always_2d=True), f.samplerate
     except (RuntimeError, ValueError, sf.LibsndfileError) as err:
         why = re.sub(r"^Error opening <[^>]*>: ", "", str(err))  # soundfile names the in-memory buffer, not the file
         raise DataError(f"{path}: unreadable or corrupt audio ({why})") from err

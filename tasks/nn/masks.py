@@ -42,7 +42,12 @@ def keep_mask(shape: tuple[int, ...], keep: float, like: Tensor) -> Tensor:
     """An inverted-dropout mask in `like`'s dtype and device: 1/keep with probability `keep`, else 0."""
     if not _vectorised(like):
         return like.new_empty(shape).bernoulli_(keep).div_(keep)
-    return (like.new_empty(shape, dtype=torch.float64).uniform_() < keep).to(like.dtype).div_(keep)
+    return _scaled(like.new_empty(shape, dtype=torch.float64), keep, like.dtype)
+
+
+def _scaled(uniform: Tensor, keep: float, dtype: torch.dtype) -> Tensor:
+    """Fill `uniform` (float64) in its memory order; 1/keep where a draw is below keep, else 0."""
+    return (uniform.uniform_() < keep).to(dtype).div_(keep)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -50,8 +55,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or not 0.0 < p < 1.0 or x.numel() == 0 or not _vectorised(x):
         return F.dropout(x, p, training)  # no mask to draw (nor any draw), or not the CPU's draw
     # In x's memory order, as ATen's empty_like(x) is filled: a transposed x gets the mask it got before.
-    keep = 1.0 - p
-    return x * (torch.empty_like(x, dtype=torch.float64).uniform_() < keep).to(x.dtype).div_(keep)
+    return x * _scaled(torch.empty_like(x, dtype=torch.float64), 1.0 - p, x.dtype)
 
 
 class Dropout(nn.Dropout):
