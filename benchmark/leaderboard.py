@@ -258,8 +258,9 @@ def effect_rows(runs: list[dict[str, str]], results_dir: Path) -> list[dict]:
             setting += _effects(task, preset, chash, grouped[(task, preset, chash, arm_name, "")], off, results_dir)
         # The paper's dropout is the one comparison each preset is built for, tested alone at 95%. The
         # other regularizers, each against the same `off` runs, are one family per metric: Holm over them.
+        own = on_arm(grouped, task, preset, chash, TaskMetrics(task, preset).default_regularizer)
         for e in setting:
-            if e["regularizer"] == ZAREMBA:
+            if e.pop("_arm") == own:  # what `--dropout on` trains (ptb/*-variational: its own regularizer)
                 e.pop("_p")
                 e["arms"], e["holm"] = 1, ""
         for metric in dict.fromkeys(e["metric"] for e in setting if "_p" in e):
@@ -288,6 +289,19 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
         if effect is None:
             continue
         lower = stats.lower_is_better(metric)
+        # Only a verdict of the effect's own can carry a p-value (and so enter Holm's family): a pair
+        # left out because a run diverged is not missing at random (a regularizer may be what keeps a
+        # run from diverging), and legacy rows may mix versions of the preset.
+        verdict = None
+        if not effect.pairs:
+            verdict = "no finite pair: every paired seed has a run that diverged"
+        elif dropped:
+            verdict = (f"no claim: {len(dropped)} paired seed(s) left out because a run diverged, and the pairs "
+                       "that remain cannot speak for them")
+        elif chash.startswith(LEGACY) and effect.pairs > 1:
+            verdict = "no claim: rows from before settings hashes may mix versions of the preset"
+        p_value = effect.p if verdict is None else None
+        verdict = verdict or effect.verdict(lower, subject=_name(on[0]))
         # A pair run in two environments differs by more than the regularizer (a fixed seed does
         # not carry across CPUs): still a fair draw, but not like with like, so it is counted.
         seeds = sorted(set(paired[0]) & set(paired[1]))
@@ -300,15 +314,12 @@ def _effects(task: str, preset: str, chash: str, on: list[dict], off: list[dict]
             "off_mean": _fmt(effect.off), "on_mean": _fmt(effect.on),
             **{k: _fmt(v, like=effect.off) for k, v in (("diff", effect.diff), ("ci_low", effect.low),
                                                         ("ci_high", effect.high))},
-            "verdict": ("no finite pair: every paired seed has a run that diverged" if not effect.pairs else
-                        "no claim: rows from before settings hashes may mix versions of the preset"
-                        if chash.startswith(LEGACY) and effect.pairs > 1
-                        else effect.verdict(lower, subject=_name(on[0]))),
+            "verdict": verdict,
             "nonfinite_pairs": len(dropped) or "",
             "bootstrap": _bootstraps(on, off, results_dir) if "bleu" in metric and metric == tm.headline else "",
             "env": _envs([paired[i][s] for s in seeds for i in (0, 1)]),
             "pairs_across_envs": across,
-            "p_value": "" if effect.p is None else f"{effect.p:.4g}", "_p": effect.p,
+            "p_value": "" if p_value is None else f"{p_value:.4g}", "_p": p_value, "_arm": arm(on[0]),
             # The settings hash leaves the code out (a later commit may change no number): how many made these pairs.
             "commits": len({paired[i][s].get("git_commit", "") for s in seeds for i in (0, 1)}),
         })
@@ -361,7 +372,8 @@ def holds_after_holm(e: dict) -> bool | None:
 def effect_lines(effects: list[dict]) -> list[str]:
     lines = []
     for e in effects:
-        ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] else ""
+        # A zero-width interval (every pair differs alike) sizes nothing: the verdict says so instead.
+        ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] and e["ci_low"] != e["ci_high"] else ""
         what = "dropout" if e["regularizer"] == ZAREMBA else f"{e['regularizer']} ({e['rates']})"
         lines.append(f"- {e['preset']} {what} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
                      f"over {e['pairs']} paired seed(s): {e['verdict']}.")
@@ -384,6 +396,25 @@ def effect_lines(effects: list[dict]) -> list[str]:
         if e["bootstrap"]:
             lines.append(f"  - paired bootstrap per seed (sacrebleu, off -> on): {e['bootstrap']}")
     return lines
+
+
+def hidden_effect_notes(trs: list[dict]) -> list[str]:
+    """A preset's newest run sets its current hash: a newer run of one arm only (`--dropout on` after a
+    preset edit) leaves its setting with no effect to show, while an older hash run both ways had one.
+    Say where that one went rather than let it vanish from the board."""
+    def both(preset: str, chash: str) -> bool:
+        done = {r["dropout"] for r in trs if (r["preset"], r["config_hash"], r["ensemble"]) == (preset, chash, "")}
+        return {"on", "off"} <= done
+
+    notes = []
+    for preset, chash in sorted({(r["preset"], r["config_hash"]) for r in trs if r["status"] == "current"}):
+        older = sorted({r["config_hash"] for r in trs if r["preset"] == preset and r["status"] == "superseded"
+                        and both(preset, r["config_hash"])})
+        if older and not both(preset, chash):
+            notes.append(f"\n{preset}: its newest setting `{chash}` has runs of one arm only, so no effect is shown for "
+                         f"it; the superseded {', '.join(f'`{h}`' for h in older)} ran on and off (their rows stay in "
+                         "runs.csv): run the other arm to compare again")
+    return notes
 
 
 def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
@@ -410,6 +441,7 @@ def markdown(rows: list[dict], effects: list[dict] = ()) -> str:
         if task_effects:
             lines += ["", "Effect of dropout (and of each other regularizer run), against the same `off` runs:", ""]
             lines += effect_lines(task_effects)
+        lines += hidden_effect_notes(trs)
         old = sorted({(r["preset"], r["config_hash"]) for r in trs if r["status"] == "superseded"})
         if old:
             lines += ["", "Superseded (older settings, not pooled): " +

@@ -244,3 +244,26 @@ def test_a_changed_copy_of_a_published_file_hashes_apart_and_bench_fetch_says_so
         assert train.read_bytes() == text[:-2] + b"x\n"  # said, never replaced behind the user's back
     finally:
         identity._published.cache_clear()
+
+
+def test_a_preset_whose_own_regularizer_is_not_the_papers_stands_alone_and_the_papers_joins_the_family(tmp_path):
+    """ptb/medium-variational's `--dropout on` trains Gal & Ghahramani's variational LSTM: that is the
+    comparison the preset is built for, tested alone; the paper's dropout run beside it is one more
+    arm against the same `off` runs, corrected with the others."""
+    offs = [120.0, 118.0, 121.0]
+    ons = {"variational": ([100.0, 99.0, 101.5], "embedding=0.2;hidden=0.2;locked=0.5;per_gate=True"),
+           "zaremba": ([110.0, 111.5, 112.0], "dropout=0.5"), "locked": ([112.0, 110.0, 113.5], "locked=0.5")}
+    for seed, off in enumerate(offs):
+        when = f"2026-11-30T10:0{seed}"
+        append_row(tmp_path, {"task": "ptb", "preset": "medium-variational", "dropout": "off", "regularizer": "none",
+                              "seed": str(seed), "config_hash": "vvvv", "test_ppl": str(off),
+                              "finished_utc": f"{when}:30Z"})
+        for name, (ppls, rates) in ons.items():
+            append_row(tmp_path, {"task": "ptb", "preset": "medium-variational", "dropout": "on", "regularizer": name,
+                                  "dropout_rate": rates, "seed": str(seed), "config_hash": "vvvv",
+                                  "test_ppl": str(ppls[seed]), "finished_utc": f"{when}:00Z"})
+    build(tmp_path, plots=False)
+    effects = {e["regularizer"]: e for e in read_rows(tmp_path / "effects.csv") if e["metric"] == "test_ppl"}
+    assert (effects["variational"]["arms"], effects["variational"]["holm"]) == ("1", "")
+    assert {effects[r]["arms"] for r in ("zaremba", "locked")} == {"2"}
+    assert all(effects[r]["holm"] for r in ("zaremba", "locked"))

@@ -162,6 +162,9 @@ def test_a_diverged_seed_is_left_out_of_means_and_pairs_and_counted(tmp_path):
     assert (effect["pairs"], effect["nonfinite_pairs"], effect["diff"]) == ("2", "2", "-6.50")  # seeds 0, 1
     md = (tmp_path / "LEADERBOARD.md").read_text()
     assert "3 (+1 diverged: not finite)" in md and "2 more pair(s) left out" in md
+    # The two pairs that remain cannot speak for the two left out: no claim, and no p-value for Holm.
+    assert effect["verdict"].startswith("no claim: 2 paired seed(s) left out because a run diverged")
+    assert effect["p_value"] == ""
     # Every pair with a diverged side: a row that says so, not silence.
     for seed in (0, 1):
         append_row(tmp_path, {"task": "ptb", "preset": "medium", "config_hash": "h1", "dropout": "on", "seed": seed,
@@ -181,6 +184,39 @@ def test_rows_from_before_settings_hashes_pair_with_no_claim(tmp_path):
     effect = next(r for r in read_rows(build(tmp_path, plots=False).parent / "effects.csv")
                   if r["metric"] == "test_ppl")
     assert effect["pairs"] == "3" and effect["verdict"].startswith("no claim: rows from before settings hashes")
+    assert effect["p_value"] == ""  # no claim, so nothing for a Holm family to count either
+
+
+def test_a_newer_setting_run_one_way_says_where_the_effect_went(tmp_path):
+    """The newest row sets a preset's current hash; run only with dropout after a preset edit, it
+    leaves no effect on the board, and the board says the older hash has one."""
+    for dropout, ppls in (("on", ("80.0", "81.5", "82.0")), ("off", ("90.0", "91.0", "92.5"))):
+        for seed, ppl in enumerate(ppls):
+            append_row(tmp_path, {"task": "ptb", "preset": "medium", "config_hash": "h1", "dropout": dropout,
+                                  "seed": seed, "test_ppl": ppl, "finished_utc": f"2026-12-0{seed + 1}"})
+    build(tmp_path, plots=False)
+    assert "h1" not in "".join(hidden_lines(tmp_path))  # run both ways: its effect is on the board
+    append_row(tmp_path, {"task": "ptb", "preset": "medium", "config_hash": "h2", "dropout": "on", "seed": 0,
+                          "test_ppl": "79.0", "finished_utc": "2026-12-09"})
+    build(tmp_path, plots=False)
+    assert not [r for r in read_rows(tmp_path / "effects.csv") if r["config_hash"] == "h1"]
+    assert hidden_lines(tmp_path) == ["medium: its newest setting `h2` has runs of one arm only, so no effect is "
+                                      "shown for it; the superseded `h1` ran on and off (their rows stay in "
+                                      "runs.csv): run the other arm to compare again"]
+
+
+def hidden_lines(results: Path) -> list[str]:
+    return [line for line in (results / "LEADERBOARD.md").read_text().splitlines() if "one arm only" in line]
+
+
+def test_a_zero_width_interval_is_not_printed(tmp_path):
+    for seed in range(3):  # every seed 2.0 apart: no spread, so no interval and no claim
+        for dropout, ppl in (("on", 80.0 + seed), ("off", 82.0 + seed)):
+            append_row(tmp_path, {"task": "ptb", "preset": "medium", "config_hash": "h1", "dropout": dropout,
+                                  "seed": seed, "test_ppl": f"{ppl:.1f}", "finished_utc": f"2026-12-0{seed + 1}"})
+    build(tmp_path, plots=False)
+    line = next(x for x in (tmp_path / "LEADERBOARD.md").read_text().splitlines() if "`test_ppl`" in x)
+    assert "95% CI" not in line and "no spread between the paired seeds" in line
 
 
 def test_an_ensemble_row_pools_by_its_members_world_size():
