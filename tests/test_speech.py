@@ -190,6 +190,28 @@ def test_splits_are_speaker_disjoint_and_missing_corpus_says_where(tmp_path):
     assert "sarah-01" in names and "sa1" not in names
 
 
+def test_settings_a_fixed_split_would_ignore_are_refused(tmp_path):
+    """AN4's and TIMIT's test sets are fixed: a test speaker list, or a validation speaker taken from
+    the test set (or TIMIT's training set), was silently ignored or shrank the test set."""
+    an4_tree(tmp_path)
+    with pytest.raises(DataError, match=r"^data.test_speakers: an4's test set is fixed .*remove it"):
+        find_splits(tmp_path, "an4", valid_speakers=["mdef"], test_speakers=["fghi"])
+    with pytest.raises(DataError, match=r"an4test_clstk/mtst: data.valid_speakers names a speaker of AN4's test set"):
+        find_splits(tmp_path, "an4", valid_speakers=["mdef", "mtst"], test_speakers=[])
+    for spk in ("train/dr1/mtrn0", "test/dr1/mdab0", "test/dr2/mval0"):  # mdab0: a core test speaker
+        write_utt(tmp_path / "timit" / spk, "si1", [(0, 16000, "h#")])
+    assert {k: [u.speaker for u in v] for k, v in find_splits(tmp_path, "timit", [], []).items()} == \
+        {"train": ["mtrn0"], "valid": ["mval0"], "test": ["mdab0"]}
+    with pytest.raises(DataError, match=r"^data.test_speakers: timit's test set is fixed"):
+        find_splits(tmp_path, "timit", [], ["mval0"])
+    for spk, role in (("mtrn0", "training"), ("mdab0", "core test")):
+        with pytest.raises(DataError, match=rf"{spk}: data.valid_speakers names a TIMIT {role} speaker"):
+            find_splits(tmp_path, "timit", ["mval0", spk], [])
+    (tmp_path / "timit-sample").mkdir()
+    with pytest.raises(DataError, match="data.valid_speakers and data.test_speakers both name dr1-x"):
+        find_splits(tmp_path, "timit-sample", ["dr1-x"], ["dr1-x", "dr2-y"])
+
+
 def test_an_utterance_in_two_formats_is_read_once(tmp_path, caplog):
     an4_tree(tmp_path)
     folder = tmp_path / "an4" / "wav" / "an4_clstk" / "fabc"
