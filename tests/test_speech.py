@@ -148,6 +148,22 @@ def test_minimum_duration_decoding_drops_flickers_but_keeps_real_phones():
     assert c == {"edits": 2, "edits_smoothed": 0, "phones": 2}  # raw: 0 2 0 1 against 0 1
 
 
+def test_predicted_q_frames_leave_the_phone_strings_as_the_reference_s_do():
+    """TIMIT's q has no scoring class: its reference frames drop out, and frames predicted as q
+    drop out of the predicted phone strings too, not counted as an inserted phone."""
+    ps = PHONE_SETS["timit61"]
+    aa, q, sil = (ps.train_index()[p] for p in ("aa", "q", "h#"))
+    model = FrameClassifier(input_size=3, num_classes=len(ps.train), fold_ids=ps.fold_ids(),
+                            score_names=list(ps.score), hidden_size=4, num_layers=1)
+    ref = torch.tensor([aa] * 8 + [q] * 2 + [sil] * 4)
+    hyp = torch.tensor([aa] * 3 + [q] * 3 + [aa] * 2 + [q] * 2 + [sil] * 4)  # q over 3 scored aa frames
+    model.forward = lambda feats: torch.nn.functional.one_hot(hyp, len(ps.train)).float().unsqueeze(1) * 10
+    model._step({"feats": torch.zeros(14, 1, 3), "labels": ref.unsqueeze(1)}, "test")
+    c = {k: int(model.counts[f"test_{k}"].compute()) for k in ("correct", "frames", "edits", "edits_smoothed", "phones")}
+    assert c == {"correct": 9, "frames": 12, "edits": 0, "edits_smoothed": 0, "phones": 2}
+    assert model.samples == [["aa sil", "aa sil"]]  # h# scores as sil
+
+
 def test_collapse_and_per_match_jiwer():
     assert collapse([3, 3, 5, 5, 5, 3]) == [3, 5, 3]
     import jiwer
