@@ -384,6 +384,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     trainer = {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
                "strategy": args.strategy, "precision": args.precision, "max_epochs": args.max_epochs,
                "max_steps": args.max_steps}
+    for preset in {p.path: p for p, _, _ in plan}.values():  # every task's, before the first one trains
+        config.check_trainer_types({**preset.trainer, **{k: v for k, v in trainer.items() if v is not None}},
+                                   f"{preset.path} or the command line")
     if args.jobs > 1 and any(_spans_processes({**p.trainer, **{k: v for k, v in trainer.items() if v is not None}})
                              for p, _, _ in plan):
         raise ConfigError("--jobs N runs whole runs side by side on one machine's cores; with more than one "

@@ -17,13 +17,19 @@ classes those are is the task's, in tasks/registry.py). Sections:
 
 from __future__ import annotations
 
+import collections.abc
 import copy
+import difflib
+import functools
 import hashlib
 import json
 import re
+import types
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -43,6 +49,51 @@ _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"))
+
+# What YAML 1.1 (PyYAML) reads otherwise than it looks: `no`, `on` -> booleans, `010` -> 8 (octal),
+# `0x1f` -> 31, `1:30` -> 90 (base 60). YAML 1.2, and anyone typing `--set model.backbone=no`, take
+# them as written. A plain integer is `0` or has no leading zero; true/false are booleans in both.
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
+
+
+def _reads_otherwise(node: yaml.Node, at: str = "") -> Iterator[tuple[str, yaml.ScalarNode]]:
+    """(where, scalar) for every unquoted scalar under `node` that YAML 1.1 gives another value than
+    its text shows; `where` is the key path, e.g. `model.backbone`."""
+    if isinstance(node, yaml.ScalarNode):
+        text, kind = node.value, node.tag.rpartition(":")[2]
+        if node.style is None and ((kind == "bool" and text.lower() not in ("true", "false"))
+                                   or (kind == "int" and not _PLAIN_INT.fullmatch(text))
+                                   or (kind == "float" and ":" in text)):
+            yield at, node
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            yield from _reads_otherwise(child, f"{at}[{i}]")
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield from _reads_otherwise(key, at)
+            yield from _reads_otherwise(value, f"{at}.{key.value}" if at else str(key.value))
+
+
+def _surprise(node: yaml.ScalarNode) -> str:
+    value = yaml.load(node.value, Loader=_Loader)
+    return (f"`{node.value}` reads as {value!r} in YAML 1.1, not as written; write true/false or the plain "
+            f"number, or quote it ('{node.value}') if a string is meant")
+
+
+def _preset_surprises(path: Path, root: yaml.Node | None) -> list[str]:
+    """The error line for each preset value YAML 1.1 reads otherwise than written. `default_dropout: on`
+    and `paper: {on: .., off: ..}` are the exceptions: the loader turns them back into on/off itself."""
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    found = []
+    for key, value in root.value:
+        if key.value == "default_dropout":
+            continue
+        for where, node in [*_reads_otherwise(key), *_reads_otherwise(value, str(key.value))]:
+            if not (where == "paper" and node.value in ("on", "off")):  # paper's on:/off: blocks
+                found.append(f"{path}:{node.start_mark.line + 1}: {where or key.value}: {_surprise(node)}")
+    return found
+
 
 SECTIONS = {"default_dropout", "model", "data", "trainer", "paper", "extends", "notes", "regularizers",
             "default_regularizer"}
@@ -64,6 +115,8 @@ class Preset:
     regularizers: dict[str, dict[str, Any]] = field(default_factory=dict)
     regularizer: str = ZAREMBA
     default_regularizer: str = ZAREMBA
+    set_keys: set[str] = field(default_factory=set)
+    """`section.key` of every `--set` (a rate set there and overwritten by a regularizer is refused)."""
     base_model: dict[str, Any] | None = None
     """The model section before `apply_regularizer` or `--dropout off` changed it: what the settings
     hash and `overrides_of` read, so that every regularizer of a setting pairs with the same `off`
@@ -85,16 +138,22 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _read(path: Path, seen: tuple[Path, ...] = (), surprises: list[str] | None = None) -> dict:
+    """The preset at `path` over what it extends; `surprises` collects the values YAML 1.1 reads
+    otherwise than written (load_preset refuses them after its own, more specific, checks)."""
     if path in seen:
         raise ConfigError(f"{path}: `extends` loops back on itself")
     if not path.is_file():  # only an `extends:` gets here with a missing file: load_preset checks its own
         raise ConfigError(f"{seen[-1]}: `extends: {path.stem}`: no {path}; known: "
                           f"{', '.join(sorted(p.stem for p in path.parent.glob('*.yaml')))}")
+    text = path.read_text()
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+        found = _preset_surprises(path, yaml.compose(text, Loader=_Loader))
+        raw = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if surprises is not None:
+        surprises += found
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     unknown = set(raw) - SECTIONS
@@ -107,7 +166,7 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise ConfigError(f"{path}: `{section}:` must hold KEY: VALUE lines, got {raw[section]!r}")
     if "extends" in raw:
-        base = _read(path.parent / f"{raw['extends']}.yaml", seen + (path,))
+        base = _read(path.parent / f"{raw['extends']}.yaml", seen + (path,), surprises)
         merged = _merge(base, {k: v for k, v in raw.items() if k != "extends"})
         if "paper" in raw:  # one setting's published numbers: a preset's own replace its base's whole
             merged["paper"] = raw["paper"]
@@ -116,12 +175,17 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def parse_value(text: str, item: str = "") -> Any:
-    """`--set` values are YAML scalars: 0.5 and 1e-3 -> float, 3 -> int, null -> None, fused -> 'fused'."""
+    """`--set` values are YAML scalars: 0.5 and 1e-3 -> float, 3 -> int, null -> None, fused -> 'fused'.
+    What YAML 1.1 reads otherwise than typed (`no`, `010`, `1:30`) is refused."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_Loader)
+        value = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {item or text!r}: {text!r} is not a YAML value ({str(err).splitlines()[0]}); "
                           f"quote it if it is a string") from err
+    for _, bad in _reads_otherwise(node) if node is not None else ():
+        raise ConfigError(f"--set {item or text!r}: {_surprise(bad)}")
+    return value
 
 
 def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
@@ -131,12 +195,16 @@ def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
     path = Path(preset) if preset.endswith((".yaml", ".yml")) else spec.presets_dir / f"{preset}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {preset!r} for task {task!r}; known: {', '.join(presets(task))}")
-    raw = _read(path)
+    surprises: list[str] = []
+    raw = _read(path, surprises=surprises)
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in ("model", "data", "trainer"):
             raise ConfigError(f"--set {item!r}: expected model.KEY=VALUE, data.KEY=VALUE or trainer.KEY=VALUE")
+        if key == "model.regularization":  # apply_regularizer writes it over whatever --set gave
+            raise ConfigError(f"--set {item!r}: model.regularization is set by --regularizer NAME from the "
+                              f"preset's `regularizers:` section ({path}); edit or add the rates there")
         raw.setdefault(section, {})[name] = parse_value(value, item)
     dropout = str(raw.get("default_dropout", "on")).lower()
     if dropout in ("true", "false"):  # YAML 1.1 reads bare on/off as booleans
@@ -149,6 +217,8 @@ def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             where = f"--set model.{key}" if f"model.{key}" in set_keys else f"{path}: model.{key}"
             raise ConfigError(f"{where}: a dropout rate is a number in [0, 1), got {rate!r}")
+    if surprises:
+        raise ConfigError(surprises[0])
     return Preset(
         task=task,
         name=path.stem,
@@ -165,6 +235,7 @@ def load_preset(task: str, preset: str, overrides: list[str] = ()) -> Preset:
         notes=str(raw.get("notes", "")),
         regularizers=_regularizers(path, raw),
         default_regularizer=str(raw.get("default_regularizer", ZAREMBA)),
+        set_keys=set_keys,
     )
 
 
@@ -209,6 +280,13 @@ def apply_regularizer(preset: Preset, name: str) -> None:
         known = ", ".join(regularizer_names(preset))
         raise ConfigError(f"{preset.path}: no rates for regularizer {name!r} (this preset has: {known}); add them "
                           f"under `regularizers:` ({name}: {{mechanism: rate}})")
+    # Its rates replace every dropout key: one given by --set would be dropped without a word.
+    overwritten = sorted(k for k in preset.set_keys if k.startswith("model.") and is_dropout_key(k[len("model."):]))
+    if overwritten:
+        default = " (this preset's default_regularizer)" if name == preset.default_regularizer else ""
+        raise ConfigError(f"--set {overwritten[0]}: regularizer {name}{default} takes its rates from the preset's "
+                          f"`regularizers:` section ({preset.path}), not model.*dropout; edit them there, or use "
+                          f"--regularizer {ZAREMBA}")
     rates = preset.regularizers[name]
     preset.base_model = copy.deepcopy(preset.hashed_model)
     for key in dropout_keys(preset.model):
@@ -240,8 +318,12 @@ def paper_numbers(preset: Preset, dropout: str, regularizer: str | None = None) 
     return dict(paper) if dropout == preset.default_dropout else {}
 
 
+def is_dropout_key(key: str) -> bool:
+    return key == "dropout" or key.endswith("_dropout")
+
+
 def dropout_keys(model: dict[str, Any]) -> list[str]:
-    return [k for k in model if k == "dropout" or k.endswith("_dropout")]
+    return [k for k in model if is_dropout_key(k)]
 
 
 def apply_dropout(preset: Preset, mode: str) -> dict[str, float]:
@@ -264,6 +346,75 @@ def apply_dropout(preset: Preset, mode: str) -> dict[str, float]:
 # Trainer settings that change where and how fast a run goes, not what it computes.
 PLACEMENT_KEYS = {"accelerator", "devices", "num_nodes", "strategy", "precision", "enable_progress_bar",
                   "enable_model_summary", "logger", "callbacks"}
+
+
+# lightning.Trainer arguments the runner passes itself: one from a preset or --set would clash.
+RUNNER_TRAINER_KEYS = {"default_root_dir": "--run-dir/--runs-dir", "callbacks": "the runner",
+                       "logger": "--logger", "plugins": "the runner", "use_distributed_sampler": "the task"}
+
+
+@functools.cache
+def _trainer_hints() -> dict[str, Any]:
+    import lightning  # here, not at the top: `bench list` does not load Lightning
+
+    return {k: v for k, v in typing.get_type_hints(lightning.Trainer.__init__).items() if k != "return"}
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML/CLI value can be `hint`; a hint this cannot read lets the value through."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arm) for arm in args)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):  # True is no epoch count; an int is a fine float
+        return isinstance(value, (int, hint)) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        # a string is a sequence too, but not the list that is meant
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and (len(args) != 2 or all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()))
+    if origin is None and isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(arm) for arm in args))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin in (list, tuple, collections.abc.Sequence, collections.abc.Iterable):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin in (dict, collections.abc.Mapping):
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def check_trainer_types(trainer: dict[str, Any], where: str) -> None:
+    """Each trainer setting is an argument of lightning.Trainer of the type it declares, checked
+    before any data is prepared (not when the Trainer is built, after a download)."""
+    hints = _trainer_hints()
+    for key, value in trainer.items():
+        if key in RUNNER_TRAINER_KEYS:
+            raise ConfigError(f"{where}: trainer.{key} is set by {RUNNER_TRAINER_KEYS[key]}, not by a preset "
+                              f"or --set; remove it")
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=3)
+            hint = f"did you mean {' or '.join(close)}?" if close else "see lightning.Trainer's arguments"
+            raise ConfigError(f"{where}: trainer.{key} is not a lightning.Trainer argument; {hint}")
+        if not _fits(value, hints[key]):
+            raise ConfigError(f"{where}: trainer.{key} must be {_describe(hints[key])}, got {value!r}")
 
 
 def _as_hashed(value: Any) -> str:

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from benchmark import allocator, environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, best_epoch_and_version, check_checkpoint
-from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
+from benchmark.config import Preset, apply_dropout, check_trainer_types, overrides_of, paper_numbers, regularizer_tag
 from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, save_curves, set_log_aside
 from tasks import registry
 from tasks.base import RUN_INFO_KEY, TaskModule
@@ -295,6 +295,8 @@ def only_process(run_dir: Path, doing: str = "is running this run now",
 
 def plan(preset: Preset, opts: RunOptions) -> Run:
     """The data (downloaded first: the settings hash covers its files), the hash, the folder."""
+    check_trainer_types({**preset.trainer, **{k: v for k, v in opts.trainer.items() if v is not None}},
+                        f"{preset.path} or the command line")  # before any data work, not at L.Trainer(...)
     dm = make_datamodule(preset, opts.data_root)
     dm.prepare_data()
     cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}

@@ -58,19 +58,20 @@ class BadRecords:
         self.found: list[str] = []
 
     def add(self, err: DataError) -> None:
-        """A bad record: raised at once in a strict corpus, noted in a tolerant one."""
+        """A bad record: raised at once in a strict corpus, noted in a tolerant one, which stops as
+        soon as the count passes `max_fraction` of its total (known before reading: a broken 40-million-
+        line file fails at its first few hundred bad lines, not after the whole file)."""
         if not self.tolerant:
             raise err
         self.found.append(str(err))
+        if len(self.found) > self.policy.max_fraction * self.total:
+            raise DataError(f"{self.source}: {len(self.found)} of {self.total} records bad, over the "
+                            f"{self.policy.max_fraction:.2%} data.bad_records.max_fraction allows (reading stopped "
+                            f"at that one); the first: {self.found[0]}")
 
     def check(self) -> list[str]:
-        """After the whole corpus was read: its bad records, or an error when there are too many."""
-        if not self.found:
-            return []
-        if len(self.found) > self.policy.max_fraction * self.total:
-            raise DataError(f"{self.source}: {len(self.found)} of {self.total} records are bad, over the "
-                            f"{self.policy.max_fraction:.2%} data.bad_records.max_fraction allows; the first: "
-                            f"{self.found[0]}")
-        log.warning("%s: skipped %d bad record(s) of %d (the run folder's skipped_records.txt lists them); "
-                    "the first: %s", self.source, len(self.found), self.total, self.found[0])
+        """After the whole corpus was read: its bad records, logged (`add` stopped on too many)."""
+        if self.found:
+            log.warning("%s: skipped %d bad record(s) of %d (the run folder's skipped_records.txt lists them); "
+                        "the first: %s", self.source, len(self.found), self.total, self.found[0])
         return list(self.found)

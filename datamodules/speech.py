@@ -22,7 +22,9 @@ Corpora (`corpus:`), each with its own split rules:
                 fetched from CMU and labelled by forced alignment (`bench align`) when missing
   timit-sample  timit-sample/dr<N>-<spk>/ (NLTK); `valid_speakers` and `test_speakers` named in the config
   timit         the LDC tree TIMIT/{TRAIN,TEST}/DR<N>/<SPK>/: train = TRAIN, test = the 24-speaker core
-                test set, valid = the other TEST speakers (or `valid_speakers`)
+                test set, valid = the other TEST speakers (or `valid_speakers` among them)
+A setting the corpus's fixed split would ignore (`test_speakers` for an4 or timit, a validation
+speaker from AN4's test folder or from TIMIT's TRAIN or core test set) is refused, not dropped.
 SA sentences (read by every speaker) are left out of every split, as is usual for TIMIT.
 """
 
@@ -63,6 +65,10 @@ TIMIT_CORE_TEST = {
     "MDAB0", "MWBT0", "FELC0", "MTAS1", "MWEW0", "FPAS0", "MJMP0", "MLNT0", "FPKT0", "MLLL0", "MTLS0", "FJLM0",
     "MBPM0", "MKLT0", "FNLP0", "MCMJ0", "MJDH0", "FMGD0", "MGRT0", "MNJM0", "FDHC0", "MJLN0", "MPAM0", "FMLD0",
 }
+
+
+# The corpora whose test set is fixed, so a `test_speakers` setting would be ignored.
+FIXED_TEST = {"an4": "the speakers of wav/an4test_clstk/", "timit": "the 24-speaker core test set"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,12 @@ def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speaker
     if not base.is_dir():
         raise DataError(f"{base}: not found. Put {sources.FETCH_HELP.get(corpus, corpus)} there, or fix --data-root")
     valid, test = {s.lower() for s in valid_speakers}, {s.lower() for s in test_speakers}
+    if test and corpus in FIXED_TEST:
+        raise DataError(f"data.test_speakers: {corpus}'s test set is fixed ({FIXED_TEST[corpus]}) and the setting "
+                        f"would be ignored; remove it (it is for timit-sample)")
+    if valid & test:
+        raise DataError(f"data.valid_speakers and data.test_speakers both name {', '.join(sorted(valid & test))}; "
+                        f"hold each speaker out for one split only")
     splits: dict[str, list[Utterance]] = {"train": [], "valid": [], "test": []}
     if corpus == "an4":
         for split_dir, default in (("an4_clstk", "train"), ("an4test_clstk", "test")):
@@ -122,6 +134,9 @@ def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speaker
             if not folder.is_dir():
                 raise DataError(f"{folder}: not found. Put {sources.FETCH_HELP['an4']} there")
             for spk in sorted(p for p in folder.iterdir() if p.is_dir()):
+                if default == "test" and spk.name.lower() in valid:  # it would leave the test set for valid
+                    raise DataError(f"{spk}: data.valid_speakers names a speaker of AN4's test set; pick validation "
+                                    f"speakers from {base / 'wav' / 'an4_clstk'}")
                 split = "valid" if spk.name.lower() in valid else default
                 splits[split] += _utterances(spk, spk.name)
     elif corpus == "timit-sample":
@@ -138,6 +153,10 @@ def find_splits(root: Path, corpus: str, valid_speakers: list[str], test_speaker
                     split = "test"
                 else:
                     split = "valid" if not valid or spk.name.lower() in valid else "unused"
+                if split in ("train", "test") and spk.name.lower() in valid:  # it would stay where it is, unsaid
+                    role = "training" if split == "train" else "core test"
+                    raise DataError(f"{spk}: data.valid_speakers names a TIMIT {role} speaker; validation speakers "
+                                    f"come from TEST outside the 24-speaker core test set")
                 splits.setdefault(split, []).extend(_utterances(spk, spk.name))
     else:
         raise DataError(f"unknown speech corpus {corpus!r}; known: an4, timit-sample, timit")

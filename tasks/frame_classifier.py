@@ -3,7 +3,9 @@
 features (T, B, F) -> DropoutLSTM -> linear -> per-frame softmax over the training phone set.
 Scored after folding prediction and reference into the scoring classes (TIMIT: 39), padding and
 unscored frames excluded: frame accuracy, and two phone error rates (jiwer), both against the
-reference frame labels collapsed into a phone sequence (runs of one label become one phone):
+reference frame labels collapsed into a phone sequence (runs of one label become one phone). A
+class without a scoring class (TIMIT's q) leaves both phone strings, the reference's and the
+prediction's, as TIMIT is scored; a frame predicted as q still counts wrong in frame accuracy.
 
     per           the predicted frames collapsed as they are: every one-frame flicker is an inserted
                   phone, so this is a frame-smoothness number more than a recognition one
@@ -127,9 +129,13 @@ class FrameClassifier(TaskModule):
                 self.frames_out.setdefault(stage, []).append(
                     (" ".join(map(names, ref[keep, b].tolist())), " ".join(map(names, frames))))
             if r:
+                # A class left out of scoring (TIMIT's q) is dropped from the predicted phones as from
+                # the reference's (`keep` above), as TIMIT is scored: else each predicted q run is an
+                # inserted phone no reference holds. Frame accuracy still counts those frames wrong.
+                spelled = [x for x in frames if x >= 0]
                 refs.append(" ".join(map(str, r)))
-                hyps.append(" ".join(map(str, collapse(frames))) or "<none>")
-                decoded = drop_short_runs(frames, self.hparams.min_phone_frames)
+                hyps.append(" ".join(map(str, collapse(spelled))) or "<none>")
+                decoded = drop_short_runs(spelled, self.hparams.min_phone_frames)
                 smoothed.append(" ".join(map(str, decoded)) or "<none>")
         if stage == self.test_streams[0] and len(self.samples) < self.num_samples:
             self.samples += [[" ".join(names(int(i)) for i in r.split()), " ".join(names(int(i)) for i in h.split())

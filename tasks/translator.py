@@ -13,7 +13,8 @@ Scores: perplexity per target word (the <eos> counts as a word), and BLEU/chrF w
 detokenised output against the raw references, for greedy decoding and for beam search
 (tasks/nn/decoding.py documents the search and its length normalisation). `bleu_tok` is BLEU on
 Moses-tokenized text, as the paper's figures were computed: only it is compared with the paper.
-An <unk> in the output counts as one wrong word in both (tasks/nn/text_metrics.py).
+An <unk> in the output counts as one wrong word in both (tasks/nn/text_metrics.py), and Moses
+places it as it would a word ("l'<unk>" as "l'homme"; `detokenize`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tasks.nn import decoding, text_metrics
 from tasks.nn.attention import GlobalAttention, source_mask
 from tasks.nn.backbone import DropoutLSTM, Impl, init_uniform_
 from tasks.nn.errors import ConfigError
+from tasks.nn.references import UNK, UNK_SLOT
 from tasks.nn.regularizers import Regularization, WordEmbedding
 from tasks.text_generation import Decoded, TextGenerator, beam_column, score_names
 
@@ -46,6 +48,15 @@ def group_by_source(rows: list[Decoded]) -> list[Decoded]:
         else:
             grouped[row.source] = Decoded(row.source, list(row.refs), row.hyps)
     return list(grouped.values())
+
+
+def detokenize(detok: MosesDetokenizer, words: list[str]) -> str:
+    """Moses-detokenised words, each <unk> placed as an ordinary word would be: "l' <unk>" -> "l'<unk>"
+    as "l' homme" -> "l'homme" (Moses joins an elision only to a word starting with a letter)."""
+    if any(UNK_SLOT in w for w in words):  # a real word holding the stand-in would turn into <unk>
+        return detok.detokenize(words)
+    text = detok.detokenize([UNK_SLOT if w == UNK else w for w in words])
+    return text.replace(UNK_SLOT, UNK)
 
 
 def decay_factor(epochs_done: float, decay: float, after: float, every: float) -> float:
@@ -187,7 +198,7 @@ class Translator(TextGenerator):
         return (src_lengths.float() * hp.max_len_a + hp.max_len_b).long().clamp(1, hp.max_len)
 
     def to_text(self, ids: list[int]) -> str:
-        return self.detok.detokenize(self.vocab.decode(ids))
+        return detokenize(self.detok, self.vocab.decode(ids))
 
     def translate(self, src: Tensor, src_lengths: Tensor, beam: int) -> list[str]:
         """Detokenised translations; beam 1 is greedy decoding. Always the evaluation network."""

@@ -50,7 +50,25 @@ def test_a_large_tab_corpus_skips_bad_lines_and_names_them(tmp_path):
     with pytest.raises(DataError, match=r"big\.txt:7: not valid UTF-8"):
         read_corpus({"tab": "big.txt"}, tmp_path, "en-fr")
     # Too many bad lines is a broken file, not stray lines.
-    with pytest.raises(DataError, match=r"big\.txt: 2 of 100 records are bad, over the 1\.00% .*max_fraction.*big\.txt:7"):
+    with pytest.raises(DataError, match=r"big\.txt: 2 of 100 records bad, over the 1\.00% .*max_fraction.*big\.txt:7"):
+        read_corpus({"tab": "big.txt"}, tmp_path, "en-fr", BadRecordPolicy(skip_above=10, max_fraction=0.01))
+
+
+def test_too_many_bad_records_stop_the_reading_at_the_first_over_the_limit():
+    """The total is known before reading, so the record that passes `max_fraction` stops the read:
+    a broken large file fails at its first few bad lines, not after the whole file."""
+    bad = BadRecords("big.txt", 1000, BadRecordPolicy(skip_above=10, max_fraction=0.002))  # 2 allowed
+    for line in (3, 5):
+        bad.add(DataError(f"big.txt:{line}: bad"))
+    with pytest.raises(DataError, match=r"big\.txt: 3 of 1000 records bad, over the 0\.20% .*stopped.*big\.txt:3: bad"):
+        bad.add(DataError("big.txt:9: bad"))
+    assert len(bad.found) == 3  # nothing after the third was read
+
+
+def test_a_corpus_whose_lines_are_mostly_bad_stops_at_the_limit(tmp_path):
+    lines = [b"no tab here" if i % 2 else f"Sentence {i}.\tPhrase {i}.".encode() for i in range(1000)]
+    (tmp_path / "big.txt").write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError, match=r"big\.txt: 11 of 1000 records bad, over the 1\.00% "):
         read_corpus({"tab": "big.txt"}, tmp_path, "en-fr", BadRecordPolicy(skip_above=10, max_fraction=0.01))
 
 
@@ -123,9 +141,8 @@ def test_missing_image_files_stop_a_small_set_counted_and_are_skipped_in_a_large
     assert [s.split(": ", 1)[0] for s in bad.check()] == [str(entries[i].path) for i in (3, 8)]
     # Too many missing is a folder not there, not stray files.
     bad = BadRecords("train images", len(entries), BadRecordPolicy(skip_above=10, max_fraction=0.1))
-    present(entries, bad, root / "captions.json")
-    with pytest.raises(DataError, match=r"train images: 2 of 12 records are bad, over the 10\.00%"):
-        bad.check()
+    with pytest.raises(DataError, match=r"train images: 2 of 12 records bad, over the 10\.00%"):
+        present(entries, bad, root / "captions.json")
 
 
 def test_a_captions_datamodule_lists_what_its_large_split_skipped(tmp_path, monkeypatch):

@@ -148,6 +148,22 @@ def test_minimum_duration_decoding_drops_flickers_but_keeps_real_phones():
     assert c == {"edits": 2, "edits_smoothed": 0, "phones": 2}  # raw: 0 2 0 1 against 0 1
 
 
+def test_predicted_q_frames_leave_the_phone_strings_as_the_reference_s_do():
+    """TIMIT's q has no scoring class: its reference frames drop out, and frames predicted as q
+    drop out of the predicted phone strings too, not counted as an inserted phone."""
+    ps = PHONE_SETS["timit61"]
+    aa, q, sil = (ps.train_index()[p] for p in ("aa", "q", "h#"))
+    model = FrameClassifier(input_size=3, num_classes=len(ps.train), fold_ids=ps.fold_ids(),
+                            score_names=list(ps.score), hidden_size=4, num_layers=1)
+    ref = torch.tensor([aa] * 8 + [q] * 2 + [sil] * 4)
+    hyp = torch.tensor([aa] * 3 + [q] * 3 + [aa] * 2 + [q] * 2 + [sil] * 4)  # q over 3 scored aa frames
+    model.forward = lambda feats: torch.nn.functional.one_hot(hyp, len(ps.train)).float().unsqueeze(1) * 10
+    model._step({"feats": torch.zeros(14, 1, 3), "labels": ref.unsqueeze(1)}, "test")
+    c = {k: int(model.counts[f"test_{k}"].compute()) for k in ("correct", "frames", "edits", "edits_smoothed", "phones")}
+    assert c == {"correct": 9, "frames": 12, "edits": 0, "edits_smoothed": 0, "phones": 2}
+    assert model.samples == [["aa sil", "aa sil"]]  # h# scores as sil
+
+
 def test_collapse_and_per_match_jiwer():
     assert collapse([3, 3, 5, 5, 5, 3]) == [3, 5, 3]
     import jiwer
@@ -188,6 +204,28 @@ def test_splits_are_speaker_disjoint_and_missing_corpus_says_where(tmp_path):
     write_utt(tmp_path / "an4" / "wav" / "an4_clstk" / "fabc", "sa1", [(0, 16000, "SIL")])
     names = {u.audio.stem for u in find_splits(tmp_path, "an4", valid_speakers=["mdef"], test_speakers=[])["train"]}
     assert "sarah-01" in names and "sa1" not in names
+
+
+def test_settings_a_fixed_split_would_ignore_are_refused(tmp_path):
+    """AN4's and TIMIT's test sets are fixed: a test speaker list, or a validation speaker taken from
+    the test set (or TIMIT's training set), was silently ignored or shrank the test set."""
+    an4_tree(tmp_path)
+    with pytest.raises(DataError, match=r"^data.test_speakers: an4's test set is fixed .*remove it"):
+        find_splits(tmp_path, "an4", valid_speakers=["mdef"], test_speakers=["fghi"])
+    with pytest.raises(DataError, match=r"an4test_clstk/mtst: data.valid_speakers names a speaker of AN4's test set"):
+        find_splits(tmp_path, "an4", valid_speakers=["mdef", "mtst"], test_speakers=[])
+    for spk in ("train/dr1/mtrn0", "test/dr1/mdab0", "test/dr2/mval0"):  # mdab0: a core test speaker
+        write_utt(tmp_path / "timit" / spk, "si1", [(0, 16000, "h#")])
+    assert {k: [u.speaker for u in v] for k, v in find_splits(tmp_path, "timit", [], []).items()} == \
+        {"train": ["mtrn0"], "valid": ["mval0"], "test": ["mdab0"]}
+    with pytest.raises(DataError, match=r"^data.test_speakers: timit's test set is fixed"):
+        find_splits(tmp_path, "timit", [], ["mval0"])
+    for spk, role in (("mtrn0", "training"), ("mdab0", "core test")):
+        with pytest.raises(DataError, match=rf"{spk}: data.valid_speakers names a TIMIT {role} speaker"):
+            find_splits(tmp_path, "timit", ["mval0", spk], [])
+    (tmp_path / "timit-sample").mkdir()
+    with pytest.raises(DataError, match="data.valid_speakers and data.test_speakers both name dr1-x"):
+        find_splits(tmp_path, "timit-sample", ["dr1-x"], ["dr1-x", "dr2-y"])
 
 
 def test_an_utterance_in_two_formats_is_read_once(tmp_path, caplog):

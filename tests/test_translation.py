@@ -16,7 +16,7 @@ from datamodules.vocab import SPECIALS, WordVocab
 from tasks.nn import decoding, text_metrics
 from tasks.nn.errors import DataError
 from tasks.text_generation import Decoded
-from tasks.translator import Translator, decay_factor, group_by_source
+from tasks.translator import Translator, decay_factor, detokenize, group_by_source
 from tests.conftest import REAL_DATA_ROOT, find_run, need_real_data
 
 EN = ["I am here .", "You are tall .", "He runs .", "We eat bread .", "They sing songs .", "She is happy .",
@@ -279,6 +279,28 @@ def test_tokenized_bleu_is_multi_bleu_on_moses_tokens():
     expected = BLEU(tokenize="none", smooth_method="none").corpus_score(by_hand, ref_tokens).score
     assert text_metrics.tokenized_bleu(hyps, refs, "fr") == pytest.approx(expected)
     assert 50 < expected < 80 and expected != pytest.approx(text_metrics.bleu(hyps, refs)[0].score)
+
+
+@pytest.mark.parametrize("words", ["l' X est là .", "Il s' X .", "Il coûte € X .", "Il coûte $ X .", "( X ) ,",
+                                   "€ ( X )", "« X » ?", "X , dit-il : X !"])
+def test_an_unk_is_detokenized_where_a_word_would_be(words):
+    """Moses joins an elision only to a word starting with a letter: "l' <unk>" stayed apart where
+    "l' homme" gives "l'homme". Currency signs, brackets and French punctuation stay as for a word."""
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang="fr")
+    as_word = detok.detokenize(words.replace("X", "homme").split())
+    assert detokenize(detok, words.replace("X", "<unk>").split()) == as_word.replace("homme", "<unk>")
+    assert detokenize(detok, "l' Qunkq <unk>".split()) == "l'Qunkq <unk>"  # the stand-in itself is left alone
+
+
+def test_tokenized_bleu_splits_an_elided_unk_as_a_word():
+    """"l'<unk>" is tokenized as "l'homme" is, "l'" and one wrong word: not "l", "'", "<unk>",
+    which lost the elision's match and added a word."""
+    refs = [["Je vois l'homme et l'arbre."]]
+    wrong_word = text_metrics.tokenized_bleu(["Je vois l'femme et l'arbre."], refs, "fr")
+    assert text_metrics.tokenized_bleu(["Je vois l'<unk> et l'arbre."], refs, "fr") == pytest.approx(wrong_word)
+    assert text_metrics.bleu(["Je vois l'<unk> et l'arbre."], refs)[0].sys_len == 6  # 13a: "l'<unk>" one word
 
 
 def test_end_to_end_run_writes_bleu_ppl_and_samples(tmp_path):

@@ -9,6 +9,10 @@ from __future__ import annotations
 # penalty) and lower every n-gram precision. So each <unk> is written as one token that 13a and
 # Moses keep whole and no reference holds: SentencePiece's own rendering of an unknown piece.
 UNK, UNSCORED = "<unk>", "\u2047"
+# Moses' rules look at a word's neighbours: French "l'" joins the next word, in detokenizing, and
+# is split from it, in tokenizing, only where that word starts with a letter; "<unk>" and "\u2047"
+# do not. So an <unk> passes through Moses as this stand-in, an ordinary word no vocabulary holds.
+UNK_SLOT = "Qunkq"
 
 
 def unk_as_one_word(text: str) -> str:

@@ -16,7 +16,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.bleu import BLEUScore
 from sacremoses import MosesTokenizer
 
-from tasks.nn.references import reference_streams, unk_as_one_word
+from tasks.nn.references import UNK, UNK_SLOT, UNSCORED, reference_streams, unk_as_one_word
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,12 @@ def tokenized_bleu(hyps: list[str], refs: list[list[str]], lang: str) -> float:
     def tok(text: str) -> str:
         return " ".join(moses.tokenize(text, escape=False))
 
+    def tok_hyp(text: str) -> str:  # "l'<unk>" splits as "l'homme" does, into "l'" and one wrong word
+        return tok(text.replace(UNK, UNK_SLOT)).replace(UNK_SLOT, UNSCORED)
+
     metric = BLEU(tokenize="none", smooth_method="none")
     streams = [[None if r is None else tok(r) for r in stream] for stream in reference_streams(refs)]
-    return metric.corpus_score([tok(unk_as_one_word(h)) for h in hyps], streams).score
+    return metric.corpus_score([tok_hyp(h) for h in hyps], streams).score
 
 
 def chrf(hyps: list[str], refs: list[list[str]]) -> float:
