@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmark import config
+from benchmark import config, trainer_args
 from benchmark.logs import configure_logging
 from datamodules import download as fetch
 from datamodules.sources import SOURCES
@@ -385,7 +385,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "strategy": args.strategy, "precision": args.precision, "max_epochs": args.max_epochs,
                "max_steps": args.max_steps}
     for preset in {p.path: p for p, _, _ in plan}.values():  # every task's, before the first one trains
-        config.check_trainer_types({**preset.trainer, **{k: v for k, v in trainer.items() if v is not None}},
+        trainer_args.check_trainer_types({**preset.trainer, **{k: v for k, v in trainer.items() if v is not None}},
                                    f"{preset.path} or the command line")
     if args.jobs > 1 and any(_spans_processes({**p.trainer, **{k: v for k, v in trainer.items() if v is not None}})
                              for p, _, _ in plan):

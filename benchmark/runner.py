@@ -33,8 +33,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from benchmark import allocator, environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, best_epoch_and_version, check_checkpoint
-from benchmark.config import Preset, apply_dropout, check_trainer_types, overrides_of, paper_numbers, regularizer_tag
+from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
 from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, save_curves, set_log_aside
+from benchmark.trainer_args import check_trainer_types
 from tasks import registry
 from tasks.base import RUN_INFO_KEY, TaskModule
 from tasks.nn import backbone

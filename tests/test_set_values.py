@@ -10,8 +10,9 @@ import pytest
 
 from benchmark import runner
 from benchmark.cli import main
-from benchmark.config import apply_regularizer, check_trainer_types, load_preset, parse_value
+from benchmark.config import apply_regularizer, load_preset, parse_value
 from benchmark.runner import RunOptions
+from benchmark.trainer_args import check_trainer_types
 from tasks.nn.errors import ConfigError
 
 
