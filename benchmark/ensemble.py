@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmark import environment, trained
 from benchmark.results import RUNS_FILE, append_row, checkpoint_kind, read_rows, row_regularizer
-from benchmark.runner import RESULT_FILE, device_label, git_commit
+from benchmark.runner import RESULT_FILE, check_results_dir, device_label, git_commit
 from datamodules.base import same_value
 from tasks import registry
 from tasks.nn.errors import ConfigError
@@ -45,11 +45,13 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     if len(runs) < 2:
         raise ConfigError("an ensemble needs at least 2 --runs")
     read_rows(Path(results_dir) / RUNS_FILE)  # a damaged results file fails now, not after the scoring
+    check_results_dir(results_dir)  # and so does one that cannot take the row
     # In seed order, so that one set of members given in any order is one ensemble (its `seed`, e.g. 0+1+2).
     members = sorted((_member(Path(r), which) for r in runs), key=lambda m: int(m[1]["seed"]))
     for t, _ in members:
         if t.spec.name != task:
             raise ConfigError(f"{t.path}: a {t.spec.name} model, not {task}")
+    _refuse_other_data(members)
     rows = [row for _, row in members]
     # On and off runs, and every regularizer's, share a settings hash (dropout is the paired variable):
     # the arm keeps them apart, so that the row pools with its members' own.
@@ -79,6 +81,19 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     row.update({**env, "skipped_records": len(getattr(dm, "skipped", []))})
     append_row(results_dir, row)
     return row
+
+
+def _refuse_other_data(members: list[tuple[trained.Trained, dict[str, Any]]]) -> None:
+    """Members trained on other data files (their checkpoints' fingerprints differ) are not seeds of
+    one setting. Checkpoints from before runs kept the fingerprint are let through."""
+    seen: dict[str, Path] = {}
+    for t, _ in members:
+        if t.info.get("data_files"):
+            seen.setdefault(t.info["data_files"], t.path)
+    if len(seen) > 1:
+        a, b = list(seen.values())[:2]
+        raise ConfigError(f"{b}: trained on other data files (names or sizes) than {a}; ensemble runs trained on "
+                          f"the same data")
 
 
 def _refuse_repeats(members: list[tuple[trained.Trained, dict[str, Any]]]) -> None:

@@ -9,6 +9,7 @@ test sets given by path, every file read with its sha256.
 from __future__ import annotations
 
 import hashlib
+import logging
 import platform
 import time
 import uuid
@@ -21,11 +22,21 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from benchmark import environment, trained
 from benchmark.config import test_set_name
-from benchmark.results import RUNS_FILE, append_row, read_rows
-from benchmark.runner import device_name, git_commit, only_process, precision_label, progress_bar, save_outputs
+from benchmark.results import RUNS_FILE, append_row, check_writable, read_rows
+from benchmark.runner import (
+    check_results_dir,
+    data_fingerprint,
+    device_name,
+    git_commit,
+    only_process,
+    precision_label,
+    progress_bar,
+    save_outputs,
+)
 from datamodules.download import sha256_of
 from tasks.nn.errors import ConfigError
 
+log = logging.getLogger(__name__)
 EVAL_DIR = "eval"  # <run>/eval/<checkpoint>-<test sets>/: an evaluation's outputs and samples
 
 
@@ -53,10 +64,22 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _preset_data(t: trained.Trained, dm: L.LightningDataModule, data_root: Path) -> str:
+    """The row's `eval_data` for the preset's own test sets; marked, with a warning, when the data
+    files differ from those its run trained on (checkpoints from before runs kept them: unmarked)."""
+    trained_on = t.info.get("data_files")
+    if not trained_on or data_fingerprint(dm, data_root) == trained_on:
+        return "the preset's test sets"
+    log.warning("%s: the data files under %s differ from those its run trained on (names or sizes); its "
+                "row says so in eval_data", t.path, data_root)
+    return "the preset's test sets (data files differ from its training run's)"
+
+
 def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: list[list[Path]] | None = None,
              out_dir: Path | None = None, accelerator: str = "auto", batch_size: int | None = None,
              precision: str | None = None, command: str = "") -> dict[str, Any]:
     read_rows(Path(results_dir) / RUNS_FILE)  # a damaged results file fails now, not after the scoring
+    check_results_dir(results_dir)  # and so does one that cannot take the row
     t = trained.load(path, which)
     spec = t.spec
     given = dict(test_set_spec(spec.test_set_parts, list(map(Path, paths)), spec.name) for paths in tests or [])
@@ -70,10 +93,7 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     home = t.path.parent.parent if t.path.parent.name == "checkpoints" else t.path.parent
     data_id = f"{'+'.join(given)}-{hashlib.sha256(''.join(sums.values()).encode()).hexdigest()[:8]}" if given else "preset"
     out = Path(out_dir).resolve() if out_dir else home / EVAL_DIR / f"{ckpt_name}-{data_id}"
-    try:  # now, not after the scoring: the outputs are written at its end
-        (out / "outputs").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"{out}: cannot be written ({err.strerror or err}); give --out DIR") from err
+    check_writable(out / "outputs", "give --out DIR")  # now, not after the scoring: the outputs are written at its end
     # The precision its run tested under, unless asked otherwise: the same numbers need the same arithmetic.
     precision = precision or t.info.get("precision", "32-true")
     try:  # before the data: a bad --accelerator fails in a line, not after minutes of features
@@ -93,6 +113,7 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
             stale.unlink()
         dm = t.datamodule(data_root, given or None, batch_size)
         dm.prepare_data()
+        eval_data = "; ".join(f"{f} sha256:{sums[f]}" for f in files) or _preset_data(t, dm, data_root)
         dm.setup("test")
         t.model.use_test_streams(dm.stream_names())
         start = time.perf_counter()
@@ -100,6 +121,8 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
         seconds = time.perf_counter() - start
         metrics = {k: float(v) for d in results for k, v in d.items()}
         info, row_of_run = t.info, trained.run_row(t.path)
+        # As a training row has it: the commit whose code trained its first epochs, when not the last one's.
+        began = info.get("resumed_from_commit") or row_of_run.get("resumed_from_commit")
         finished = datetime.now(timezone.utc)
         row = {
             "task": spec.name,
@@ -115,7 +138,9 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
             "config_hash": info.get("config_hash", row_of_run.get("config_hash", "")),
             **{k: f"{v:.4f}" for k, v in sorted(metrics.items())},
             **t.model.row_info(),
-            "eval_data": "; ".join(f"{f} sha256:{sums[f]}" for f in files) or "the preset's test sets",
+            "eval_data": eval_data,
+            "steps": "" if t.global_step is None else t.global_step,
+            **({"resumed_from_commit": began} if began else {}),
             "wall_s": f"{seconds:.1f}",
             "device": device_name(trainer),
             "precision": precision_label(trainer),  # what it ran in: Lightning makes 16-mixed bf16 on a CPU

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from tasks.nn.errors import DataError
+from tasks.nn.errors import ConfigError, DataError
 from tasks.nn.mechanisms import ZAREMBA
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ STEP_KEYS = ("train_loss", "train_nll")  # logged every few steps; the rest of t
 
 
 def save_curves(run_dir: Path, results_dir: Path, name: str) -> Path | None:
-    """<results>/curves/<run>.csv: the run's per-epoch train and valid metrics (Lightning's 0-based
-    `epoch`, as in its CSV logs), so the learning curves travel with the results rows and the
-    leaderboard can draw them without the run folder."""
+    """<results>/curves/<name>.csv (the row's `curves` names it): the run's per-epoch train and
+    valid metrics (Lightning's 0-based `epoch`, as in its CSV logs), so the learning curves travel
+    with the results rows and the leaderboard can draw them without the run folder."""
     epochs: dict[int, dict[str, str]] = {}
     for path in metric_logs(run_dir):
         with open(path, newline="") as f:
@@ -106,6 +106,27 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def check_writable(folder: Path, fix: str, parts: tuple[str, ...] = ()) -> None:
+    """Fail in one line, before any work, if `folder` (made when missing) or one of its `parts`
+    that exists (a subfolder, a file) cannot be written: a run whose results folder is read-only
+    would otherwise train for hours and lose its row at the end. `fix`: what to do instead."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{folder}: cannot be made ({err.strerror or err}); {fix}") from err
+    for target in [folder, *(folder / p for p in parts if (folder / p).is_dir())]:
+        try:  # a new file made and deleted: what the atomic writes there do
+            fd, tmp = tempfile.mkstemp(dir=target, prefix=".write-check-", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise ConfigError(f"{target}: cannot be written ({err.strerror or err}); {fix}") from err
+    for path in (folder / p for p in parts if (folder / p).is_file()):
+        if not os.access(path, os.W_OK):  # runs.csv kept read-only, or its lock file another user's
+            raise ConfigError(f"{path}: read-only; make it writable (chmod u+w) or {fix}")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

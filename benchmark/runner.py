@@ -34,7 +34,16 @@ from benchmark import allocator, environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
 from benchmark.checkpoints import AtomicCheckpointIO, best_epoch_and_version, check_checkpoint
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
-from benchmark.results import CSV_LOG, RUNS_FILE, append_row, last_logged, read_rows, save_curves, set_log_aside
+from benchmark.results import (
+    CSV_LOG,
+    RUNS_FILE,
+    append_row,
+    check_writable,
+    last_logged,
+    read_rows,
+    save_curves,
+    set_log_aside,
+)
 from benchmark.trainer_args import check_trainer_types
 from tasks import registry
 from tasks.base import RUN_INFO_KEY, TaskModule
@@ -123,13 +132,29 @@ def make_datamodule(preset: Preset, data_root: Path) -> L.LightningDataModule:
         raise ConfigError(f"{preset.path}: bad `data` section for {preset.datamodule} ({err})") from err
 
 
-def settings_hash(preset: Preset, dm: L.LightningDataModule, cli_trainer: dict[str, Any], data_root: Path) -> str:
+def settings_hash(preset: Preset, dm: L.LightningDataModule, cli_trainer: dict[str, Any], data_root: Path,
+                  fingerprint: str | None = None) -> str:
     """`config_hash` of this run (benchmark/identity.py), from the preset before `--dropout off`
-    zeroes its rates: on and off runs of one setting share it."""
+    zeroes its rates: on and off runs of one setting share it. `fingerprint`: the data files'
+    (data_fingerprint), when the caller has it already."""
     trainer = {**preset.trainer, **{k: v for k, v in cli_trainer.items() if v is not None}}
-    fingerprint = identity.data_fingerprint(dm.data_files(), Path(data_root))
+    fingerprint = fingerprint or data_fingerprint(dm, data_root)
     return identity.config_hash(preset.module, preset.datamodule, preset.hashed_model, preset.data, trainer,
                                 fingerprint)
+
+
+def data_fingerprint(dm: L.LightningDataModule, data_root: Path) -> str:
+    """The fingerprint of the files `dm` reads (identity.data_fingerprint): part of the settings
+    hash, and kept in each checkpoint so that `bench eval` and `bench ensemble` can tell the data
+    a model was trained on."""
+    return identity.data_fingerprint(dm.data_files(), Path(data_root))
+
+
+def check_results_dir(results_dir: Path, fix: str = "give --results-dir a folder you can write") -> None:
+    """The results folder takes runs.csv (and its lock), the outputs, curves and package lists:
+    a read-only one fails now, in one line, not once a run has trained."""
+    check_writable(Path(results_dir), fix,
+                   (RUNS_FILE, f"{RUNS_FILE}.lock", "outputs", "curves", environment.ENV_DIR))
 
 
 def code_changed_since(commit: str) -> bool:
@@ -157,8 +182,8 @@ def make_loggers(run_dir: Path, opts: RunOptions, preset: Preset, config: dict) 
         raise ConfigError(f"--logger: unknown {sorted(unknown)}; choose csv, wandb or csv,wandb")
     loggers: list[Logger] = []
     if "csv" in opts.loggers:
-        if _is_rank_zero():
-            set_log_aside(run_dir)  # a resumed run's earlier epochs stay in metrics.part-N.csv
+        # Its file is made at the first log: build() sets a resumed run's metrics.csv aside before
+        # that, once the resume is known to go ahead.
         loggers.append(CSVLogger(run_dir, name="", version=CSV_LOG))
     if "wandb" in opts.loggers:
         wandb = wandb_log.make_logger(
@@ -211,6 +236,8 @@ class Run:
     run_dir: Path
     cli_trainer: dict[str, Any]  # trainer settings from the command line, over the preset's
     resume_from: str | None = None  # last.ckpt of an interrupted run
+    resumed_info: dict[str, Any] = field(default_factory=dict)  # that last.ckpt's run_info
+    data_files: str = ""  # the data files' fingerprint (data_fingerprint)
     commit: str = ""
     run_id: str = ""
     resumed_from_commit: str = ""  # the commit whose code trained its first epochs, when not this one
@@ -235,13 +262,18 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     r = plan(preset, opts)
     fresh = not r.run_dir.exists()
     with only_process(r.run_dir):
+        # Again, now that the folder is this process's: another one may have run it since plan() looked.
+        check_not_started(r)
         if opts.resume and (done := finished(r)) is not None:
             return done
         try:
+            if _is_rank_zero():  # before training: a row that cannot be written would lose the run
+                check_results_dir(opts.results_dir)
             build(r)
-        except BenchError:
-            if fresh and _is_rank_zero():  # rejected before training: no folder holding only a run_id and config
-                shutil.rmtree(r.run_dir, ignore_errors=True)
+        except BaseException as err:
+            wandb_log.finish(r.loggers, failed=True)  # a W&B run begun by make_loggers ends, marked failed
+            if isinstance(err, BenchError) and fresh and _is_rank_zero():
+                shutil.rmtree(r.run_dir, ignore_errors=True)  # rejected before training: no folder holding only a run_id
             raise
         try:
             row = fit_and_test(r)
@@ -301,17 +333,24 @@ def plan(preset: Preset, opts: RunOptions) -> Run:
     dm = make_datamodule(preset, opts.data_root)
     dm.prepare_data()
     cli_trainer = {k: v for k, v in opts.trainer.items() if v is not None}
-    chash = settings_hash(preset, dm, cli_trainer, opts.data_root)
+    fingerprint = data_fingerprint(dm, opts.data_root)
+    chash = settings_hash(preset, dm, cli_trainer, opts.data_root, fingerprint)
     rates = apply_dropout(preset, opts.dropout)
     run_dir = Path(opts.run_dir or Path(opts.runs_dir) / run_name(preset, opts.dropout, opts.seed, chash))
-    r = Run(preset, opts, registry.get(preset.task), dm, chash, rates, run_dir, cli_trainer)
+    r = Run(preset, opts, registry.get(preset.task), dm, chash, rates, run_dir, cli_trainer, data_files=fingerprint)
+    check_not_started(r)
+    return r
+
+
+def check_not_started(r: Run) -> None:
+    """A folder that holds a run (a checkpoint, a result) is taken up only with --resume, and one
+    named by --run-dir only if its run has these settings."""
     started = any(r.ckpt_dir.glob("*.ckpt")) or (r.run_dir / RESULT_FILE).exists()
-    if started and not opts.resume:
+    if started and not r.opts.resume:
         raise ConfigError(f"{r.run_dir} already holds an earlier run: pass --resume to continue it (a finished "
                           f"run is skipped), or --run-dir to start a new run elsewhere")
-    if started and opts.run_dir:  # a folder named by run_name() carries the hash, seed and arm already
+    if started and r.opts.run_dir:  # a folder named by run_name() carries the hash, seed and arm already
         check_same_settings(r)
-    return r
 
 
 def check_same_settings(r: Run) -> None:
@@ -362,7 +401,7 @@ def finished(r: Run) -> dict[str, Any] | None:
         if _is_rank_zero():
             _drop_orphan_best(r.ckpt_dir, ckpt)
         r.resume_from = str(last)
-        info = ckpt.get(RUN_INFO_KEY) or {}
+        info = r.resumed_info = dict(ckpt.get(RUN_INFO_KEY) or {})
         began = str(info.get("resumed_from_commit") or info.get("git_commit") or "")
         if began and code_changed_since(began):
             # The epochs so far ran other code than the rest will: the row says so, not only the new commit.
@@ -388,8 +427,10 @@ def _row_into(r: Run, row: dict[str, Any], wrote_to: str | None) -> None:
         return
     if any(x.get("run_id") == row["run_id"] for x in read_rows(results / RUNS_FILE)):
         return
-    outputs = save_outputs(r.run_dir, results, r.name)
-    curves = save_curves(r.run_dir, results, r.name)
+    check_results_dir(results)
+    stem = f"{r.name}-{row['run_id']}"  # as fit_and_test names them (a copy of an older run's too)
+    outputs = save_outputs(r.run_dir, results, stem)
+    curves = save_curves(r.run_dir, results, stem)
     row = {**row, "outputs": outputs.relative_to(results).as_posix() if outputs else "",
            "curves": curves.relative_to(results).as_posix() if curves else ""}
     append_row(results, row, replaces="run_id")
@@ -452,13 +493,11 @@ def build(r: Run) -> None:
                         "regularizer": regularizer_of(r), "seed": opts.seed,
                         "dropout_rate": ";".join(f"{k}={v}" for k, v in r.rates.items()),
                         "config_hash": r.chash, "overrides": overrides_of(preset, r.cli_trainer),
-                        "git_commit": r.commit, "run_id": r.run_id}
+                        "git_commit": r.commit, "run_id": r.run_id, "data_files": r.data_files}
     if r.resumed_from_commit:  # kept in every later checkpoint: a second resume still knows where it began
         r.model.run_info["resumed_from_commit"] = r.resumed_from_commit
     trainer_kwargs = {**preset.trainer, **r.cli_trainer}
     r.model.run_info["precision"] = str(trainer_kwargs.get("precision") or "32-true")  # what its test ran under
-    if _is_rank_zero():
-        write_config(r, trainer_kwargs)
     r.loggers = make_loggers(r.run_dir, opts, preset, {
         "task": preset.task, "preset": preset.name, "dropout": opts.dropout, "dropout_rates": r.rates,
         "regularizer": regularizer_of(r), "seed": opts.seed, "config_hash": r.chash, "model": preset.model, "data": preset.data,
@@ -476,6 +515,24 @@ def build(r: Run) -> None:
         )
     except (TypeError, ValueError, MisconfigurationException) as err:
         raise ConfigError(f"bad trainer setting in {preset.path} or the command line: {err}") from err
+    r.model.run_info["world_size"] = r.trainer.world_size  # devices x nodes: known once the Trainer is
+    check_same_world_size(r)
+    # Only now, the resume going ahead: a refused one leaves the run's config.yaml and logs as they were.
+    if _is_rank_zero():
+        write_config(r, trainer_kwargs)
+        if "csv" in opts.loggers:
+            set_log_aside(r.run_dir)  # a resumed run's earlier epochs stay in metrics.part-N.csv
+
+
+def check_same_world_size(r: Run) -> None:
+    """A resumed run goes on with the world size it began with: each rank's share of the data and
+    the effective batch follow from it, so the rest would train another setting. A checkpoint from
+    before runs kept their world size is let through."""
+    began = r.resumed_info.get("world_size")
+    if r.resume_from and began is not None and int(began) != r.trainer.world_size:
+        raise ConfigError(f"{r.resume_from}: trained with world size {began} (devices x nodes), this run has "
+                          f"{r.trainer.world_size}; resume with the same --devices/num_nodes, or start over "
+                          f"with another --run-dir")
 
 
 def write_config(r: Run, trainer_kwargs: dict[str, Any]) -> Path:
@@ -565,9 +622,12 @@ def fit_and_test(r: Run) -> dict[str, Any] | None:
     env, pkgs = environment.fingerprint(r.trainer.strategy.root_device)
     environment.save_package_list(Path(r.opts.results_dir), env["env_packages"], pkgs)
     row.update(env)
-    outputs = save_outputs(r.run_dir, Path(r.opts.results_dir), r.name)
+    # Named by run_id too: another run of this name (another machine's, a --run-dir elsewhere, one
+    # begun again after its folder was deleted) into this results folder keeps its own files.
+    stem = f"{r.name}-{r.run_id}"
+    outputs = save_outputs(r.run_dir, Path(r.opts.results_dir), stem)
     row["outputs"] = outputs.relative_to(r.opts.results_dir).as_posix() if outputs else ""
-    curves = save_curves(r.run_dir, Path(r.opts.results_dir), r.name)
+    curves = save_curves(r.run_dir, Path(r.opts.results_dir), stem)
     row["curves"] = curves.relative_to(r.opts.results_dir).as_posix() if curves else ""
     path = append_row(r.opts.results_dir, row, replaces="run_id")
     # The row plus the data settings it ran with: what `--resume` skips on and `bench ensemble` rebuilds from.
@@ -641,8 +701,8 @@ def _best_epoch(best: ModelCheckpoint) -> int | None:
 
 def save_outputs(run_dir: Path, results_dir: Path, name: str) -> Path | None:
     """Copy the run's test outputs (hypotheses beside references, what the tasks that decode write
-    under <run>/outputs/) to <results>/outputs/<run>.jsonl.gz: the leaderboard's paired bootstrap
-    reads them there, so they travel with the results rows they belong to."""
+    under <run>/outputs/) to <results>/outputs/<name>.jsonl.gz (the row's `outputs` names it): the
+    leaderboard's paired bootstrap reads them there, so they travel with the results rows they belong to."""
     files = sorted((run_dir / "outputs").glob("*.jsonl"))
     if not files:
         return None

@@ -35,6 +35,7 @@ class Trained:
     settings: dict[str, Any]  # the DataModule's constructor arguments, less its folders
     state: dict[str, Any]  # the DataModule's state_dict()
     info: dict[str, Any]  # the run's identity (tasks.base.TaskModule.run_info); {} for older checkpoints
+    global_step: int | None = None  # the optimizer steps it had trained when saved (Lightning's `global_step`)
 
     def datamodule(self, data_root: Path, test_sets: dict[str, Any] | None = None,
                    batch_size: int | None = None) -> TaskDataModule:
@@ -117,7 +118,8 @@ def load(path: Path, which: str = "last", task: str | None = None) -> Trained:
                           f"score it with the commit that trained it, or train it again") from err
     model.run_info = ckpt.get(RUN_INFO_KEY) or None
     state = dict(ckpt[dm_key])
-    return Trained(file, spec, model.eval(), state.pop("settings"), state, dict(ckpt.get(RUN_INFO_KEY) or {}))
+    return Trained(file, spec, model.eval(), state.pop("settings"), state, dict(ckpt.get(RUN_INFO_KEY) or {}),
+                   ckpt.get("global_step"))
 
 
 def _one_line(err: BaseException) -> str:

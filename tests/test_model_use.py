@@ -72,6 +72,9 @@ def test_translation_eval_by_path_matches_the_runs_own_test(translation):
     assert ev["evaluation"] == "last checkpoint" and (ev["preset"], ev["dropout"], ev["seed"]) == ("tatoeba-quick", "on", "0")
     assert f"{data / 'news.en'} sha256:" in ev["eval_data"] and ev["config_hash"] == row["config_hash"]
     assert (ev["regularizer"], ev["trained_run_id"]) == (row["regularizer"], row["run_id"]) and row["run_id"]
+    # The training row's outputs are named by its run_id too: another run of this name keeps its own.
+    assert row["outputs"] == f"outputs/{run_dir.name}-{row['run_id']}.jsonl.gz"
+    assert ev["steps"] == str(row["steps"])  # the checkpoint's, as its training row has them
     # Evaluated again: a row of its own with outputs of its own; the first row's file stays as it was.
     first = root / "evals" / ev["outputs"]
     kept = first.read_bytes()
