@@ -234,3 +234,14 @@ def test_the_backbone_with_its_own_dropout_is_the_backbone_with_torchs():
         y, _ = lstm(x)
         runs.append(y)
     assert torch.equal(*runs)
+
+
+def test_the_kernel_probe_draws_nothing_from_the_runs_generator():
+    """It runs once per process, from inside whichever run first autocasts: drawing from the global
+    generator there would give that run other dropout masks than the same seed in a later run."""
+    cpu_lstm_supports.cache_clear()
+    torch.manual_seed(0)
+    cpu_lstm_supports(torch.bfloat16)
+    after_probe = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_probe, torch.rand(3))

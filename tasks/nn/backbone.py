@@ -58,8 +58,10 @@ def cpu_lstm_supports(dtype: torch.dtype) -> bool:
     with "could not create a primitive descriptor for the LSTM forward propagation primitive".
     """
     try:
-        # The first call may come from inside Lightning's validation (inference mode, no grad).
-        with torch.inference_mode(False), torch.enable_grad():
+        # The first call may come from inside Lightning's validation (inference mode, no grad), and
+        # from inside a run: the probe's weights and input must not draw from the run's generator,
+        # or a seed would give other masks in the first run of a process than in the next.
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
             lstm = nn.LSTM(4, 4)
             x = torch.randn(2, 1, 4, requires_grad=True)
             with torch.autocast("cpu", dtype=dtype):
