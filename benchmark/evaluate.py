@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from benchmark import environment, trained
+from benchmark import environment, identity, trained
 from benchmark.config import test_set_name
 from benchmark.results import RUNS_FILE, append_row, check_writable, read_rows
 from benchmark.runner import (
@@ -55,11 +55,12 @@ def test_set_spec(parts: tuple[str, ...], paths: list[Path], task: str) -> tuple
 
 
 def digest(path: Path) -> str:
-    """sha256 of a file; of a folder, over each file's relative path and sha256, in sorted order."""
+    """sha256 of a file; of a folder, over each data file's relative path and sha256, in sorted order
+    (not its hidden files: a cache written beside the audio must not make the same test set another)."""
     if path.is_file():
         return sha256_of(path)
     h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in identity.data_files_under(path):
         h.update(f"{file.relative_to(path).as_posix()}\0{digest(file)}\n".encode())
     return h.hexdigest()
 

@@ -92,14 +92,19 @@ def _tell(changed: dict[str, list[Path]]) -> None:
 _told: set[tuple[str, tuple[Path, ...]]] = set()
 
 
+def data_files_under(folder: Path) -> list[Path]:
+    """The data files in a folder, sorted: hidden entries (a download's temporary folder, .DS_Store,
+    a cache) are not data, nor is the aligner's report."""
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.name != REPORT and not any(
+        part.startswith(".") for part in f.relative_to(folder).parts))
+
+
 def data_fingerprint(paths: list[Path], root: Path) -> str:
     """sha256 over (path relative to the data root, size) of every file under `paths`; a path
     that does not exist yet counts as missing (its download changes the fingerprint)."""
     h, changed = hashlib.sha256(), {}  # data set -> its changed files
     for path in sorted({Path(p) for p in paths}):
-        # Hidden entries (a download's temporary folder, .DS_Store) are not data, nor is a report.
-        files = sorted(f for f in path.rglob("*") if f.is_file() and f.name != REPORT and not any(
-            part.startswith(".") for part in f.relative_to(path).parts)) if path.is_dir() else [path]
+        files = data_files_under(path) if path.is_dir() else [path]
         for f in files:
             try:
                 rel = f.relative_to(root).as_posix()

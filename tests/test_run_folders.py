@@ -237,3 +237,20 @@ def test_an_ensemble_refuses_members_trained_on_other_data_files(two_seeds, data
     edit_run_info(copies[1] / "checkpoints" / "last.ckpt", data_files=None)  # an older checkpoint: let through
     row = run_ensemble("ptb", copies, data_root, tmp_path / "results")
     assert row["ensemble"] == 2 and row["seed"] == "0+1"
+
+
+def test_an_eval_test_folders_digest_leaves_hidden_files_out(tmp_path):
+    """`eval_data` names a --test folder by its files' sha256: a cache or .DS_Store written beside
+    them later must not make the same test set look like another."""
+    from benchmark.evaluate import digest
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "sub" / "b.txt").write_text("b\n")
+    before = digest(tmp_path)
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "feats.pt").write_bytes(b"x")
+    assert digest(tmp_path) == before
+    (tmp_path / "sub" / "b.txt").write_text("c\n")
+    assert digest(tmp_path) != before
