@@ -267,9 +267,9 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         if opts.resume and (done := finished(r)) is not None:
             return done
         try:
+            build(r)  # a bad setting fails first, leaving no results folder made for nothing
             if _is_rank_zero():  # before training: a row that cannot be written would lose the run
                 check_results_dir(opts.results_dir)
-            build(r)
         except BaseException as err:
             wandb_log.finish(r.loggers, failed=True)  # a W&B run begun by make_loggers ends, marked failed
             if isinstance(err, BenchError) and fresh and _is_rank_zero():

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from datamodules.download import sha256_of
 from datamodules.phones import CMU_PHONES
 from tasks.nn.errors import DataError
 
@@ -339,9 +340,18 @@ def _align_one(item: Item) -> tuple[Item, list[tuple[int, int, str]] | None, str
 
 
 def label_key(item: Item) -> str:
-    """What a label was made from: its words and its audio file's size."""
+    """What a label was made from: its words and its audio's sha256. Not the file's size: a WAV
+    re-recorded or denoised to the same length has the same size and other samples."""
+    digest = sha256_of(item.audio) if item.audio.is_file() else "missing"
+    return hashlib.sha256(f"{' '.join(item.words)}|sha256:{digest}".encode()).hexdigest()[:16]
+
+
+def size_key(item: Item) -> str:
+    """The key manifests written before 2026-12-04 hold (words and audio size): accepted once, and
+    rewritten as label_key, so that upgrading does not align a whole corpus again."""
     size = item.audio.stat().st_size if item.audio.is_file() else -1
     return hashlib.sha256(f"{' '.join(item.words)}|{size}".encode()).hexdigest()[:16]
+
 
 
 def existing_label(phn: Path) -> Path | None:
@@ -401,10 +411,12 @@ def align_corpus(root: Path, out: Path | None = None, layout: str | None = None,
             todo.append(it)
         elif manifest.rel(label) not in manifest.keys:
             foreign += 1
-        elif force or manifest.keys[manifest.rel(label)] != label_key(it):
+        elif force or (had := manifest.keys[manifest.rel(label)]) not in (key := label_key(it), size_key(it)):
             todo.append(it)  # asked to, or its words or audio changed since
         else:
             kept += 1
+            if had != key:  # a manifest line from before content keys: this label stands, now by content
+                manifest.add(label, key)
         if out is not None:  # `out` becomes a corpus on its own: the labels with links to their audio
             link = it.phn.with_suffix(it.audio.suffix)
             if not (link.is_symlink() or link.exists()):

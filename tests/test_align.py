@@ -266,3 +266,28 @@ def test_fetch_an4_checks_every_utterances_samples_then_aligns(an4_real, tmp_pat
     fetch.download_large(sources.AN4, tmp_path / "root")  # an4 needs no --yes: 64 MB
     labels = sorted(p.name for p in (tmp_path / "root" / "an4").rglob("*.phn"))
     assert labels == [f"{u}.phn" for u in utts]
+
+
+def test_audio_changed_to_the_same_size_is_aligned_again_and_old_size_keys_are_kept_once(an4_real, tmp_path):
+    """A label stands for its words and its audio's samples: audio replaced by other samples of the
+    same length (a denoised copy: the same size) is aligned again. A manifest from before content
+    keys (words and size) keeps its labels, rewritten by content, instead of aligning everything again."""
+    from datamodules.align import MANIFEST, label_key, size_key
+
+    corpus = simple_corpus(an4_real, tmp_path / "c", utts=("an251-fash-b",))
+    assert align_corpus(corpus, jobs=1, progress=False).aligned == 1
+    audio = corpus / "an251-fash-b.flac"
+    samples, rate = sf.read(audio, dtype="int16")
+    sf.write(tmp_path / "quieter.wav", (samples // 2).astype(np.int16), rate)
+    sf.write(corpus / "an251-fash-b.wav", samples, rate)  # the same audio as WAV: sizes compare exactly
+    audio.unlink()
+    items, _ = read_items(corpus, None, None)
+    manifest = corpus / MANIFEST
+    # An old manifest: the label keyed by words and size, as before.
+    manifest.write_text(f"an251-fash-b.phn\t{size_key(items[0])}\n")
+    s = align_corpus(corpus, jobs=1, progress=False)
+    assert (s.aligned, s.kept) == (0, 1)
+    assert manifest.read_text() == f"an251-fash-b.phn\t{label_key(items[0])}\n"
+    shutil.copy(tmp_path / "quieter.wav", corpus / "an251-fash-b.wav")  # same size, other samples
+    assert (corpus / "an251-fash-b.wav").stat().st_size == (tmp_path / "quieter.wav").stat().st_size
+    assert align_corpus(corpus, jobs=1, progress=False).aligned == 1
