@@ -341,11 +341,14 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
                   file=sys.stderr)
             if not regularizers:
                 continue
+        dropouts = args.dropout or (base.default_dropout,)
         armed = []  # the preset set to each regularizer: a typo fails now, before any run
         for name in regularizers:
             armed.append(copy.deepcopy(base))
+            if "on" not in dropouts:  # `off` alone trains no regularizer: no --set rate of it is overwritten
+                armed[-1].set_keys = set()
             config.apply_regularizer(armed[-1], name)
-        for dropout in args.dropout or (base.default_dropout,):
+        for dropout in dropouts:
             # `off` trains without any of them: one run per seed, whatever the regularizers.
             for preset in armed if dropout == "on" else armed[:1]:
                 plan.extend((copy.deepcopy(preset), dropout, seed) for seed in seeds)

@@ -49,6 +49,7 @@ _Loader.add_implicit_resolver(
 # `0x1f` -> 31, `1:30` -> 90 (base 60). YAML 1.2, and anyone typing `--set model.backbone=no`, take
 # them as written. A plain integer is `0` or has no leading zero; true/false are booleans in both.
 _PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)")
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")  # 08, 09: not octal, so YAML 1.1 keeps them as text
 
 
 def _reads_otherwise(node: yaml.Node, at: str = "") -> Iterator[tuple[str, yaml.ScalarNode]]:
@@ -58,7 +59,8 @@ def _reads_otherwise(node: yaml.Node, at: str = "") -> Iterator[tuple[str, yaml.
         text, kind = node.value, node.tag.rpartition(":")[2]
         if node.style is None and ((kind == "bool" and text.lower() not in ("true", "false"))
                                    or (kind == "int" and not _PLAIN_INT.fullmatch(text))
-                                   or (kind == "float" and ":" in text)):
+                                   or (kind == "float" and ":" in text) or kind == "timestamp"
+                                   or (kind == "str" and _LEADING_ZERO.fullmatch(text))):
             yield at, node
     elif isinstance(node, yaml.SequenceNode):
         for i, child in enumerate(node.value):
@@ -69,10 +71,13 @@ def _reads_otherwise(node: yaml.Node, at: str = "") -> Iterator[tuple[str, yaml.
             yield from _reads_otherwise(value, f"{at}.{key.value}" if at else str(key.value))
 
 
-def _surprise(node: yaml.ScalarNode) -> str:
+def _surprise(node: yaml.ScalarNode, item: str = "") -> str:
+    """`item`: the --set argument, whose quotes must survive the shell (`--set "k='no'"`)."""
     value = yaml.load(node.value, Loader=_Loader)
+    key = item.partition("=")[0]
+    quoted = f'--set "{key}=\'{node.value}\'"' if item else f"'{node.value}'"
     return (f"`{node.value}` reads as {value!r} in YAML 1.1, not as written; write true/false or the plain "
-            f"number, or quote it ('{node.value}') if a string is meant")
+            f"number, or quote it ({quoted}) if a string is meant")
 
 
 def _preset_surprises(path: Path, root: yaml.Node | None) -> list[str]:
@@ -179,7 +184,7 @@ def parse_value(text: str, item: str = "") -> Any:
         raise ConfigError(f"--set {item or text!r}: {text!r} is not a YAML value ({str(err).splitlines()[0]}); "
                           f"quote it if it is a string") from err
     for _, bad in _reads_otherwise(node) if node is not None else ():
-        raise ConfigError(f"--set {item or text!r}: {_surprise(bad)}")
+        raise ConfigError(f"--set {item or text!r}: {_surprise(bad, item)}")
     return value
 
 

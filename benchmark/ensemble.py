@@ -51,7 +51,6 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     for t, _ in members:
         if t.spec.name != task:
             raise ConfigError(f"{t.path}: a {t.spec.name} model, not {task}")
-    _refuse_other_data(members)
     rows = [row for _, row in members]
     # On and off runs, and every regularizer's, share a settings hash (dropout is the paired variable):
     # the arm keeps them apart, so that the row pools with its members' own.
@@ -61,6 +60,7 @@ def run_ensemble(task: str, runs: list[Path], data_root: Path, results_dir: Path
     if len(presets) > 1:
         raise ConfigError(f"members come from different settings or arms {sorted(presets)} (preset, overrides, "
                           f"settings hash, dropout, regularizer, rates, devices); ensemble runs of one")
+    _refuse_other_data(members)  # one setting, yet other files (rows from before the hash covered them)
     if not repeats_ok:
         _refuse_repeats(members)
     first = members[0][0]

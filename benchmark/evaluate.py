@@ -94,7 +94,9 @@ def evaluate(path: Path, which: str, data_root: Path, results_dir: Path, tests: 
     home = t.path.parent.parent if t.path.parent.name == "checkpoints" else t.path.parent
     data_id = f"{'+'.join(given)}-{hashlib.sha256(''.join(sums.values()).encode()).hexdigest()[:8]}" if given else "preset"
     out = Path(out_dir).resolve() if out_dir else home / EVAL_DIR / f"{ckpt_name}-{data_id}"
-    check_writable(out / "outputs", "give --out DIR")  # now, not after the scoring: the outputs are written at its end
+    # Now, not after the scoring: the outputs are written at its end.
+    check_writable(out / "outputs", "give another --out" if out_dir else "give --out DIR")
+    (out / "outputs").mkdir(parents=True, exist_ok=True)
     # The precision its run tested under, unless asked otherwise: the same numbers need the same arithmetic.
     precision = precision or t.info.get("precision", "32-true")
     try:  # before the data: a bad --accelerator fails in a line, not after minutes of features

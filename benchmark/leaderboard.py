@@ -373,7 +373,7 @@ def effect_lines(effects: list[dict]) -> list[str]:
     lines = []
     for e in effects:
         # A zero-width interval (every pair differs alike) sizes nothing: the verdict says so instead.
-        ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] and e["ci_low"] != e["ci_high"] else ""
+        ci = f", 95% CI [{e['ci_low']}, {e['ci_high']}]" if e["ci_low"] and not e["verdict"].startswith("no spread") else ""
         what = "dropout" if e["regularizer"] == ZAREMBA else f"{e['regularizer']} ({e['rates']})"
         lines.append(f"- {e['preset']} {what} `{e['metric']}` ({e['better']} is better): on − off = **{e['diff']}**{ci} "
                      f"over {e['pairs']} paired seed(s): {e['verdict']}.")

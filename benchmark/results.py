@@ -109,24 +109,28 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def check_writable(folder: Path, fix: str, parts: tuple[str, ...] = ()) -> None:
-    """Fail in one line, before any work, if `folder` (made when missing) or one of its `parts`
+    """Fail in one line, before any work, if `folder` (or where it would be made) or one of its `parts`
     that exists (a subfolder, a file) cannot be written: a run whose results folder is read-only
     would otherwise train for hours and lose its row at the end. `fix`: what to do instead."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"{folder}: cannot be made ({err.strerror or err}); {fix}") from err
-    for target in [folder, *(folder / p for p in parts if (folder / p).is_dir())]:
+    folder = Path(folder).absolute()
+    # A folder not there yet is not made here (a run refused later leaves none behind): where it
+    # would be made, the nearest folder that exists must take it.
+    made_in = next(p for p in (folder, *folder.parents) if p.exists())
+    if made_in != folder and not made_in.is_dir():
+        raise ConfigError(f"{folder}: cannot be made ({made_in} is a file); {fix}")
+    for target in [made_in, *(folder / p for p in parts if (folder / p).is_dir())]:
         try:  # a new file made and deleted: what the atomic writes there do
             fd, tmp = tempfile.mkstemp(dir=target, prefix=".write-check-", suffix=".tmp")
             os.close(fd)
             os.unlink(tmp)
         except OSError as err:
             raise ConfigError(f"{target}: cannot be written ({err.strerror or err}); {fix}") from err
+    # A file rewritten by rename (runs.csv) needs only its folder; one opened for writing in place (a
+    # lock file, left by another user's or a sudo run) needs itself.
     for path in (folder / p for p in parts if (folder / p).is_file()):
-        if not os.access(path, os.W_OK):  # runs.csv kept read-only, or its lock file another user's
-            raise ConfigError(f"{path}: read-only; make it writable (chmod u+w) or {fix}")
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{path}: not writable by you (a file another user, or a sudo run, left); delete it "
+                              f"(the folder is yours) or {fix}")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -153,8 +153,7 @@ def data_fingerprint(dm: L.LightningDataModule, data_root: Path) -> str:
 def check_results_dir(results_dir: Path, fix: str = "give --results-dir a folder you can write") -> None:
     """The results folder takes runs.csv (and its lock), the outputs, curves and package lists:
     a read-only one fails now, in one line, not once a run has trained."""
-    check_writable(Path(results_dir), fix,
-                   (RUNS_FILE, f"{RUNS_FILE}.lock", "outputs", "curves", environment.ENV_DIR))
+    check_writable(Path(results_dir), fix, (f"{RUNS_FILE}.lock", "outputs", "curves", environment.ENV_DIR))
 
 
 def code_changed_since(commit: str) -> bool:
@@ -259,6 +258,8 @@ class Run:
 def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     """Train and test one preset. Returns the results row (rank 0) or None (other ranks)."""
     read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, before any folder is made
+    if _is_rank_zero():  # and one that cannot take the row, before the data is prepared (or fetched)
+        check_results_dir(opts.results_dir)
     r = plan(preset, opts)
     fresh = not r.run_dir.exists()
     with only_process(r.run_dir):
@@ -267,9 +268,7 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         if opts.resume and (done := finished(r)) is not None:
             return done
         try:
-            build(r)  # a bad setting fails first, leaving no results folder made for nothing
-            if _is_rank_zero():  # before training: a row that cannot be written would lose the run
-                check_results_dir(opts.results_dir)
+            build(r)
         except BaseException as err:
             wandb_log.finish(r.loggers, failed=True)  # a W&B run begun by make_loggers ends, marked failed
             if isinstance(err, BenchError) and fresh and _is_rank_zero():

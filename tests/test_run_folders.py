@@ -79,10 +79,10 @@ def test_a_results_folder_that_cannot_be_made_fails_before_training(tmp_path, da
     with pytest.raises(ConfigError, match=r"a-file/results: cannot be made .*--results-dir"):
         run(tiny_preset(), opts(tmp_path, data_root, results_dir=tmp_path / "a-file" / "results",
                                 callbacks=[started.callback]))
-    assert started.fits == 0 and not list((tmp_path / "runs").iterdir())  # no folder left holding a run_id only
+    assert started.fits == 0 and not (tmp_path / "runs").exists()  # refused before plan(): no run folder at all
 
 
-def test_an_unwritable_outputs_folder_or_read_only_runs_csv_fails_before_training(tmp_path, data_root, monkeypatch):
+def test_an_unwritable_outputs_folder_or_lock_file_fails_before_training(tmp_path, data_root, monkeypatch):
     results = tmp_path / "results"
     (results / "outputs").mkdir(parents=True)
     real_mkstemp = results_module.tempfile.mkstemp
@@ -98,12 +98,17 @@ def test_an_unwritable_outputs_folder_or_read_only_runs_csv_fails_before_trainin
         run(tiny_preset(), opts(tmp_path, data_root, callbacks=[started.callback]))
     monkeypatch.undo()
     (results / "runs.csv").write_text("task\n")
+    (results / "runs.csv.lock").write_text("")
     real_access = results_module.os.access
-    monkeypatch.setattr(results_module.os, "access",  # as a non-root user sees a chmod a-w file
-                        lambda path, mode: not str(path).endswith("runs.csv") and real_access(path, mode))
-    with pytest.raises(ConfigError, match=r"runs.csv: read-only; make it writable"):
+    # As a non-root user sees files another user left: runs.csv is rewritten by rename (the folder is
+    # enough), the lock file is opened in place (it must be writable itself).
+    monkeypatch.setattr(results_module.os, "access",
+                        lambda path, mode: not str(path).endswith(("runs.csv", ".lock")) and real_access(path, mode))
+    with pytest.raises(ConfigError, match=r"runs.csv.lock: not writable by you .*; delete it"):
         run(tiny_preset(), opts(tmp_path, data_root, callbacks=[started.callback]))
     assert started.fits == 0 and (results / "runs.csv").read_text() == "task\n"
+    (results / "runs.csv.lock").unlink()
+    runner.check_results_dir(results)  # a runs.csv not writable in place, in a folder that is: fine
 
 
 def test_eval_and_ensemble_check_their_results_folder_before_any_work(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 
 import pytest
 
@@ -23,7 +24,8 @@ def bench(tmp_path, *args) -> int:
 # -- YAML 1.1 surprises --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("text", "reads"), [("no", "False"), ("Yes", "True"), ("on", "True"), ("OFF", "False"),
                                              ("1:30", "90"), ("010", "8"), ("0x1f", "31"), ("0b11", "3"),
-                                             ("[1, off]", "False"), ("{on: 1}", "True")])
+                                             ("[1, off]", "False"), ("{on: 1}", "True"),
+                                             ("2024-01-01", r"datetime\.date\(2024, 1, 1\)"), ("08", "'08'")])
 def test_a_set_value_yaml_1_1_reads_otherwise_is_refused(text, reads):
     says = rf"^--set 'model\.backbone={re.escape(text)}': `.*` reads as {reads} in YAML 1\.1"
     with pytest.raises(ConfigError, match=says + r".*write true/false or the plain number, or quote it"):
@@ -137,3 +139,19 @@ def test_the_cli_checks_trainer_settings_before_any_run(tmp_path, capsys):
     assert "trainer.max_epochs must be int or null, got 'abc'" in err and "download" not in err
     assert bench(tmp_path, "--task", "ptb", "--preset", "quick", "--set", "trainer.max_epoch=3", "--dry-run") == 2
     assert "did you mean max_epochs" in capsys.readouterr().err
+
+
+def test_the_quote_a_set_refusal_suggests_survives_the_shell():
+    with pytest.raises(ConfigError) as err:
+        load_preset("ptb", "quick", ["model.backbone=no"])
+    assert """--set "model.backbone='no'\"""" in str(err.value)
+    assert shlex.split("""--set "model.backbone='no'\"""")[1] == "model.backbone='no'"
+    assert parse_value("'no'") == "no"
+
+
+def test_a_dropout_rate_set_for_an_off_run_of_a_regularizer_preset_is_not_refused(tmp_path, capsys):
+    """`--dropout off` trains no regularizer, so nothing of a --set rate is overwritten by one."""
+    assert bench(tmp_path, "--task", "ptb", "--preset", "medium-variational", "--dropout", "off",
+                 "--set", "model.dropout=0.3", "--dry-run") == 0
+    assert bench(tmp_path, "--task", "ptb", "--preset", "medium-variational", "--dropout", "on,off",
+                 "--set", "model.dropout=0.3", "--dry-run") == 2
