@@ -366,6 +366,10 @@ def plan_runs(args: argparse.Namespace) -> list[tuple]:
 def _spans_processes(trainer: dict) -> bool:
     """More than one device or node, or a strategy: a run that is several processes itself."""
     devices = trainer.get("devices")
+    if devices in (None, "auto") and trainer.get("accelerator") not in ("cpu",):
+        import torch  # Lightning's "auto" takes every GPU there is: one DDP process each
+
+        devices = max(torch.cuda.device_count(), 1)
     # -1 is every device there is: as many as that may be, never known here to be one.
     count = (len(devices) if isinstance(devices, list) else 2 if str(devices) == "-1"
              else int(devices) if str(devices).isdigit() else 1)

@@ -499,6 +499,14 @@ def test_jobs_refuses_runs_that_span_processes_already(tmp_path, capsys):
     assert "leave --jobs at 1" in capsys.readouterr().err
 
 
+def test_jobs_counts_the_gpus_devices_auto_would_take(tmp_path, capsys, monkeypatch):
+    """A preset that leaves devices to Lightning ("auto") runs DDP over every GPU of the machine."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert bench(tmp_path, "--task", "ptb", "--jobs", "2", "--dry-run") == 2
+    assert "leave --jobs at 1" in capsys.readouterr().err
+    assert bench(tmp_path, "--task", "ptb", "--jobs", "2", "--accelerator", "cpu", "--dry-run") == 0
+
+
 def test_the_offline_notice_is_said_once_per_process(monkeypatch, caplog):
     """A parallel sweep's parent says it for its runs (their own output goes to log files)."""
     from benchmark import wandb_log
