@@ -74,8 +74,9 @@ def _reads_otherwise(node: yaml.Node, at: str = "") -> Iterator[tuple[str, yaml.
 def _surprise(node: yaml.ScalarNode, item: str = "") -> str:
     """`item`: the --set argument, whose quotes must survive the shell (`--set "k='no'"`)."""
     value = yaml.load(node.value, Loader=_Loader)
-    key = item.partition("=")[0]
-    quoted = f'--set "{key}=\'{node.value}\'"' if item else f"'{node.value}'"
+    key, _, whole = item.partition("=")
+    # The whole --set value: the command as the shell keeps its quotes; a list's or mapping's item: in place.
+    quoted = f'--set "{key}=\'{node.value}\'"' if item and whole.strip() == node.value else f"'{node.value}'"
     return (f"`{node.value}` reads as {value!r} in YAML 1.1, not as written; write true/false or the plain "
             f"number, or quote it ({quoted}) if a string is meant")
 

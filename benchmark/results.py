@@ -113,12 +113,18 @@ def check_writable(folder: Path, fix: str, parts: tuple[str, ...] = ()) -> None:
     that exists (a subfolder, a file) cannot be written: a run whose results folder is read-only
     would otherwise train for hours and lose its row at the end. `fix`: what to do instead."""
     folder = Path(folder).absolute()
-    # A folder not there yet is not made here (a run refused later leaves none behind): where it
-    # would be made, the nearest folder that exists must take it.
-    made_in = next(p for p in (folder, *folder.parents) if p.exists())
-    if made_in != folder and not made_in.is_dir():
-        raise ConfigError(f"{folder}: cannot be made ({made_in} is a file); {fix}")
-    for target in [made_in, *(folder / p for p in parts if (folder / p).is_dir())]:
+    try:
+        # A folder not there yet is not made here (a run refused later leaves none behind): where it
+        # would be made, the nearest folder that exists must take it, and no broken link on the way.
+        made_in = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+        if not made_in.exists():
+            raise ConfigError(f"{folder}: cannot be made ({made_in} is a broken link); {fix}")
+        if made_in != folder and not made_in.is_dir():
+            raise ConfigError(f"{folder}: cannot be made ({made_in} is a file); {fix}")
+        subfolders = [folder / p for p in parts if (folder / p).is_dir()]
+    except OSError as err:  # a folder on the way that cannot be entered
+        raise ConfigError(f"{folder}: cannot be reached ({err.strerror or err}); {fix}") from err
+    for target in [made_in, *subfolders]:
         try:  # a new file made and deleted: what the atomic writes there do
             fd, tmp = tempfile.mkstemp(dir=target, prefix=".write-check-", suffix=".tmp")
             os.close(fd)

@@ -258,7 +258,10 @@ class Run:
 def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
     """Train and test one preset. Returns the results row (rank 0) or None (other ranks)."""
     read_rows(Path(opts.results_dir) / RUNS_FILE)  # an unreadable results file fails now, before any folder is made
-    if _is_rank_zero():  # and one that cannot take the row, before the data is prepared (or fetched)
+    # And one that cannot take the row, before the data is prepared (or fetched). Not for --resume
+    # yet: a finished run it only skips writes nothing (its results folder may be an archived,
+    # read-only one); a run with work to do is checked once finished() says so.
+    if _is_rank_zero() and not opts.resume:
         check_results_dir(opts.results_dir)
     r = plan(preset, opts)
     fresh = not r.run_dir.exists()
@@ -268,6 +271,8 @@ def run(preset: Preset, opts: RunOptions) -> dict[str, Any] | None:
         if opts.resume and (done := finished(r)) is not None:
             return done
         try:
+            if _is_rank_zero() and opts.resume:
+                check_results_dir(opts.results_dir)
             build(r)
         except BaseException as err:
             wandb_log.finish(r.loggers, failed=True)  # a W&B run begun by make_loggers ends, marked failed

@@ -259,3 +259,39 @@ def test_an_eval_test_folders_digest_leaves_hidden_files_out(tmp_path):
     assert digest(tmp_path) == before
     (tmp_path / "sub" / "b.txt").write_text("c\n")
     assert digest(tmp_path) != before
+
+
+def test_a_broken_link_or_an_unreachable_folder_on_the_way_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "dangling").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(ConfigError, match=r"dangling/results: cannot be made \(.*dangling is a broken link\); fix"):
+        results_module.check_writable(tmp_path / "dangling" / "results", "fix")
+    real_exists = Path.exists
+
+    def locked(self, *args, **kwargs):  # as a non-root user sees a folder of mode 0700 not theirs
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", locked)
+    with pytest.raises(ConfigError, match=r"cannot be reached \(Permission denied\); fix"):
+        results_module.check_writable(tmp_path / "locked" / "x" / "results", "fix")
+
+
+def test_resume_of_a_finished_run_skips_it_into_a_read_only_results_folder(tmp_path, data_root, monkeypatch):
+    """--resume of finished runs writes nothing (an archived results folder may be read-only); one
+    with work to do is still refused before it trains."""
+    first = run(tiny_preset(), opts(tmp_path, data_root))
+    real_mkstemp = results_module.tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).is_relative_to(tmp_path / "results"):
+            raise OSError(30, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(results_module.tempfile, "mkstemp", read_only)
+    again = run(tiny_preset(), opts(tmp_path, data_root, resume=True))
+    assert again["skipped"] is True and again["run_id"] == first["run_id"]
+    started = Started()
+    with pytest.raises(ConfigError, match=r"results: cannot be written \(Read-only file system\)"):
+        run(tiny_preset(), opts(tmp_path, data_root, resume=True, seed=1, callbacks=[started.callback]))
+    assert started.fits == 0

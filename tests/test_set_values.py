@@ -155,3 +155,9 @@ def test_a_dropout_rate_set_for_an_off_run_of_a_regularizer_preset_is_not_refuse
                  "--set", "model.dropout=0.3", "--dry-run") == 0
     assert bench(tmp_path, "--task", "ptb", "--preset", "medium-variational", "--dropout", "on,off",
                  "--set", "model.dropout=0.3", "--dry-run") == 2
+
+
+def test_a_nested_surprise_is_quoted_in_place_not_as_the_whole_value():
+    with pytest.raises(ConfigError) as err:
+        load_preset("ptb", "quick", ["model.x=[1, off]"])
+    assert "quote it ('off')" in str(err.value) and '--set "model.x=' not in str(err.value)
