@@ -37,11 +37,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from profile_task_step import batches, one_step  # noqa: E402
+
 from benchmark import allocator  # noqa: E402
 from benchmark.config import apply_dropout, load_preset  # noqa: E402
 from benchmark.results import write_rows_atomic  # noqa: E402
 from benchmark.runner import device_label, git_commit, make_datamodule  # noqa: E402
-from profile_task_step import batches, one_step  # noqa: E402
 from tasks import registry  # noqa: E402
 
 TASKS = ("captioning", "translation", "speech", "ptb")  # `make bench`'s quick presets
