@@ -13,7 +13,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tasks.nn.errors import BenchError
@@ -47,6 +49,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+
+class FollowMovedRunFolder(L.Callback):
+    """Lets a resumed run's ModelCheckpoints keep what they knew after its folder was moved.
+
+    ModelCheckpoint records its folder as an absolute path. Loading a checkpoint saved in another
+    folder, it keeps only `best_model_path`, still pointing at the old place, and forgets the best
+    score and the files it kept: the first epoch after the resume then became the best whatever its
+    score, and the old best file stayed beside the new one. Lightning calls every callback's
+    `on_load_checkpoint` before any callback's `load_state_dict`, so each checkpoint callback's
+    state is moved here first: the same file names, in the callback's own folder now.
+    """
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks") or {}
+        for cb in trainer.checkpoint_callbacks:
+            state = states.get(cb.state_key)
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath and state and state.get("dirpath") not in (None, cb.dirpath):
+                states[cb.state_key] = moved_checkpoint_state(state, cb.dirpath)
+
+
+def moved_checkpoint_state(state: dict[str, Any], dirpath: str) -> dict[str, Any]:
+    """A ModelCheckpoint's saved state with the files it names in its old folder named in `dirpath`."""
+    old = state["dirpath"]
+
+    def move(path: Any) -> Any:
+        if isinstance(path, str) and path and os.path.dirname(path) == old:
+            return os.path.join(dirpath, os.path.basename(path))
+        return path
+
+    moved = {k: move(v) for k, v in state.items() if k.endswith("_path")}  # best_, kth_best_, last_model_path
+    if "best_k_models" in state:
+        moved["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    return {**state, **moved, "dirpath": dirpath}
 
 
 def _looks_saved_by_torch(path: Path) -> bool:

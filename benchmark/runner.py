@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from benchmark import allocator, environment, identity, wandb_log
 from benchmark.callbacks import EpochSeed, GradNorm, TokenThroughput
-from benchmark.checkpoints import AtomicCheckpointIO, best_epoch_and_version, check_checkpoint
+from benchmark.checkpoints import AtomicCheckpointIO, FollowMovedRunFolder, best_epoch_and_version, check_checkpoint
 from benchmark.config import Preset, apply_dropout, overrides_of, paper_numbers, regularizer_tag
 from benchmark.results import (
     CSV_LOG,
@@ -563,6 +563,7 @@ def callbacks(r: Run, trainer_kwargs: dict[str, Any]) -> list[L.Callback]:
         # last.ckpt after every epoch, whatever the metric did (what --resume reads); Lightning's
         # save_last alone only writes it when a top-k checkpoint is saved.
         ModelCheckpoint(dirpath=r.ckpt_dir, filename="last", enable_version_counter=False, every_n_epochs=1),
+        FollowMovedRunFolder(),  # a run folder moved before --resume keeps its best checkpoint's record
         EpochSeed(r.opts.seed),
         r.throughput,
         *step_stats,

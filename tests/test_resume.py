@@ -137,3 +137,36 @@ def test_a_best_checkpoint_a_kill_removed_leaves_the_row_without_best_numbers(tm
     assert int(row["epochs"]) > 1 and row["best_epoch"] == ""
     assert not any(k.startswith("best_test") for k in row) and any(k.startswith("test_") for k in row)
     assert "the best checkpoint" in caplog.text and "is gone" in caplog.text
+
+
+def test_a_run_folder_moved_before_its_resume_keeps_its_best_checkpoint(tmp_path: Path) -> None:
+    """Lightning's ModelCheckpoint records its folder as an absolute path and, loading a checkpoint
+    saved in another folder, forgets its best score: the first epoch after the resume became the best
+    whatever its score, and the old best file stayed beside the new one."""
+    import shutil
+
+    def opts(folder: str, **kw) -> RunOptions:
+        return RunOptions(dropout="on", data_root=tmp_path, results_dir=tmp_path / folder / "results",
+                          runs_dir=tmp_path / folder / "runs", command="test", **kw)
+
+    def checkpoints(folder: str) -> Path:
+        (found,) = (tmp_path / folder / "runs").glob("translation-*-seed0")
+        return found / "checkpoints"
+
+    def best_state(folder: str) -> dict:
+        states = torch.load(checkpoints(folder) / "last.ckpt", weights_only=True)["callbacks"]
+        (state,) = (s for k, s in states.items() if "valid_ppl" in k)
+        return {"score": float(state["best_model_score"]), "file": Path(state["best_model_path"]).name,
+                "dirpath": state["dirpath"], "kept": {Path(p).name: float(v) for p, v in state["best_k_models"].items()}}
+
+    straight = run(translation(tmp_path), opts("a"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(translation(tmp_path), opts("b", callbacks=[Crash(at_step=int(straight["steps"]) // 2 + 1)]))
+    shutil.move(tmp_path / "b", tmp_path / "moved")
+    resumed = run(translation(tmp_path), opts("moved", resume=True))
+
+    assert metrics(resumed) == metrics(straight)
+    assert sorted(p.name for p in checkpoints("moved").glob("*.ckpt")) == sorted(p.name for p in checkpoints("a").glob("*.ckpt"))
+    a, moved = best_state("a"), best_state("moved")
+    assert moved["dirpath"] == str(checkpoints("moved").resolve())
+    assert {k: v for k, v in moved.items() if k != "dirpath"} == {k: v for k, v in a.items() if k != "dirpath"}
