@@ -133,11 +133,13 @@ def test_captioning_eval_caption_and_ensemble(captioning, tmp_path, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     capsys.readouterr()
-    assert main(["caption", "--model", str(run_dir), str(broken), *map(str, images)]) == 0
+    assert main(["caption", "--model", str(run_dir), str(broken), *map(str, images)]) == 1  # one skipped
     out, err = capsys.readouterr()
     assert "broken.jpg: not a decodable image" in err
     captions = [line.split("\t")[1] for line in out.splitlines()]
     assert captions[0] == "" and Counter(captions[1:]) == Counter(x["hyp"] for x in _outputs(run_dir, "test_other"))
+    assert main(["caption", "--model", str(run_dir), *map(str, images[:1])]) == 0
+    assert capsys.readouterr().out.split("\t")[1].strip() == captions[1]
     ens = run_ensemble("captioning", [run_dir, run_dir], root, root / "ens", repeats_ok=True)
     assert ens["test_bleu4"] == f"{float(row['test_bleu4']):.4f}" == ens["members_test_bleu4"].split()[0]
 
@@ -165,7 +167,7 @@ def test_speech_eval_by_folder_phones_and_ensemble(speech, capsys):
                                                                 "test_an4test_clstk")]
     first = sorted(test_folder.rglob("*.flac"))[0]
     capsys.readouterr()
-    assert main(["phones", "--model", str(run_dir), "--frames", str(first), str(root / "missing.wav")]) == 0
+    assert main(["phones", "--model", str(run_dir), "--frames", str(first), str(root / "missing.wav")]) == 1
     out, err = capsys.readouterr()
     path, seq, labels = out.splitlines()[0].split("\t")
     # The frames the test scored (those with a reference label) are the frames `bench phones` prints.
@@ -175,10 +177,11 @@ def test_speech_eval_by_folder_phones_and_ensemble(speech, capsys):
     other_rate, short = root / "8k.wav", root / "short.wav"
     sf.write(other_rate, np.zeros(8000, dtype=np.float32), 8000)
     sf.write(short, np.zeros(100, dtype=np.float32), 16000)
-    assert main(["phones", "--model", str(run_dir), str(other_rate), str(short), str(first)]) == 0
+    assert main(["phones", "--model", str(run_dir), str(other_rate), str(short), str(first)]) == 1
     out, err = capsys.readouterr()
     assert "8k.wav: 8000 Hz audio; the model was trained on 16000 Hz" in err
     assert "short.wav: 100 samples, shorter than one 25 ms frame" in err and out.splitlines()[2].split("\t")[1] == seq
+    assert main(["phones", "--model", str(run_dir), str(first)]) == 0 and capsys.readouterr().out.split("\t")[1].strip() == seq
     ens = run_ensemble("speech", [run_dir, run_dir], root / "data", root / "ens", repeats_ok=True)
     assert ens["test_frame_acc"] == row["test_frame_acc"] == ens["members_test_frame_acc"].split()[0]
 
