@@ -16,9 +16,10 @@ for the fused CPU LSTM kernel it has none for (2 x 4H x (I + H) per layer and po
 twice that backward); elementwise work is not counted. Beside this machine's single-precision
 matrix-product rate at the same threads (the fastest of three large products, each the fastest of
 5, measured before each task and after the last: the fastest of those, since the machine's speed
-drifts), it gives the step's share of that rate, and the run's time had every product run at it
-(`at_gemm_rate_s`): a floor for any implementation that computes what this one does, padding
-included, on this machine.
+drifts; all of them in `gemm_gflops_runs`), it gives the step's share of that rate, and the run's
+time had every product run at it (`at_gemm_rate_s`): about the least any implementation that
+computes what this one does (padding included, but for the translator's packed encoder) could take
+on this machine. Each run's figures extrapolate `--steps` batches to the whole run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,32 +39,14 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profile_task_step import batches, one_step  # noqa: E402
+from profile_task_step import batches, build, one_step  # noqa: E402
 
 from benchmark import allocator  # noqa: E402
-from benchmark.config import apply_dropout, load_preset  # noqa: E402
 from benchmark.results import write_rows_atomic  # noqa: E402
-from benchmark.runner import device_label, git_commit, make_datamodule  # noqa: E402
-from tasks import registry  # noqa: E402
+from benchmark.runner import device_label, git_commit  # noqa: E402
 
 TASKS = ("captioning", "translation", "speech", "ptb")  # `make bench`'s quick presets
 BUDGET_WARM_MIN = 25.0  # issue 11: `make bench` warm, one seed, all four tasks on and off
-
-
-def build(task: str, dropout: str, data_root: Path):
-    """The quick preset's module, DataModule and optimizer for one arm, seed 0, as `bench run` makes them."""
-    preset = load_preset(task, "quick")
-    apply_dropout(preset, dropout)
-    torch.manual_seed(0)
-    dm = make_datamodule(preset, data_root)
-    dm.setup("fit")
-    torch.manual_seed(0)
-    model = registry.load_class(preset.module)(**preset.model, **dm.model_kwargs())
-    model.train()
-    opt = model.configure_optimizers()
-    opt = opt["optimizer"] if isinstance(opt, dict) else opt
-    clip = float(preset.trainer.get("gradient_clip_val") or 0) or float("inf")
-    return preset, dm, model, opt, clip
 
 
 def _rnn_layer_flops(input_shape, w_ih_shape, w_hh_shape, *args, **kwargs) -> int:
@@ -84,7 +68,7 @@ RNN_FORMULAS = {torch.ops.aten.mkldnn_rnn_layer: _rnn_layer_flops,
                 torch.ops.aten.mkldnn_rnn_layer_backward: _rnn_layer_backward_flops}
 
 
-def step_flops(model: nn.Module, batch: dict) -> int:
+def step_flops(model: nn.Module, batch: Any) -> int:
     """FLOPs of one training step's forward and backward (matrix products only; see the module doc)."""
     with FlopCounterMode(display=False, custom_mapping=RNN_FORMULAS) as counter:
         model.training_step(batch, 1).backward()
@@ -111,19 +95,20 @@ def gemm_rate() -> float:
 
 def measure(task: str, data_root: Path, steps: int, warmup: int, reps: int) -> list[dict]:
     """Each arm's training step (ms, median over the repetitions) and the step's FLOPs."""
-    arms = {d: build(task, d, data_root) for d in ("on", "off")}
+    arms = {d: build(task, data_root, d) for d in ("on", "off")}
     data = batches(arms["on"][1], warmup + steps)  # both arms step through the same batches
     times: dict[str, list[float]] = {"on": [], "off": []}
     for rep in range(reps):
         for d in ("on", "off") if rep % 2 == 0 else ("off", "on"):
-            _, _, model, opt, clip = arms[d]
+            preset, _, model, opt = arms[d]
+            clip = float(preset.trainer.get("gradient_clip_val") or 0) or float("inf")
             for b in data[:warmup]:
                 one_step(model, opt, b, clip)
             t0 = time.perf_counter()
             for b in data[warmup:]:
                 one_step(model, opt, b, clip)
             times[d].append((time.perf_counter() - t0) * 1000 / steps)
-    preset, dm, model, _, _ = arms["on"]
+    preset, dm, model, _ = arms["on"]
     flops = statistics.mean(step_flops(model, b) for b in data[warmup:])  # the off arm's products are the same
     per_epoch, epochs = len(dm.train_dataloader()), int(preset.trainer["max_epochs"])
     return [{"task": task, "preset": "quick", "dropout": d, "steps_per_epoch": per_epoch, "epochs": epochs,
@@ -133,11 +118,13 @@ def measure(task: str, data_root: Path, steps: int, warmup: int, reps: int) -> l
 
 def finish(row: dict, rate: float) -> dict:
     """The row as written: its run's seconds of steps, and its arithmetic beside `rate` (FLOP/s)."""
-    ms, flops, steps = row["ms_per_step"], row["flops"], row["steps_per_epoch"] * row["epochs"]
+    ms, flops = row["ms_per_step"], row["flops"]
+    run_steps = row["steps_per_epoch"] * row["epochs"]
+    achieved = flops / (ms / 1000)  # FLOP/s
     return {**{k: v for k, v in row.items() if k != "flops"}, "ms_per_step": f"{ms:.1f}",
-            "steps_s": f"{ms * steps / 1000:.0f}", "gflop_per_step": f"{flops / 1e9:.2f}",
-            "gflops": f"{flops / ms / 1e6:.0f}", "gemm_gflops": f"{rate / 1e9:.0f}",
-            "share_of_gemm_rate": f"{flops / ms * 1000 / rate:.2f}", "at_gemm_rate_s": f"{flops * steps / rate:.0f}"}
+            "steps_s": f"{ms / 1000 * run_steps:.0f}", "gflop_per_step": f"{flops / 1e9:.2f}",
+            "gflops": f"{achieved / 1e9:.0f}", "gemm_gflops": f"{rate / 1e9:.0f}",
+            "share_of_gemm_rate": f"{achieved / rate:.2f}", "at_gemm_rate_s": f"{flops * run_steps / rate:.0f}"}
 
 
 def summary(rows: list[dict]) -> str:
@@ -170,7 +157,7 @@ def main() -> None:
     rates.append(gemm_rate())
     rate = max(rates)  # the fastest the machine showed: the most a step's products could run at
     print("matrix-product rate, GFLOP/s, before each task and after: " + " ".join(f"{r / 1e9:.0f}" for r in rates))
-    rows = [{**finish(r, rate), "threads": args.threads, "device": device_label(torch.device("cpu")),
+    rows = [{**finish(r, rate), "gemm_gflops_runs": " ".join(f"{x / 1e9:.0f}" for x in rates), "threads": args.threads, "device": device_label(torch.device("cpu")),
              "git_commit": git_commit(), "command": shlex.join(["python", *sys.argv])} for r in measured]
     print(summary(rows), flush=True)
     if args.out:

@@ -41,7 +41,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark import allocator  # noqa: E402
-from benchmark.config import load_preset  # noqa: E402
+from benchmark.config import apply_dropout, load_preset  # noqa: E402
 from benchmark.runner import git_commit, make_datamodule  # noqa: E402
 from tasks import registry  # noqa: E402
 from tasks.nn import masks  # noqa: E402
@@ -49,8 +49,11 @@ from tasks.nn import masks  # noqa: E402
 PHASES = ("forward and loss", "backward", "clip", "optimizer")
 
 
-def build(task: str, data_root: Path):
+def build(task: str, data_root: Path, dropout: str = "on"):
+    """The quick preset's module, DataModule and optimizer for one arm (`--dropout on|off`), seed 0,
+    as `bench run` makes them."""
     preset = load_preset(task, "quick")
+    apply_dropout(preset, dropout)
     torch.manual_seed(0)
     dm = make_datamodule(preset, data_root)
     dm.setup("fit")

@@ -54,6 +54,28 @@ def test_a_step_counts_the_fused_lstm_kernel_by_formula_and_a_packed_lstm_once()
     assert script.step_flops(model, {"x": x, "lengths": lengths}) == plain.get_total_flops() > 0
 
 
+def test_the_fused_kernels_forward_formula_is_what_the_counter_counts_of_the_unfused_lstm():
+    """An independent check of the formula: with oneDNN off, nn.LSTM runs products the counter sees."""
+    script = _script()
+    lstm, x = nn.LSTM(3, 4, num_layers=2), torch.randn(6, 2, 3)
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as unfused:
+        lstm(x)
+    by_formula = script._rnn_layer_flops((6, 2, 3), (16, 3), (16, 4)) + script._rnn_layer_flops((6, 2, 4), (16, 4), (16, 4))
+    assert unfused.get_total_flops() == by_formula
+
+
+def test_a_row_gives_its_runs_seconds_and_its_share_of_the_product_rate():
+    script = _script()
+    row = script.finish({"task": "ptb", "steps_per_epoch": 10, "epochs": 3, "ms_per_step": 50.0, "flops": 5e9},
+                        rate=200e9)
+    # 30 steps of 50 ms; 5 GFLOP in 50 ms is 100 GFLOP/s, half of 200; 30 x 5 GFLOP at 200 GFLOP/s
+    assert {k: row[k] for k in ("steps_s", "gflop_per_step", "gflops", "gemm_gflops", "share_of_gemm_rate",
+                                "at_gemm_rate_s")} == {"steps_s": "2", "gflop_per_step": "5.00", "gflops": "100",
+                                                       "gemm_gflops": "200", "share_of_gemm_rate": "0.50",
+                                                       "at_gemm_rate_s": "1"}
+    assert "flops" not in row and row["ms_per_step"] == "50.0"
+
+
 def test_the_summary_adds_the_runs_of_each_task_against_the_warm_budget():
     script = _script()
     rows = [{"task": "ptb", "steps_s": "60", "at_gemm_rate_s": "30"},
