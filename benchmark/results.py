@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,10 +109,11 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def check_writable(folder: Path, fix: str, parts: tuple[str, ...] = ()) -> None:
+def check_writable(folder: Path, fix: str, parts: tuple[str, ...] = (), replaced: tuple[str, ...] = ()) -> None:
     """Fail in one line, before any work, if `folder` (or where it would be made) or one of its `parts`
-    that exists (a subfolder, a file) cannot be written: a run whose results folder is read-only
-    would otherwise train for hours and lose its row at the end. `fix`: what to do instead."""
+    that exists (a subfolder, a file) cannot be written, or a file in it that is `replaced` by rename
+    (runs.csv) cannot be: a run whose results folder is read-only would otherwise train for hours and
+    lose its row at the end. `fix`: what to do instead."""
     folder = Path(folder).absolute()
     try:
         # A folder not there yet is not made here (a run refused later leaves none behind): where it
@@ -137,6 +139,27 @@ def check_writable(folder: Path, fix: str, parts: tuple[str, ...] = ()) -> None:
         if not os.access(path, os.W_OK):
             raise ConfigError(f"{path}: not writable by you (a file another user, or a sudo run, left); delete it "
                               f"(the folder is yours) or {fix}")
+    _check_sticky(folder, replaced, fix)
+
+
+def _check_sticky(folder: Path, names: tuple[str, ...], fix: str) -> None:
+    """In a shared folder with the sticky bit (mode 1777, as /tmp), only a file's owner, the folder's
+    owner or root may replace it by rename: another user's runs.csv there would fail at the end."""
+    me = getattr(os, "geteuid", lambda: 0)()
+    try:
+        st = folder.stat()
+    except OSError:  # not made yet: nothing in it to replace
+        return
+    if not st.st_mode & stat.S_ISVTX or me in (0, st.st_uid):
+        return
+    for path in (folder / n for n in names):
+        try:
+            owner = path.stat().st_uid
+        except OSError:
+            continue
+        if owner != me:
+            raise ConfigError(f"{path}: another user's, in a shared folder (sticky bit) where only its owner can "
+                              f"replace it; {fix}")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -128,12 +128,17 @@ def finish(row: dict, rate: float) -> dict:
 
 
 def summary(rows: list[dict]) -> str:
+    """The eight runs together: their steps' time, and their arithmetic, which does not depend on the
+    machine, beside the rate the warm budget would need."""
     steps = sum(float(r["steps_s"]) for r in rows) / 60
-    floor = sum(float(r["at_gemm_rate_s"]) for r in rows) / 60
     per_task = ", ".join(f"{t} {sum(float(r['steps_s']) for r in rows if r['task'] == t) / 60:.1f}"
                          for t in dict.fromkeys(r["task"] for r in rows))
-    return (f"make bench's {len(rows)} runs: training steps alone {steps:.1f} min ({per_task}); "
-            f"at this machine's matrix-product rate {floor:.1f} min; warm budget {BUDGET_WARM_MIN:g} min")
+    flops = sum(float(r["gflop_per_step"]) * 1e9 * int(r["steps_per_epoch"]) * int(r["epochs"]) for r in rows)
+    rate = float(rows[0]["gemm_gflops"]) * 1e9
+    return (f"make bench's {len(rows)} runs: training steps alone {steps:.1f} min ({per_task}); their arithmetic "
+            f"{flops / 1e12:.0f} TFLOP, {flops / rate / 60:.1f} min at this machine's fastest product rate "
+            f"({rate / 1e9:.0f} GFLOP/s); the warm budget of {BUDGET_WARM_MIN:g} min needs "
+            f"{flops / (BUDGET_WARM_MIN * 60) / 1e9:.0f} GFLOP/s for every product, before validation and test")
 
 
 def main() -> None:

@@ -76,10 +76,16 @@ def test_a_row_gives_its_runs_seconds_and_its_share_of_the_product_rate():
     assert "flops" not in row and row["ms_per_step"] == "50.0"
 
 
-def test_the_summary_adds_the_runs_of_each_task_against_the_warm_budget():
+def test_the_summary_adds_the_runs_of_each_task_and_their_arithmetic_against_the_warm_budget():
     script = _script()
-    rows = [{"task": "ptb", "steps_s": "60", "at_gemm_rate_s": "30"},
-            {"task": "ptb", "steps_s": "60", "at_gemm_rate_s": "30"},
-            {"task": "speech", "steps_s": "180", "at_gemm_rate_s": "120"}]
-    assert script.summary(rows) == ("make bench's 3 runs: training steps alone 5.0 min (ptb 2.0, speech 3.0); "
-                                    "at this machine's matrix-product rate 3.0 min; warm budget 25 min")
+    rows = [{"task": "ptb", "steps_s": "60", "gflop_per_step": "5.00", "steps_per_epoch": "100", "epochs": "3",
+             "gemm_gflops": "200"},
+            {"task": "ptb", "steps_s": "60", "gflop_per_step": "5.00", "steps_per_epoch": "100", "epochs": "3",
+             "gemm_gflops": "200"},
+            {"task": "speech", "steps_s": "180", "gflop_per_step": "30.00", "steps_per_epoch": "10", "epochs": "20",
+             "gemm_gflops": "200"}]
+    # 2 x 1.5 TFLOP + 6 TFLOP = 9 TFLOP: 45 s at 200 GFLOP/s; 9 TFLOP in 1,500 s is 6 GFLOP/s
+    assert script.summary(rows) == ("make bench's 3 runs: training steps alone 5.0 min (ptb 2.0, speech 3.0); their "
+                                    "arithmetic 9 TFLOP, 0.8 min at this machine's fastest product rate (200 GFLOP/s); "
+                                    "the warm budget of 25 min needs 6 GFLOP/s for every product, before validation "
+                                    "and test")

@@ -5,6 +5,7 @@ it was, and `bench eval` / `bench ensemble` know the data a checkpoint was train
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,6 +110,18 @@ def test_an_unwritable_outputs_folder_or_lock_file_fails_before_training(tmp_pat
     assert started.fits == 0 and (results / "runs.csv").read_text() == "task\n"
     (results / "runs.csv.lock").unlink()
     runner.check_results_dir(results)  # a runs.csv not writable in place, in a folder that is: fine
+    # A shared folder with the sticky bit: only runs.csv's owner (or the folder's, or root) may replace it.
+    monkeypatch.undo()
+    results.chmod(0o1777)
+    os.chown(results / "runs.csv", 4242, -1)
+    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4343, raising=False)
+    with pytest.raises(ConfigError, match=r"runs.csv: another user's, in a shared folder \(sticky bit\)"):
+        runner.check_results_dir(results)
+    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4242, raising=False)
+    runner.check_results_dir(results)  # its owner may
+    results.chmod(0o777)
+    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4343, raising=False)
+    runner.check_results_dir(results)  # and anyone may, in a folder without the sticky bit
 
 
 def test_eval_and_ensemble_check_their_results_folder_before_any_work(tmp_path, monkeypatch):
