@@ -605,9 +605,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmark.dashboard import build_page
-    from benchmark.leaderboard import MARKDOWN_FILE, build, compute
+    from benchmark.dashboard import PAGE_FILE, build_page
+    from benchmark.leaderboard import EFFECTS_FILE, LEADERBOARD_FILE, MARKDOWN_FILE, build, compute
+    from benchmark.results import check_writable
 
+    # Every file the board writes replaces the last one by rename: a folder that cannot take them
+    # (read-only, or shared with the sticky bit and another user's files) fails here, in one line.
+    folder = Path(args.results_dir)
+    written = (LEADERBOARD_FILE, EFFECTS_FILE, MARKDOWN_FILE, PAGE_FILE, *(p.name for p in folder.glob("*.png")))
+    check_writable(folder, "give --results-dir a folder you can write", replaced=written)
     board = compute(args.results_dir)
     path = build(args.results_dir, board=board)
     print((path.parent / MARKDOWN_FILE).read_text(), end="")

@@ -98,10 +98,21 @@ def save_curves(run_dir: Path, results_dir: Path, name: str) -> Path | None:
     return out
 
 
+def _open_shared(path: Path, flags: int) -> int:
+    """os.open, without O_CREAT when the file is there: in a shared folder with the sticky bit,
+    Linux's fs.protected_regular refuses an O_CREAT open of another user's file even where it is
+    writable (root included)."""
+    try:
+        return os.open(path, flags)
+    except FileNotFoundError:
+        return os.open(path, flags | os.O_CREAT, 0o666)
+
+
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    # Read-write: flock on NFS is a POSIX write lock, which needs a descriptor open for writing.
+    with os.fdopen(_open_shared(path.with_name(path.name + ".lock"), os.O_RDWR), "r+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -154,7 +165,7 @@ def _check_sticky(folder: Path, names: tuple[str, ...], fix: str) -> None:
         return
     for path in (folder / n for n in names):
         try:
-            owner = path.stat().st_uid
+            owner = path.lstat().st_uid  # a link is replaced itself, whatever it points at
         except OSError:
             continue
         if owner != me:
@@ -233,7 +244,7 @@ def append_row(results_dir: Path, row: dict[str, Any], replaces: str | None = No
         if damaged is not None:
             # Rewriting the file would drop the line for good: its text goes to a file beside it first.
             aside = path.with_name(path.name + ".damaged")
-            with open(aside, "a", newline="", encoding="utf-8") as f:
+            with os.fdopen(_open_shared(aside, os.O_WRONLY | os.O_APPEND), "a", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerow(damaged)
                 f.flush()
                 os.fsync(f.fileno())

@@ -153,8 +153,8 @@ def data_fingerprint(dm: L.LightningDataModule, data_root: Path) -> str:
 def check_results_dir(results_dir: Path, fix: str = "give --results-dir a folder you can write") -> None:
     """The results folder takes runs.csv (and its lock), the outputs, curves and package lists:
     a read-only one fails now, in one line, not once a run has trained."""
-    check_writable(Path(results_dir), fix, (f"{RUNS_FILE}.lock", "outputs", "curves", environment.ENV_DIR),
-                   replaced=(RUNS_FILE,))
+    check_writable(Path(results_dir), fix, (f"{RUNS_FILE}.lock", f"{RUNS_FILE}.damaged", "outputs", "curves",
+                                            environment.ENV_DIR), replaced=(RUNS_FILE,))
 
 
 def code_changed_since(commit: str) -> bool:

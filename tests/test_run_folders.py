@@ -110,18 +110,55 @@ def test_an_unwritable_outputs_folder_or_lock_file_fails_before_training(tmp_pat
     assert started.fits == 0 and (results / "runs.csv").read_text() == "task\n"
     (results / "runs.csv.lock").unlink()
     runner.check_results_dir(results)  # a runs.csv not writable in place, in a folder that is: fine
-    # A shared folder with the sticky bit: only runs.csv's owner (or the folder's, or root) may replace it.
-    monkeypatch.undo()
+
+
+@pytest.mark.skipif(getattr(os, "geteuid", lambda: 1)() != 0, reason="giving a file to another user needs root")
+def test_another_users_file_in_a_shared_folder_with_the_sticky_bit_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """Only a file's owner, the folder's or root may replace it by rename there (runs.csv, the board's files)."""
+    from benchmark.cli import main
+
+    results = tmp_path / "results"
+    results.mkdir(mode=0o1777)
     results.chmod(0o1777)
+    (results / "runs.csv").write_text("task\n")
     os.chown(results / "runs.csv", 4242, -1)
-    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4343, raising=False)
+    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4343)
     with pytest.raises(ConfigError, match=r"runs.csv: another user's, in a shared folder \(sticky bit\)"):
         runner.check_results_dir(results)
-    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4242, raising=False)
-    runner.check_results_dir(results)  # its owner may
+    (results / "leaderboard.csv").write_text("")
+    os.chown(results / "leaderboard.csv", 4242, -1)
+    assert main(["leaderboard", "--results-dir", str(results), "--logger", "csv"]) == 2
+    assert "leaderboard.csv: another user's, in a shared folder (sticky bit)" in capsys.readouterr().err
+    os.chown(results / "leaderboard.csv", 4343, -1)
+    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4242)
+    runner.check_results_dir(results)  # the file's owner may
+    os.chown(results, 5000, -1)
+    monkeypatch.setattr(results_module.os, "geteuid", lambda: 5000)
+    runner.check_results_dir(results)  # so may the folder's
     results.chmod(0o777)
-    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4343, raising=False)
-    runner.check_results_dir(results)  # and anyone may, in a folder without the sticky bit
+    monkeypatch.setattr(results_module.os, "geteuid", lambda: 4343)
+    runner.check_results_dir(results)  # and anyone, without the sticky bit
+
+
+def test_a_lock_or_damaged_lines_file_already_there_is_opened_without_o_creat(tmp_path, monkeypatch):
+    """In a shared folder with the sticky bit, fs.protected_regular refuses an O_CREAT open of another
+    user's file, root included: a file already there is opened without it."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "runs.csv").write_text("task,seed\nptb,0\nptb\n")  # a damaged last line: it goes aside
+    (results / "runs.csv.lock").write_text("")
+    (results / "runs.csv.damaged").write_text("")
+    real_open = results_module.os.open
+
+    def protected_regular(path, flags, *args):
+        assert not (flags & os.O_CREAT and Path(path).exists()), path
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(results_module.os, "open", protected_regular)
+    results_module.append_row(results, {"task": "ptb", "seed": "1"})
+    assert (results / "runs.csv.damaged").read_text() == "ptb\n"
+    assert [r["seed"] for r in results_module.read_rows(results / "runs.csv")] == ["0", "1"]
 
 
 def test_eval_and_ensemble_check_their_results_folder_before_any_work(tmp_path, monkeypatch):
