@@ -574,6 +574,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import json
 
     from benchmark import wandb_dashboard, wandb_log
+    from benchmark.results import check_writable
 
     if args.upload:
         try:
@@ -586,14 +587,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         for url in wandb_dashboard.publish(defs, args.wandb_entity):
             print(url)
         return 0
-    defs = wandb_dashboard.definitions(args.results_dir, args.wandb_project, args.wandb_entity, args.runs_dir)
     mode = wandb_log.resolve_mode(args.wandb_mode)
+    out = Path(args.out or args.results_dir / wandb_dashboard.DEFINITIONS_FILE)
+    if mode != "online":  # written by rename: a folder that cannot take it fails before any reading
+        check_writable(out.parent, "give --out a file in a folder you can write", replaced=(out.name,))
+    defs = wandb_dashboard.definitions(args.results_dir, args.wandb_project, args.wandb_entity, args.runs_dir)
     if mode == "online":
         for url in wandb_dashboard.publish(defs, args.wandb_entity):
             print(url)
         return 0
     # The definitions are a local file, so WANDB_MODE=disabled still gets them: nothing is sent either way.
-    path = wandb_dashboard.write_offline(defs, args.out or args.results_dir / wandb_dashboard.DEFINITIONS_FILE)
+    path = wandb_dashboard.write_offline(defs, out)
     if mode == "disabled":  # no run logged to W&B, so there is nothing to sync: say how to get there instead
         print(f"W&B disabled by WANDB_MODE=disabled, nothing sent: the workspace and report definitions are in "
               f"{path}; they need runs logged to W&B (`--logger csv,wandb` without WANDB_MODE=disabled), then "

@@ -131,6 +131,11 @@ def test_another_users_file_in_a_shared_folder_with_the_sticky_bit_is_refused_be
     assert main(["leaderboard", "--results-dir", str(results), "--logger", "csv"]) == 2
     assert "leaderboard.csv: another user's, in a shared folder (sticky bit)" in capsys.readouterr().err
     os.chown(results / "leaderboard.csv", 4343, -1)
+    (results / "wandb-dashboard.json").write_text("{}")
+    os.chown(results / "wandb-dashboard.json", 4242, -1)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["dashboard", "--results-dir", str(results), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "wandb-dashboard.json: another user's, in a shared folder (sticky bit)" in capsys.readouterr().err
     monkeypatch.setattr(results_module.os, "geteuid", lambda: 4242)
     runner.check_results_dir(results)  # the file's owner may
     os.chown(results, 5000, -1)
