@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profile_task_step import batches, build, one_step  # noqa: E402
+from profile_task_step import batches, build, clip_of, one_step  # noqa: E402
 
 from benchmark import allocator  # noqa: E402
 from benchmark.results import write_rows_atomic  # noqa: E402
@@ -101,7 +101,7 @@ def measure(task: str, data_root: Path, steps: int, warmup: int, reps: int) -> l
     for rep in range(reps):
         for d in ("on", "off") if rep % 2 == 0 else ("off", "on"):
             preset, _, model, opt = arms[d]
-            clip = float(preset.trainer.get("gradient_clip_val") or 0) or float("inf")
+            clip = clip_of(preset)
             for b in data[:warmup]:
                 one_step(model, opt, b, clip)
             t0 = time.perf_counter()

@@ -65,6 +65,11 @@ def build(task: str, data_root: Path, dropout: str = "on"):
     return preset, dm, model, opt
 
 
+def clip_of(preset) -> float:
+    """The preset's gradient-norm clip (inf where it names none), as `one_step` takes it."""
+    return float(preset.trainer.get("gradient_clip_val") or 0) or float("inf")
+
+
 def batches(dm, n: int) -> list:
     out: list = []
     while len(out) < n:  # a small training set has fewer batches than asked for
@@ -165,7 +170,7 @@ def optimizer_variants(model, opt, batch, clip: float, steps: int) -> list[tuple
 
 def profile_task(task: str, data_root: Path, steps: int, opt_steps: int, reps: int) -> list[str]:
     preset, dm, model, opt = build(task, data_root)
-    clip = float(preset.trainer.get("gradient_clip_val") or 0) or float("inf")
+    clip = clip_of(preset)
     warmup = 5
     data = batches(dm, warmup + 2 * steps + 1)
     per_epoch = len(dm.train_dataloader())
